@@ -1,0 +1,1 @@
+"""Where identities come from: the SPIFFE Workload API client and the embedded dev Workload API."""

@@ -1,0 +1,1 @@
+"""SSL contexts built from identity snapshots, swapped atomically on rotation."""
