@@ -158,3 +158,4 @@ class JwtSvid:
     spiffe_id: SpiffeId
     audience: tuple[str, ...]
     expiry: dt.datetime
+    issued_at: dt.datetime | None = None
