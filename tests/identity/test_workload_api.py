@@ -46,7 +46,7 @@ def socket_url(short_dir: Path) -> str:
 
 async def wait_until(predicate: Any, what: str, timeout: float = WAIT) -> None:
     async def poll() -> None:
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls plain attributes, no event exists
             await asyncio.sleep(0.02)
 
     try:
@@ -75,24 +75,28 @@ async def test_first_svid_bundles_and_readiness(ca: DevCA, short_dir: Path) -> N
 async def test_not_ready_after_svid_expiry(ca: DevCA, short_dir: Path) -> None:
     url = socket_url(short_dir)
     now = [dt.datetime.now(dt.UTC)]
-    async with DevWorkloadApi(ca, {url: AGENT}):
-        async with WorkloadApiSource(url, backoff=FAST, clock=lambda: now[0]) as source:
-            snap = await source.wait_ready(WAIT)
-            now[0] = snap.svid.not_after + dt.timedelta(seconds=1)
-            assert not source.ready
-            assert source.snapshot is snap  # kept for diagnostics, but not served as ready
+    async with (
+        DevWorkloadApi(ca, {url: AGENT}),
+        WorkloadApiSource(url, backoff=FAST, clock=lambda: now[0]) as source,
+    ):
+        snap = await source.wait_ready(WAIT)
+        now[0] = snap.svid.not_after + dt.timedelta(seconds=1)
+        assert not source.ready
+        assert source.snapshot is snap  # kept for diagnostics, but not served as ready
 
 
 async def test_rotation_is_pushed_and_counted(ca: DevCA, short_dir: Path) -> None:
     url = socket_url(short_dir)
     seen: list[int] = []
-    async with DevWorkloadApi(ca, {url: AGENT}, x509_ttl=dt.timedelta(seconds=2)):
-        async with WorkloadApiSource(url, backoff=FAST) as source:
-            source.subscribe(lambda snap: seen.append(snap.svid.serial_number))
-            first = await source.wait_ready(WAIT)
-            await source.wait_for(lambda s: s.svid.serial_number != first.svid.serial_number, WAIT)
-            assert source.rotations >= 1
-            assert len(set(seen)) >= 1 and seen[-1] != first.svid.serial_number
+    async with (
+        DevWorkloadApi(ca, {url: AGENT}, x509_ttl=dt.timedelta(seconds=2)),
+        WorkloadApiSource(url, backoff=FAST) as source,
+    ):
+        source.subscribe(lambda snap: seen.append(snap.svid.serial_number))
+        first = await source.wait_ready(WAIT)
+        await source.wait_for(lambda s: s.svid.serial_number != first.svid.serial_number, WAIT)
+        assert source.rotations >= 1
+        assert len(set(seen)) >= 1 and seen[-1] != first.svid.serial_number
 
 
 async def test_unavailable_at_start_then_agent_appears(ca: DevCA, short_dir: Path) -> None:
@@ -212,31 +216,33 @@ async def test_bad_updates_are_ignored_and_last_good_kept(ca: DevCA, short_dir: 
 async def test_jwt_svid_is_cached_and_refreshed_in_background(ca: DevCA, short_dir: Path) -> None:
     url = socket_url(short_dir)
     now = [dt.datetime.now(dt.UTC)]
-    async with DevWorkloadApi(ca, {url: AGENT}, jwt_ttl=dt.timedelta(minutes=5)):
-        async with WorkloadApiSource(url, backoff=FAST, clock=lambda: now[0]) as source:
-            first = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
-            claims = jwt.decode(
-                first.token,
-                ca.jwt_keys()[jwt.get_unverified_header(first.token)["kid"]],
-                algorithms=["ES256", "RS256"],
-                audience="spiffe://example.org/ns/mcp/sa/math",
-            )
-            assert claims["sub"] == str(AGENT) and first.spiffe_id == AGENT
-            again = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
-            assert again is first  # served from cache, no new fetch
-            # Past the refresh point (half-life) the cached token is still returned at once and
-            # a background fetch replaces it.
-            now[0] = first.expiry - dt.timedelta(seconds=10)
-            stale = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
-            assert stale is first
-            await wait_until(
-                lambda: source._jwt_cache["spiffe://example.org/ns/mcp/sa/math"] is not first,
-                "background JWT refresh",
-            )
-            # Once expired, the caller waits for a fresh token instead of getting the old one.
-            now[0] = first.expiry + dt.timedelta(hours=1)
-            fresh = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
-            assert fresh is not first
+    async with (
+        DevWorkloadApi(ca, {url: AGENT}, jwt_ttl=dt.timedelta(minutes=5)),
+        WorkloadApiSource(url, backoff=FAST, clock=lambda: now[0]) as source,
+    ):
+        first = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
+        claims = jwt.decode(
+            first.token,
+            ca.jwt_keys()[jwt.get_unverified_header(first.token)["kid"]],
+            algorithms=["ES256", "RS256"],
+            audience="spiffe://example.org/ns/mcp/sa/math",
+        )
+        assert claims["sub"] == str(AGENT) and first.spiffe_id == AGENT
+        again = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
+        assert again is first  # served from cache, no new fetch
+        # Past the refresh point (half-life) the cached token is still returned at once and
+        # a background fetch replaces it.
+        now[0] = first.expiry - dt.timedelta(seconds=10)
+        stale = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
+        assert stale is first
+        await wait_until(
+            lambda: source._jwt_cache["spiffe://example.org/ns/mcp/sa/math"] is not first,
+            "background JWT refresh",
+        )
+        # Once expired, the caller waits for a fresh token instead of getting the old one.
+        now[0] = first.expiry + dt.timedelta(hours=1)
+        fresh = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
+        assert fresh is not first
 
 
 async def test_jwt_svid_fetch_failure_is_a_typed_error(short_dir: Path) -> None:
