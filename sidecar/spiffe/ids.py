@@ -28,12 +28,14 @@ class SpiffeIdError(SidecarError):
 
 
 def validate_trust_domain(name: str) -> str:
-    """Return ``name`` if it is a valid trust domain name (lowercase, ``[a-z0-9.-_]``), else raise."""
+    """Return ``name`` if it is a valid trust domain name (``[a-z0-9.-_]``), else raise."""
     if not name:
         raise SpiffeIdError("trust domain is empty", reason="empty_trust_domain")
-    if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
+    # surrogatepass: a lone surrogate must end up as bad_trust_domain_chars, not UnicodeEncodeError
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_TRUST_DOMAIN_BYTES:
         raise SpiffeIdError(
-            f"trust domain longer than {MAX_TRUST_DOMAIN_BYTES} bytes", reason="trust_domain_too_long"
+            f"trust domain longer than {MAX_TRUST_DOMAIN_BYTES} bytes",
+            reason="trust_domain_too_long",
         )
     bad = sorted(set(name) - _TRUST_DOMAIN_CHARS)
     if bad:
@@ -70,7 +72,9 @@ class SpiffeId:
         if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
             raise SpiffeIdError(f"SPIFFE ID longer than {MAX_ID_BYTES} bytes", reason="id_too_long")
         if not text.startswith(SCHEME_PREFIX):
-            raise SpiffeIdError(f"{_short(text)} does not start with 'spiffe://'", reason="bad_scheme")
+            raise SpiffeIdError(
+                f"{_short(text)} does not start with 'spiffe://'", reason="bad_scheme"
+            )
         rest = text[len(SCHEME_PREFIX) :]
         for char, what in (("?", "query"), ("#", "fragment"), ("@", "userinfo"), (":", "port")):
             if char in rest:

@@ -195,7 +195,7 @@ async def test_client_refuses_a_server_with_another_id(mesh: Mesh, tmp_path: Pat
 
 
 async def test_client_refuses_server_forged_by_federated_ca(mesh: Mesh, tmp_path: Path) -> None:
-    # The server side here trusts only TD_A, but our client trusts TD_B too: TD_B's CA claims SERVER.
+    # Our client trusts TD_B too (federation), and TD_B's CA issued a cert claiming SERVER.
     result = await _client_to(mesh, tmp_path, mesh.ca_b.issue_leaf(SERVER))
     assert isinstance(result, PeerRejected) and result.reason == "untrusted_chain"
 
