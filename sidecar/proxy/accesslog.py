@@ -1,0 +1,134 @@
+"""Structured access log: one compact JSON object per request, one request per line.
+
+Sink choice: a **text stream** (default ``sys.stdout``, looked up at write time so redirection and
+test capture work), not a ``logging.Logger``. The line must be pure JSON for log shippers
+(no logging prefix), and the ``logging`` machinery reports its own failures by printing
+tracebacks to stderr, which is exactly what a flood of requests must not trigger.
+
+Safety: ``json.dumps`` with ``ensure_ascii`` escapes every control character (``\\n``, ``\\r``,
+``\\x1b``...), every non-ASCII character (including U+2028/U+2029 line separators) and lone
+surrogates, so a hostile path or header can neither break a line nor fail encoding. Whatever
+still goes wrong (closed stream, full disk, broken pipe) is swallowed and counted in ``errors``:
+the logger never raises into the request path.
+
+This module is pure (no aiohttp); the proxy builds ``AccessRecord`` objects from its requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+MCP_SESSION_HEADER = "Mcp-Session-Id"
+
+
+def rfc3339(moment: dt.datetime | None = None) -> str:
+    """``2025-06-18T12:34:56.789Z``: RFC 3339, UTC, millisecond precision (default: now).
+    A naive ``moment`` is taken to be UTC."""
+    if moment is None:
+        moment = dt.datetime.now(dt.UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def mcp_session_id(headers: Mapping[str, str]) -> str | None:
+    """The ``Mcp-Session-Id`` header of a request or response, or ``None``.
+
+    Pass a case-insensitive mapping (aiohttp's ``CIMultiDictProxy``); for a plain ``dict`` the
+    canonical and the lowercase spelling are tried.
+    """
+    value = headers.get(MCP_SESSION_HEADER)
+    if value is None:
+        value = headers.get(MCP_SESSION_HEADER.lower())
+    return value or None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRecord:
+    """One request as the access log records it (keyword-only; JSON keys in this order).
+
+    ``peer``: inbound the client's SPIFFE ID, outbound the route's server ID (``None`` when
+    there is none, e.g. OAuth-only ingress or a request refused before routing).
+    ``reason``: the refusal/error reason label when the sidecar answered itself.
+    """
+
+    time: str = field(default_factory=rfc3339)
+    direction: str
+    peer: str | None = None
+    method: str
+    path: str
+    status: int
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_ms: float = 0.0
+    mcp_session_id: str | None = None
+    route: str | None = None
+    reason: str | None = None
+    upstream: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "direction": self.direction,
+            "peer": self.peer,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round(self.duration_ms, 3) if math.isfinite(self.duration_ms) else None,
+            "mcp_session_id": self.mcp_session_id,
+            "route": self.route,
+            "reason": self.reason,
+            "upstream": self.upstream,
+        }
+
+    def to_json(self) -> str:
+        """One line of compact JSON, ASCII only, no newline."""
+        return json.dumps(
+            self.to_dict(), separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
+        )
+
+
+class AccessLogger:
+    """Writes ``AccessRecord`` lines to ``stream`` (``None``: ``sys.stdout`` at write time).
+
+    ``enabled`` may be flipped at any time. ``flush`` (default on) flushes after every line, so
+    lines reach a piped stdout promptly. ``written`` and ``errors`` count lines written and lines
+    lost; ``log`` never raises.
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, *, enabled: bool = True, flush: bool = True
+    ) -> None:
+        self.enabled = enabled
+        self.flush = flush
+        self.written = 0
+        self.errors = 0
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stdout
+
+    def log(self, record: AccessRecord) -> None:
+        if not self.enabled:
+            return
+        try:
+            line = record.to_json() + "\n"
+            with self._lock:  # one write per line: lines never interleave across threads
+                stream = self.stream
+                stream.write(line)
+                if self.flush:
+                    stream.flush()
+            self.written += 1
+        except Exception:  # logging must never break the request path
+            self.errors += 1

@@ -1,0 +1,164 @@
+"""Access log: one JSON object per line, injection-proof, never raises."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pytest
+from multidict import CIMultiDict
+
+from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id, rfc3339
+
+
+def record(**overrides: object) -> AccessRecord:
+    fields: dict[str, object] = {
+        "direction": "inbound",
+        "peer": "spiffe://example.org/ns/agents/sa/agent",
+        "method": "POST",
+        "path": "/mcp",
+        "status": 200,
+        "bytes_in": 120,
+        "bytes_out": 345,
+        "duration_ms": 1.23456,
+        "mcp_session_id": "sess-1",
+    }
+    fields.update(overrides)
+    return AccessRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_rfc3339_utc_milliseconds() -> None:
+    moment = dt.datetime(2025, 6, 18, 12, 34, 56, 789999, tzinfo=dt.UTC)
+    assert rfc3339(moment) == "2025-06-18T12:34:56.789Z"
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    assert rfc3339(dt.datetime(2025, 1, 1, 2, 0, tzinfo=plus2)) == "2025-01-01T00:00:00.000Z"
+    assert rfc3339(dt.datetime(2025, 1, 1)) == "2025-01-01T00:00:00.000Z"  # naive = UTC
+    now = dt.datetime.fromisoformat(rfc3339())
+    assert now.tzinfo is not None and now.utcoffset() == dt.timedelta(0)
+
+
+def test_one_json_object_per_line() -> None:
+    out = io.StringIO()
+    logger = AccessLogger(out)
+    logger.log(record())
+    logger.log(record(direction="outbound", route="math", upstream="https://math:8443", peer=None))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert out.getvalue().endswith("\n")
+    first, second = (json.loads(line) for line in lines)
+    assert list(first) == [
+        "time",
+        "direction",
+        "peer",
+        "method",
+        "path",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "duration_ms",
+        "mcp_session_id",
+        "route",
+        "reason",
+        "upstream",
+    ]
+    assert first["peer"] == "spiffe://example.org/ns/agents/sa/agent"
+    assert first["duration_ms"] == 1.235
+    assert first["mcp_session_id"] == "sess-1"
+    assert first["route"] is None and first["reason"] is None
+    assert first["time"].endswith("Z")
+    assert second["route"] == "math" and second["upstream"] == "https://math:8443"
+    assert second["peer"] is None
+    assert " " not in lines[0].replace("POST", "")  # compact separators
+    assert logger.written == 2 and logger.errors == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        '/mcp\n{"status":200,"forged":true}',
+        "/mcp\r\nX-Injected: 1",
+        "/a\x1b[31mred\x00",
+        "/line\u2028separator\u2029x\x85",
+        "/lone\udcffsurrogate",
+    ],
+)
+def test_injection_stays_on_one_line(path: str) -> None:
+    out = io.StringIO()
+    AccessLogger(out).log(record(path=path, mcp_session_id=path, reason=path))
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.isascii()
+    assert all(ch >= " " for ch in text[:-1])
+    assert text.splitlines() == [text[:-1]]
+    decoded = json.loads(text)
+    assert decoded["path"] == path and decoded["mcp_session_id"] == path
+
+
+class BrokenStream(io.StringIO):
+    def write(self, s: str) -> int:
+        raise OSError("broken pipe")
+
+
+def test_broken_or_closed_stream_never_raises() -> None:
+    broken = AccessLogger(BrokenStream())
+    broken.log(record())
+    assert broken.errors == 1 and broken.written == 0
+
+    closed = io.StringIO()
+    closed.close()
+    logger = AccessLogger(closed)
+    logger.log(record())
+    logger.log(record())
+    assert logger.errors == 2
+
+    class NotFlushable(io.StringIO):
+        def flush(self) -> None:
+            raise ValueError("nope")
+
+    flaky = AccessLogger(NotFlushable())
+    flaky.log(record())
+    assert flaky.errors == 1
+
+
+def test_ascii_only_stream_and_odd_values() -> None:
+    raw = io.BytesIO()
+    ascii_stream = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    logger = AccessLogger(ascii_stream)
+    logger.log(record(path="/ünïcödé", duration_ms=float("nan")))
+    assert logger.errors == 0
+    ascii_stream.flush()
+    line = json.loads(raw.getvalue().decode("ascii"))
+    assert line["path"] == "/ünïcödé"
+    assert line["duration_ms"] is None
+    ascii_stream.detach()
+
+
+def test_disabled_logger_writes_nothing() -> None:
+    out = io.StringIO()
+    logger = AccessLogger(out, enabled=False)
+    logger.log(record())
+    assert out.getvalue() == ""
+    logger.enabled = True
+    logger.log(record())
+    assert out.getvalue().count("\n") == 1
+
+
+def test_default_stream_is_stdout_at_write_time(capsys: pytest.CaptureFixture[str]) -> None:
+    AccessLogger().log(record(path="/stdout"))
+    captured = capsys.readouterr().out
+    assert json.loads(captured)["path"] == "/stdout"
+
+
+def test_mcp_session_id_lookup() -> None:
+    assert mcp_session_id(CIMultiDict({"mcp-session-id": "abc"})) == "abc"
+    assert mcp_session_id({"Mcp-Session-Id": "x"}) == "x"
+    assert mcp_session_id({"mcp-session-id": "y"}) == "y"
+    assert mcp_session_id({"Mcp-Session-Id": ""}) is None
+    assert mcp_session_id({}) is None
+
+
+def test_record_is_frozen() -> None:
+    rec = record()
+    with pytest.raises(AttributeError):
+        rec.status = 500  # type: ignore[misc]
