@@ -1,0 +1,48 @@
+"""Refusals and upstream failures of the data path, each with its HTTP status and reason label."""
+
+from __future__ import annotations
+
+from sidecar.errors import SidecarError
+
+
+class ProxyError(SidecarError):
+    """Base for every error the proxy answers with a JSON body instead of forwarding."""
+
+
+class BadRequest(ProxyError):
+    status = 400
+    reason = "bad_request"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    reason = "forbidden"
+
+
+class NoRoute(ProxyError):
+    status = 404
+    reason = "no_route"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    reason = "request_body_too_large"
+
+
+class UpstreamUnavailable(ProxyError):
+    """Could not reach the upstream, or it was not who it must be (nothing was sent)."""
+
+    status = 502
+    reason = "upstream_unavailable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    reason = "upstream_timeout"
+
+
+class ServiceUnavailable(ProxyError):
+    """We cannot serve at all right now (no SVID yet, draining)."""
+
+    status = 503
+    reason = "unavailable"

@@ -1,0 +1,91 @@
+"""What every proxied request goes through, in either direction: framing and Origin checks,
+one JSON error body per refusal, one access-log line and one metrics observation per request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sidecar.config import Limits
+from sidecar.metrics import Metrics
+from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
+from sidecar.proxy.errors import ProxyError
+from sidecar.proxy.forward import check_framing, check_origin, error_response
+
+CLIENT_CLOSED = 499  # nginx's convention: the client went away before the response
+
+
+@dataclass
+class RequestInfo:
+    """Facts gathered while handling one request, for the log line and metrics."""
+
+    peer: str | None = None
+    route: str | None = None
+    upstream: str | None = None
+    reason: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    close_connection: bool = False
+
+
+class ProxyHandler:
+    """Subclasses implement ``proxy``; this class does the bookkeeping around it."""
+
+    direction = "inbound"
+
+    def __init__(
+        self,
+        limits: Limits,
+        allowed_origins: tuple[str, ...],
+        metrics: Metrics,
+        access_log: AccessLogger,
+    ) -> None:
+        self.limits = limits
+        self.allowed_origins = allowed_origins
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        info = RequestInfo()
+        status = CLIENT_CLOSED
+        try:
+            try:
+                check_framing(request)
+                check_origin(request, self.allowed_origins)
+                response = await self.proxy(request, info)
+            except ProxyError as exc:
+                info.reason = exc.reason
+                if exc.status in (502, 504):
+                    self.metrics.upstream_error(self.direction, exc.reason)
+                response = error_response(exc, close=info.close_connection)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            info.reason = "client_closed"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_request(self.direction, info.peer, status, elapsed)
+            self.access_log.log(
+                AccessRecord(
+                    direction=self.direction,
+                    peer=info.peer,
+                    method=request.method,
+                    path=request.raw_path,
+                    status=status,
+                    bytes_in=info.bytes_in,
+                    bytes_out=info.bytes_out,
+                    duration_ms=elapsed * 1000,
+                    mcp_session_id=mcp_session_id(request.headers),
+                    route=info.route,
+                    reason=info.reason,
+                    upstream=info.upstream,
+                )
+            )

@@ -1,0 +1,215 @@
+"""One sidecar process: identity source -> rotating TLS -> listeners, plus admin, signals, drain.
+
+Start order: the admin listener first (so ``/readyz`` can say 503 while we wait), then the
+Workload API source; the data-path listeners open once the first SVID of the configured trust
+domain has arrived. Shutdown (SIGTERM/SIGINT): stop accepting, drain in-flight requests up to
+``shutdown.drain_timeout``, then close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from sidecar.config import Config
+from sidecar.identity.snapshot import X509Snapshot
+from sidecar.identity.workload_api import WorkloadApiSource
+from sidecar.metrics import Metrics
+from sidecar.proxy.accesslog import AccessLogger
+from sidecar.proxy.admin import build_admin_app, readiness, start_admin
+from sidecar.proxy.inbound import InboundProxy
+from sidecar.proxy.outbound import OutboundProxy
+from sidecar.proxy.server import Listener, TlsPolicy, start_listener
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import PeerRejected, RotatingTls
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """Everything one ``mcp-sidecar run`` owns; usable in-process by tests and the demo."""
+
+    def __init__(self, config: Config, *, access_stream: TextIO | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.access_log = AccessLogger(access_stream, enabled=config.log.access_log)
+        self.source = WorkloadApiSource(config.workload_api)
+        self.tls = RotatingTls()
+        self.listeners: dict[str, Listener] = {}
+        self.inbound: InboundProxy | None = None
+        self.outbound: OutboundProxy | None = None
+        self.admin_port: int | None = None
+        self._admin: web.AppRunner | None = None
+        self._source_ready = readiness(self.source)
+        self._wrong_trust_domain: str | None = None
+        self._stopped = False
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _on_identity(self, snapshot: X509Snapshot) -> None:
+        """Adopt a new SVID only if it belongs to the configured trust domain (fail closed)."""
+        if snapshot.trust_domain != self.config.trust_domain:
+            self._wrong_trust_domain = str(snapshot.svid.spiffe_id)
+            log.error(
+                "Workload API issued %s, outside the configured trust domain %r: not using it",
+                snapshot.svid.spiffe_id,
+                self.config.trust_domain,
+            )
+            return
+        self._wrong_trust_domain = None
+        self.tls.update(snapshot)
+
+    def our_id(self) -> SpiffeId:
+        return self.tls.snapshot.svid.spiffe_id
+
+    def ready(self) -> tuple[bool, str]:
+        ok, reason = self._source_ready()
+        if not ok:
+            return ok, reason
+        if self._wrong_trust_domain is not None:
+            return False, "svid_outside_trust_domain"
+        if not self.listeners and (self.config.inbound or self.config.outbound):
+            return False, "listeners_not_started"
+        return True, ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, svid_timeout: float | None = None) -> None:
+        """Start admin and source, wait for an SVID (forever unless ``svid_timeout``), listen."""
+        admin = self.config.admin
+        self._admin, self.admin_port = await start_admin(
+            build_admin_app(self.metrics, self.ready), admin.listen.host, admin.listen.port
+        )
+        self.metrics.bind_source(self.source)
+        self.metrics.set_ready_function(lambda: self.ready()[0])
+        self.source.subscribe(self._on_identity)
+        await self.source.start()
+        await self._wait_for_identity(svid_timeout)
+        await self._start_listeners()
+
+    async def _wait_for_identity(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                self.tls.current  # noqa: B018 - raises NotReady until an SVID was adopted
+                if self.source.ready:
+                    return
+            except Exception:  # noqa: S110 - NotReady: keep waiting
+                pass
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"no usable X.509-SVID from {self.source.target}")
+            await asyncio.sleep(0.05)
+
+    async def _start_listeners(self) -> None:
+        cfg = self.config
+        if cfg.inbound is not None:
+            inbound = cfg.inbound
+            self.inbound = InboundProxy(inbound, self.our_id, self.metrics, self.access_log)
+            allowlist = inbound.allow_spiffe_ids
+            policy = TlsPolicy(
+                context=lambda: self.tls.current.server,
+                verify=lambda ssl_object: self.tls.verify_peer(ssl_object, allowlist),
+                handshake_timeout=inbound.limits.header_timeout,
+                on_failure=lambda reason: self.metrics.tls_failure("inbound", reason),
+                on_rejected=self._rejected("inbound"),
+            )
+            self.listeners["inbound"] = await self._listen("inbound", self.inbound, inbound, policy)
+        if cfg.outbound is not None:
+            outbound = cfg.outbound
+            self.outbound = OutboundProxy(
+                outbound,
+                self.tls,
+                self.metrics,
+                self.access_log,
+                on_identity_rejected=self._rejected("outbound"),
+            )
+            self.listeners["outbound"] = await self._listen(
+                "outbound", self.outbound, outbound, None
+            )
+
+    def _rejected(self, direction: str) -> Callable[[PeerRejected], None]:
+        def record(exc: PeerRejected) -> None:
+            log.warning("%s peer rejected: %s (%s)", direction, exc.reason, exc.message)
+            self.metrics.spiffe_rejection(direction, exc.reason)
+
+        return record
+
+    async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
+        limits = cfg.limits
+        return await start_listener(
+            name,
+            handler,
+            cfg.listen.host,
+            cfg.listen.port,
+            tls=tls,
+            header_timeout=limits.header_timeout,
+            keepalive_timeout=limits.keepalive_timeout,
+            max_header_size=limits.max_header_size,
+        )
+
+    def port(self, name: str) -> int:
+        return self.listeners[name].port
+
+    async def stop(self) -> None:
+        """Drain listeners (bounded by ``drain_timeout``), then close clients, source, admin."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.gather(
+            *(listener.close(self.config.drain_timeout) for listener in self.listeners.values())
+        )
+        for proxy in (self.inbound, self.outbound):
+            if proxy is not None:
+                await proxy.close()
+        await self.source.close()
+        if self._admin is not None:
+            await self._admin.cleanup()
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT, then drain and exit 0."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(sidecar.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        stopping.cancel()
+        await sidecar.stop()
+        raise starting.exception()  # type: ignore[misc]
+    if not stopping.done():
+        log.info("mcp-sidecar running: %s", {n: lst.port for n, lst in sidecar.listeners.items()})
+        await stopping
+    log.info("shutting down: draining for up to %ss", config.drain_timeout)
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    await sidecar.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    """Entry point of ``mcp-sidecar run``: uvloop when available."""
+    logging.basicConfig(
+        level=config.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config))

@@ -1,0 +1,131 @@
+"""A whole local mesh for tests: dev Workload API, recording upstream, inbound and outbound
+sidecars (real processes' code, in-process), all on loopback and unix sockets in a temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import parse_config
+from sidecar.identity.devca import DevCA
+from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.runtime import Sidecar
+from tests.proxy.upstream import RecordingUpstream
+
+TD = "example.org"
+AGENT = f"spiffe://{TD}/ns/agents/sa/agent"
+SERVER = f"spiffe://{TD}/ns/mcp/sa/math"
+ROGUE = f"spiffe://{TD}/ns/rogue/sa/intruder"
+IDENTITIES = {"agent": AGENT, "server": SERVER, "rogue": ROGUE}
+WAIT = 15.0
+
+
+@dataclass
+class Mesh:
+    api: DevWorkloadApi
+    upstream: RecordingUpstream
+    sockets: dict[str, str]
+    server: Sidecar
+    agent: Sidecar
+    server_log: io.StringIO
+    agent_log: io.StringIO
+    extra: list[Sidecar] = field(default_factory=list)
+
+    @property
+    def outbound_url(self) -> str:
+        return f"http://127.0.0.1:{self.agent.port('outbound')}"
+
+    @property
+    def inbound_port(self) -> int:
+        return self.server.port("inbound")
+
+    async def sidecar(self, config: dict[str, Any]) -> Sidecar:
+        """Start another sidecar (e.g. the rogue's outbound) that the mesh will stop."""
+        sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
+        await sidecar.start(svid_timeout=WAIT)
+        self.extra.append(sidecar)
+        return sidecar
+
+
+def inbound_config(socket: str, upstream_port: int, **inbound: Any) -> dict[str, Any]:
+    return {
+        "trust_domain": TD,
+        "workload_api": socket,
+        "admin": {"listen": "127.0.0.1:0"},
+        "inbound": {
+            "listen": "127.0.0.1:0",
+            "upstream": f"http://127.0.0.1:{upstream_port}",
+            "allow_spiffe_ids": [f"spiffe://{TD}/ns/agents/*/*"],
+            **inbound,
+        },
+    }
+
+
+def outbound_config(
+    socket: str, inbound_port: int, server_id: str = SERVER, **outbound: Any
+) -> dict[str, Any]:
+    return {
+        "trust_domain": TD,
+        "workload_api": socket,
+        "admin": {"listen": "127.0.0.1:0"},
+        "outbound": {
+            "listen": "127.0.0.1:0",
+            "routes": [
+                {
+                    "name": "math",
+                    "path_prefix": "/math",
+                    "upstream": f"https://127.0.0.1:{inbound_port}",
+                    "server_spiffe_id": server_id,
+                }
+            ],
+            **outbound,
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def local_mesh(
+    *,
+    x509_ttl: dt.timedelta = dt.timedelta(hours=1),
+    inbound: dict[str, Any] | None = None,
+    outbound: dict[str, Any] | None = None,
+) -> AsyncIterator[Mesh]:
+    with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
+        d = Path(tmp)
+        ca = DevCA.load_or_create(d / "state", TD)
+        sockets = {name: f"unix://{d}/{name}.sock" for name in IDENTITIES}
+        api = DevWorkloadApi(
+            ca, {sockets[name]: sid for name, sid in IDENTITIES.items()}, x509_ttl=x509_ttl
+        )
+        await api.start()
+        upstream = await RecordingUpstream().start()
+        server_log, agent_log = io.StringIO(), io.StringIO()
+        server = Sidecar(
+            parse_config(inbound_config(sockets["server"], upstream.port, **(inbound or {}))),
+            access_stream=server_log,
+        )
+        agent: Sidecar | None = None
+        mesh: Mesh | None = None
+        try:
+            await server.start(svid_timeout=WAIT)
+            agent = Sidecar(
+                parse_config(
+                    outbound_config(sockets["agent"], server.port("inbound"), **(outbound or {}))
+                ),
+                access_stream=agent_log,
+            )
+            await agent.start(svid_timeout=WAIT)
+            mesh = Mesh(api, upstream, sockets, server, agent, server_log, agent_log)
+            yield mesh
+        finally:
+            for sidecar in [*(mesh.extra if mesh else []), agent, server]:
+                if sidecar is not None:
+                    await sidecar.stop()
+            await upstream.close()
+            await api.stop()

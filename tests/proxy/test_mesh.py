@@ -1,0 +1,221 @@
+"""The data path end to end on loopback: client -> outbound sidecar -> mTLS -> inbound sidecar
+-> recording upstream, with the dev Workload API issuing every identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.proxy.mesh import AGENT, ROGUE, SERVER, TD, WAIT, Mesh, local_mesh, outbound_config
+
+MCP_HEADERS = {
+    "Mcp-Session-Id": "abc-123",
+    "MCP-Protocol-Version": "2025-06-18",
+    "Last-Event-ID": "42",
+}
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[Mesh]:
+    async with local_mesh() as m:
+        yield m
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+        yield session
+
+
+async def test_post_reaches_upstream_with_identity_and_mcp_headers(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    async with client.post(
+        f"{mesh.outbound_url}/math/mcp?x=1",
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers={
+            **MCP_HEADERS,
+            "Authorization": "Bearer agent-secret",
+            "X-Forwarded-Client-Cert": "By=spiffe://evil/x;URI=spiffe://example.org/ns/admin",
+        },
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Mcp-Session-Id"] == "session-from-upstream"
+        echoed = await resp.json()
+    assert echoed["path"] == "/mcp?x=1"  # prefix stripped, query kept
+    assert json.loads(echoed["body"]) == {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = echoed["headers"]
+    xfcc = headers["x-forwarded-client-cert"]
+    assert len(xfcc) == 1  # the client-supplied one is replaced, not appended to
+    assert xfcc[0].startswith(f"By={SERVER};Hash=") and xfcc[0].endswith(f";URI={AGENT}")
+    assert "authorization" not in headers  # no token passthrough by default
+    assert headers["host"] == [f"127.0.0.1:{mesh.upstream.port}"]
+    for name, value in MCP_HEADERS.items():
+        assert headers[name.lower()] == [value]
+
+
+async def test_authorization_is_forwarded_only_when_switched_on(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(inbound={"forward_authorization": True}) as mesh:
+        async with client.post(
+            f"{mesh.outbound_url}/math/mcp", data=b"{}", headers={"Authorization": "Bearer t"}
+        ) as resp:
+            echoed = await resp.json()
+        assert echoed["headers"]["authorization"] == ["Bearer t"]
+
+
+async def test_peer_not_in_allowlist_gets_403_and_upstream_sees_nothing(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    rogue = await mesh.sidecar(outbound_config(mesh.sockets["rogue"], mesh.inbound_port))
+    async with client.post(
+        f"http://127.0.0.1:{rogue.port('outbound')}/math/mcp", json={"id": 1}
+    ) as resp:
+        assert resp.status == 403
+        body = await resp.json()
+    assert body["error"] == "not_allowlisted"
+    assert ROGUE in body["message"]
+    assert mesh.upstream.requests == []
+    metrics = mesh.server.metrics.render()[0].decode()
+    assert (
+        'mcp_sidecar_spiffe_rejections_total{direction="inbound",reason="not_allowlisted"} 1.0'
+        in metrics
+    )
+
+
+async def test_outbound_refuses_server_with_unexpected_id(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    wrong = await mesh.sidecar(
+        outbound_config(
+            mesh.sockets["rogue"], mesh.inbound_port, server_id=f"spiffe://{TD}/ns/mcp/sa/other"
+        )
+    )
+    async with client.post(
+        f"http://127.0.0.1:{wrong.port('outbound')}/math/mcp", data=b"x"
+    ) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_identity_mismatch"
+    assert mesh.upstream.requests == []
+
+
+async def test_oversized_body_is_413_at_either_side(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(
+        inbound={"limits": {"max_request_body": 1024}},
+        outbound={"limits": {"max_request_body": "2KiB"}},
+    ) as mesh:
+        async with client.post(f"{mesh.outbound_url}/math/mcp", data=b"x" * 4096) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"] == "request_body_too_large"
+        async with client.post(f"{mesh.outbound_url}/math/mcp", data=b"x" * 1500) as resp:
+            assert resp.status == 413  # passed the outbound limit, refused by the inbound one
+        assert mesh.upstream.requests == []
+
+
+async def test_upstream_down_is_502(mesh: Mesh, client: aiohttp.ClientSession) -> None:
+    await mesh.upstream.close()
+    async with client.post(f"{mesh.outbound_url}/math/mcp", data=b"{}") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_connect_failed"
+
+
+async def test_unknown_route_is_404(mesh: Mesh, client: aiohttp.ClientSession) -> None:
+    async with client.post(f"{mesh.outbound_url}/mathematics/mcp", data=b"{}") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "no_route"
+
+
+async def test_sse_events_are_forwarded_as_they_arrive(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(
+        f"{mesh.outbound_url}/math/sse", headers={"Accept": "text/event-stream", **MCP_HEADERS}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        # The upstream holds event 2 until we have seen event 1: if any hop buffered, this
+        # read would never complete (bounded by the wait).
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), WAIT)
+        assert first == b'data: {"n": 1}\n\n'
+        mesh.upstream.gate.set()
+        rest = await asyncio.wait_for(resp.content.read(), WAIT)
+        assert rest == b'data: {"n": 2}\n\n'
+    seen = mesh.upstream.requests[0]
+    assert seen.method == "GET"
+    assert seen.headers["last-event-id"] == ["42"]
+
+
+async def test_client_disconnect_cancels_upstream_stream(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    resp = await client.get(f"{mesh.outbound_url}/math/sse")
+    await asyncio.wait_for(resp.content.readuntil(b"\n\n"), WAIT)
+    resp.close()  # drop the connection mid-stream
+    await asyncio.wait_for(mesh.upstream.sse_cancelled.wait(), WAIT)
+
+
+async def test_delete_passes_through(mesh: Mesh, client: aiohttp.ClientSession) -> None:
+    async with client.delete(f"{mesh.outbound_url}/math/mcp", headers=MCP_HEADERS) as resp:
+        assert resp.status == 200
+    assert mesh.upstream.requests[-1].method == "DELETE"
+    assert mesh.upstream.requests[-1].headers["mcp-session-id"] == ["abc-123"]
+
+
+async def test_origin_not_listed_is_403(client: aiohttp.ClientSession) -> None:
+    async with local_mesh(outbound={"allowed_origins": ["http://localhost:6274"]}) as mesh:
+        async with client.post(
+            f"{mesh.outbound_url}/math/mcp", data=b"{}", headers={"Origin": "http://evil.test"}
+        ) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"] == "origin_not_allowed"
+        async with client.post(
+            f"{mesh.outbound_url}/math/mcp", data=b"{}", headers={"Origin": "http://localhost:6274"}
+        ) as resp:
+            assert resp.status == 200
+        assert len(mesh.upstream.requests) == 1
+
+
+async def test_metrics_access_log_and_readiness(mesh: Mesh, client: aiohttp.ClientSession) -> None:
+    async with client.post(
+        f"{mesh.outbound_url}/math/mcp", data=b"{}", headers={"Mcp-Session-Id": "s-1"}
+    ) as resp:
+        assert resp.status == 200
+    admin = f"http://127.0.0.1:{mesh.server.admin_port}"
+    async with client.get(f"{admin}/readyz") as resp:
+        assert resp.status == 200
+    async with client.get(f"{admin}/metrics") as resp:
+        text = await resp.text()
+    assert (
+        f'mcp_sidecar_requests_total{{direction="inbound",peer="{AGENT}",status="200"}} 1.0' in text
+    )
+    assert "mcp_sidecar_svid_expiry_timestamp_seconds" in text
+    line = json.loads(mesh.server_log.getvalue().splitlines()[-1])
+    assert line["direction"] == "inbound" and line["peer"] == AGENT
+    assert line["status"] == 200 and line["mcp_session_id"] == "s-1"
+    assert line["method"] == "POST" and line["path"] == "/mcp"
+    agent_line = json.loads(mesh.agent_log.getvalue().splitlines()[-1])
+    assert agent_line["route"] == "math" and agent_line["peer"] == SERVER
+
+
+async def test_stop_drains_in_flight_request(mesh: Mesh, client: aiohttp.ClientSession) -> None:
+    pending = asyncio.create_task(client.post(f"{mesh.outbound_url}/math/slow", data=b"{}"))
+    await asyncio.wait_for(_until(lambda: len(mesh.upstream.requests) == 1), WAIT)
+    stopping = asyncio.create_task(mesh.server.stop())
+    await asyncio.sleep(0.1)
+    mesh.upstream.gate.set()
+    resp = await asyncio.wait_for(pending, WAIT)
+    assert resp.status == 200 and await resp.json() == {"slow": "done"}
+    resp.release()
+    await asyncio.wait_for(stopping, WAIT)
+
+
+async def _until(predicate: object) -> None:
+    while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - polls a plain list
+        await asyncio.sleep(0.02)
