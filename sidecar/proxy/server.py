@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.spiffe.ids import SpiffeId
@@ -168,6 +169,33 @@ class ConnectionHandler(RequestHandler):
             self._handshake_task.cancel()
         if self._http_started:
             super().connection_lost(exc)
+
+    # -- protocol errors -------------------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Malformed requests (smuggling shapes, oversized heads) and unexpected handler errors
+        get a JSON body like every other refusal, and the connection is closed."""
+        if isinstance(exc, LineTooLong):
+            status, reason = 431, "header_too_large"
+        elif status == 400:
+            reason = "malformed_request"
+        else:
+            reason = "internal_error"
+        if status >= 500:
+            log.error("error handling request", exc_info=exc)
+        else:
+            log.info("refused malformed request: %s", exc)
+        detail = str(getattr(exc, "message", "") or message or "").splitlines()
+        body = {"error": reason, "message": detail[0] if detail else reason, "status": status}
+        response = web.json_response(body, status=status)
+        response.force_close()
+        return response
 
     # -- request head timeout -------------------------------------------------------------
 
