@@ -95,7 +95,9 @@ async def local_mesh(
     x509_ttl: dt.timedelta = dt.timedelta(hours=1),
     inbound: dict[str, Any] | None = None,
     outbound: dict[str, Any] | None = None,
+    upstream_port: int | None = None,
 ) -> AsyncIterator[Mesh]:
+    """The inbound sidecar forwards to the recording upstream, or to ``upstream_port``."""
     with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
         d = Path(tmp)
         ca = DevCA.load_or_create(d / "state", TD)
@@ -107,7 +109,9 @@ async def local_mesh(
         upstream = await RecordingUpstream().start()
         server_log, agent_log = io.StringIO(), io.StringIO()
         server = Sidecar(
-            parse_config(inbound_config(sockets["server"], upstream.port, **(inbound or {}))),
+            parse_config(
+                inbound_config(sockets["server"], upstream_port or upstream.port, **(inbound or {}))
+            ),
             access_stream=server_log,
         )
         agent: Sidecar | None = None
