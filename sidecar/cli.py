@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
 
+if TYPE_CHECKING:
+    from sidecar.config import Config
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from sidecar.demo import mesh as mesh_demo
     from sidecar.identity import devserver
 
     parser = argparse.ArgumentParser(
@@ -28,17 +33,65 @@ def build_parser() -> argparse.ArgumentParser:
     devserver.configure_parser(dev)
     dev.set_defaults(handler=devserver.run_from_args)
 
-    demo = commands.add_parser("demo", help="run the local mesh demo")
-    demo.set_defaults(handler=_demo)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file and print every problem",
+        description="Validate a YAML configuration file. Prints every problem as "
+        "'path: message' on stderr and exits 1, or a short summary on stdout and exits 0. "
+        "Every key is described in docs/configuration.md.",
+    )
+    check.add_argument("file", metavar="FILE", help="the YAML configuration file")
+    check.set_defaults(handler=_check_config)
+
+    run = commands.add_parser(
+        "run",
+        help="run the sidecar (inbound and/or outbound listeners, admin endpoints)",
+        description="Run the sidecar with a YAML configuration (see docs/configuration.md). "
+        "An invalid configuration is refused with every problem listed, exit code 1.",
+    )
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the local mesh demo (dev Workload API, MCP server, sidecars, MCP client)",
+        description=mesh_demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mesh_demo.configure_parser(demo)
+    demo.set_defaults(handler=mesh_demo.run_from_args)
     return parser
 
 
-def _demo(args: argparse.Namespace) -> int:
-    print(
-        "mcp-sidecar demo: not yet — the mTLS data path (issue 3) has not landed.\n"
-        "What works today: `mcp-sidecar dev-workload-api --help` (dev SPIFFE Workload API)."
-    )
+def _load_or_report(path: str) -> Config | None:
+    """The parsed config, or None after printing every problem as ``path: message``."""
+    from sidecar.config import ConfigErrors, load_config
+
+    try:
+        return load_config(path)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.file)
+    if config is None:
+        return 1
+    print(f"{args.file}: OK")
+    for line in config.summary():
+        print(f"  {line}")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sidecar.runtime import run
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    return run(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -159,9 +159,12 @@ async def forward(
                 sent = await _pump(upstream, response, limits)
             await response.write_eof()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-            log.info("upstream body failed mid-stream (%s): aborting the client connection", exc)
-            if request.transport is not None:
-                request.transport.abort()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                log.debug("client went away mid-response (%s)", exc)
+            else:
+                log.info("upstream failed mid-response (%s): aborting the client connection", exc)
+                transport.abort()
             return response, 0
         return response, sent
     finally:

@@ -31,9 +31,7 @@ class SpiffeConnector(aiohttp.TCPConnector):
         super().__init__(**kwargs)
         self._verify = verify
 
-    async def _wrap_create_connection(
-        self, *args: Any, req: Any, **kwargs: Any
-    ) -> tuple[Any, Any]:
+    async def _wrap_create_connection(self, *args: Any, req: Any, **kwargs: Any) -> tuple[Any, Any]:
         transport, protocol = await super()._wrap_create_connection(*args, req=req, **kwargs)
         try:
             self._verify(transport.get_extra_info("ssl_object"))

@@ -1,0 +1,1229 @@
+"""The sidecar's YAML configuration, parsed once into frozen dataclasses.
+
+Validation collects **every** problem instead of stopping at the first, and names each one by its
+key path (``inbound.allow_spiffe_ids[2]``, ``outbound.routes[0].upstream``) with what is wrong and
+what was expected. A security configuration must never be ambiguous or partly ignored, so:
+
+* unknown keys are errors (with a "did you mean" suggestion), and so are duplicate YAML keys;
+* keys of features this version does not implement yet (``UNSUPPORTED_KEYS``) are errors, because
+  an ignored policy would be a silent allow;
+* scalars are typed strictly: a boolean is ``true``/``false`` (``yes``/``no``/``on``/``off`` are
+  plain strings here, as in YAML 1.2), a number is never a string and a string never a number.
+
+Pure: no I/O apart from reading the file in ``load_config``; never imports aiohttp. Every key is
+documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sidecar.errors import ConfigError, SidecarError
+from sidecar.identity.endpoint import grpc_target
+from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
+from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
+
+__all__ = [
+    "ROOT",
+    "SCHEMA",
+    "UNSUPPORTED_KEYS",
+    "AdminConfig",
+    "Config",
+    "ConfigErrors",
+    "InboundConfig",
+    "Limits",
+    "ListenAddress",
+    "LogConfig",
+    "OutboundConfig",
+    "RouteConfig",
+    "load_config",
+    "load_config_text",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+    "problem_detail",
+]
+
+ROOT = "<root>"
+"""The path of problems that concern the document as a whole."""
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+MAX_DURATION = 24 * 3600.0
+"""Upper bound for every duration (seconds): anything longer is a typo, not a timeout."""
+MAX_SIZE = 1024 * GIB
+"""Upper bound for ``parse_size`` itself; each size key has its own, smaller, range."""
+
+LIMIT_KEYS = (
+    "max_request_body",
+    "max_header_size",
+    "header_timeout",
+    "keepalive_timeout",
+    "connect_timeout",
+    "idle_timeout",
+    "total_timeout",
+    "sse_heartbeat",
+)
+ROUTE_SCHEMA = "outbound.routes[]"
+
+SCHEMA: Mapping[str, tuple[str, ...]] = {
+    "": ("trust_domain", "workload_api", "admin", "inbound", "outbound", "log", "shutdown"),
+    "admin": ("listen",),
+    "inbound": (
+        "listen",
+        "upstream",
+        "mtls",
+        "allow_spiffe_ids",
+        "allowed_origins",
+        "forward_authorization",
+        "limits",
+    ),
+    "inbound.limits": LIMIT_KEYS,
+    "outbound": ("listen", "allow_non_loopback", "allowed_origins", "limits", "routes"),
+    "outbound.limits": LIMIT_KEYS,
+    ROUTE_SCHEMA: ("name", "path_prefix", "host", "upstream", "server_spiffe_id", "strip_prefix"),
+    "log": ("level", "access_log"),
+    "shutdown": ("drain_timeout",),
+}
+"""Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
+
+UNSUPPORTED_KEYS: Mapping[str, str] = {
+    "inbound.jwt_svid": "JWT-SVID validation",
+    "inbound.oauth": "OAuth bearer-token validation",
+    "inbound.mcp_policy": "per-tool MCP policy",
+    "inbound.rate_limits": "rate limiting",
+    f"{ROUTE_SCHEMA}.jwt_svid_audience": "JWT-SVID injection",
+}
+"""Keys of features that are designed but not built yet -> what they would do. Using one is an
+error, never silently ignored (an ignored security policy is a silent allow). Remove a key from
+here, and add it to ``SCHEMA``, when its feature lands."""
+
+MtlsMode = Literal["required", "off"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+MTLS_MODES: tuple[MtlsMode, ...] = ("required", "off")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+_T = TypeVar("_T")
+_Parse = Callable[[object, str], _T]
+
+
+# ----------------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A TCP address to listen on. ``host`` is an IP literal (IPv6 without brackets) or a
+    lowercase host name; port 0 asks the OS for a free port (tests)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, path: str = "listen") -> ListenAddress:
+        """Parse ``127.0.0.1:15001``, ``0.0.0.0:8443``, ``[::1]:8443`` or ``localhost:8080``."""
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0 or text[end + 1 : end + 2] != ":":
+                raise _not_listen(path, text, "expected [IPv6]:port")
+            host_text, port_text = text[1:end], text[end + 2 :]
+            try:
+                host = str(ipaddress.IPv6Address(host_text))
+            except ValueError:
+                raise _not_listen(path, text, "brackets must hold an IPv6 address") from None
+        else:
+            host_text, colon, port_text = text.rpartition(":")
+            if not colon:
+                raise _not_listen(path, text, "no ':port'")
+            if ":" in host_text:
+                raise _not_listen(path, text, "write an IPv6 address in brackets, e.g. [::1]:8443")
+            if not host_text:
+                raise _not_listen(path, text, "the host is empty (use 0.0.0.0 for all interfaces)")
+            try:
+                host = _host(host_text)
+            except ValueError as exc:
+                raise _not_listen(path, text, str(exc)) from None
+        if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or int(port_text) > 65535:
+            raise _not_listen(path, text, "the port must be a number from 0 to 65535")
+        return cls(host, int(port_text))
+
+    @property
+    def is_loopback(self) -> bool:
+        """True for 127.0.0.0/8, ::1 and ``localhost``: reachable from this pod/host only."""
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    @property
+    def is_wildcard(self) -> bool:
+        """True for 0.0.0.0 and ``::`` (all interfaces)."""
+        return self.host in ("0.0.0.0", "::")  # noqa: S104 -- a comparison, not a bind
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _not_listen(path: str, text: str, why: str) -> ConfigError:
+    return ConfigError(path, f"not a host:port address: {why} (got {_short(text)})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Sizes (bytes) and timeouts (seconds) of one listener; see docs/configuration.md#timeouts."""
+
+    max_request_body: int = 4 * MIB
+    """Largest request body accepted; a bigger one is answered 413."""
+    max_header_size: int = 16 * KIB
+    """Largest request line or single header line."""
+    header_timeout: float = 10.0
+    """The whole request head must arrive within this (slowloris)."""
+    keepalive_timeout: float = 75.0
+    """How long an idle downstream connection is kept open between requests."""
+    connect_timeout: float = 5.0
+    """Upstream TCP (+TLS) connect; 504 on timeout, 502 on refusal."""
+    idle_timeout: float = 60.0
+    """Longest silence from upstream while waiting for the response head or inside a non-SSE
+    body; 504 (or the stream is cut) when exceeded."""
+    total_timeout: float = 300.0
+    """Whole exchange for non-SSE responses; 504. SSE streams are exempt."""
+    sse_heartbeat: float = 15.0
+    """Interval of the SSE comment line sent downstream while upstream is quiet; 0 = off."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundConfig:
+    """The MCP server side: mTLS in, plain HTTP to the local server."""
+
+    listen: ListenAddress
+    upstream: str
+    """``http://host:port`` of the MCP server, normalised (lowercase host, explicit port)."""
+    mtls: MtlsMode = "required"
+    allow_spiffe_ids: Allowlist = field(default_factory=Allowlist)
+    allowed_origins: tuple[str, ...] = ()
+    """Normalised origins (``https://app.example.com``); empty = no Origin check."""
+    forward_authorization: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """One outbound route: requests matching (host, path_prefix) go to ``upstream`` over mTLS."""
+
+    name: str
+    upstream: str
+    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port)."""
+    server_spiffe_id: SpiffeId
+    """The exact SPIFFE ID the server must present (may be in a federated trust domain)."""
+    path_prefix: str = "/"
+    host: str | None = None
+    """Optional Host header to match: lowercase, with ``:port`` only if configured with one."""
+    strip_prefix: bool = True
+    """``/math/mcp`` via prefix ``/math`` goes upstream as ``/mcp``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundConfig:
+    """The agent side: plain HTTP in on loopback, mTLS out to the routes' servers."""
+
+    listen: ListenAddress
+    routes: tuple[RouteConfig, ...]
+    allow_non_loopback: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """``/metrics``, ``/healthz``, ``/readyz``."""
+
+    listen: ListenAddress = field(default_factory=lambda: ListenAddress("127.0.0.1", 15000))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: LogLevel = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole, validated configuration."""
+
+    trust_domain: str
+    workload_api: str | None = None
+    """Workload API URL as configured; None = ``$SPIFFE_ENDPOINT_SOCKET`` at run time."""
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    inbound: InboundConfig | None = None
+    outbound: OutboundConfig | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+    drain_timeout: float = 10.0
+    """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
+
+    def summary(self) -> list[str]:
+        """A few human-readable lines: listeners, routes, allowlist size."""
+        lines = [
+            f"trust domain: {self.trust_domain}",
+            "workload API: " + (self.workload_api or "$SPIFFE_ENDPOINT_SOCKET (read at start-up)"),
+            f"admin: {self.admin.listen}",
+        ]
+        if self.inbound is not None:
+            inbound = self.inbound
+            count = len(inbound.allow_spiffe_ids)
+            lines.append(
+                f"inbound: {inbound.listen} -> {inbound.upstream}; mTLS {inbound.mtls}; "
+                f"{count} allowed SPIFFE ID pattern{'' if count == 1 else 's'}; "
+                f"origins: {', '.join(inbound.allowed_origins) or 'not checked'}"
+            )
+        if self.outbound is not None:
+            outbound = self.outbound
+            count = len(outbound.routes)
+            lines.append(
+                f"outbound: {outbound.listen}; {count} route{'' if count == 1 else 's'}; "
+                f"origins: {', '.join(outbound.allowed_origins) or 'not checked'}"
+            )
+            for route in outbound.routes:
+                where = f"{route.host}{route.path_prefix}" if route.host else route.path_prefix
+                lines.append(
+                    f"  route {route.name}: {where} -> {route.upstream} "
+                    f"(server {route.server_spiffe_id})"
+                )
+        return lines
+
+
+class ConfigErrors(SidecarError):
+    """The configuration has problems; ``problems`` lists every one (each with ``.path``)."""
+
+    status = 500
+    reason = "config_error"
+
+    def __init__(self, problems: Iterable[ConfigError]) -> None:
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+        count = len(self.problems)
+        super().__init__(
+            f"{count} configuration problem{'' if count == 1 else 's'}:\n"
+            + "\n".join(f"  {problem}" for problem in self.problems)
+        )
+
+
+def problem_detail(problem: ConfigError) -> str:
+    """The message of ``problem`` without its ``path: `` prefix."""
+    prefix = f"{problem.path}: "
+    return problem.message[len(prefix) :] if problem.message.startswith(prefix) else problem.message
+
+
+# --------------------------------------------------------------------------- scalar parsers
+
+
+_DURATION_RE = re.compile(r"(-?)([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h)", re.ASCII)
+_DURATION_UNITS = {
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+_DURATION_LIKE = "a duration like 250ms, 10s, 5m, 1h or a number of seconds"
+
+_SIZE_RE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,9})?) ?([kmg]i?b|b)?", re.ASCII | re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": GIB,
+}
+_SIZE_LIKE = "a size like 512KiB, 4MiB, 1MB or a number of bytes"
+
+
+def parse_duration(value: object, path: str = "duration") -> float:
+    """Seconds from a number (seconds) or a string ``250ms`` / ``10s`` / ``1.5m`` / ``1h``.
+
+    Never negative, never more than ``MAX_DURATION``; raises only ``ConfigError``.
+    """
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value)
+        if match is None:
+            raise ConfigError(
+                path,
+                f"not a duration: {_short(value)}; expected {_DURATION_LIKE} (units: ms, s, m, h)",
+            )
+        if match[1]:
+            raise ConfigError(path, f"must not be negative (got {_short(value)})")
+        exact = Fraction(match[2]) * _DURATION_UNITS[match[3]]
+        if exact > MAX_DURATION:
+            raise ConfigError(path, f"must be at most 24h (got {_short(value)})")
+        return float(exact)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(path, f"expected {_DURATION_LIKE}, got {_got(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(path, f"expected {_DURATION_LIKE}, got {_got(value)}")
+    if value < 0:
+        raise ConfigError(path, f"must not be negative (got {_got(value)})")
+    if value > MAX_DURATION:
+        raise ConfigError(path, f"must be at most 24h = 86400 seconds (got {_got(value)})")
+    return float(value)
+
+
+def parse_size(value: object, path: str = "size") -> int:
+    """Bytes from an integer or a string ``512KiB`` / ``4MiB`` / ``1MB`` (decimal) / ``1.5GiB``.
+
+    KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of 1000 (units are case-insensitive); the
+    result must be a whole number of bytes from 0 to ``MAX_SIZE``. Raises only ``ConfigError``.
+    """
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value)
+        if match is None:
+            raise ConfigError(
+                path,
+                f"not a size: {_short(value)}; expected {_SIZE_LIKE}"
+                " (units: B, KB, MB, GB, KiB, MiB, GiB)",
+            )
+        exact = Fraction(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+        if exact.denominator != 1:
+            raise ConfigError(path, f"{_short(value)} is not a whole number of bytes")
+        if exact > MAX_SIZE:
+            raise ConfigError(path, f"{_short(value)} is too large (at most 1024GiB)")
+        return int(exact)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"expected {_SIZE_LIKE}, got {_got(value)}")
+    if value < 0:
+        raise ConfigError(path, f"must not be negative (got {_got(value)})")
+    if value > MAX_SIZE:
+        raise ConfigError(path, f"{_got(value)} is too large (at most 1024GiB)")
+    return value
+
+
+def _string(value: object, path: str, like: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a string like {like}, got {_got(value)}")
+    return value
+
+
+def _boolean(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        hint = ""
+        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+            hint = " (write true or false; yes/no/on/off are strings in this file)"
+        raise ConfigError(path, f"expected true or false, got {_got(value)}{hint}")
+    return value
+
+
+def _choice(value: object, path: str, choices: Sequence[_T]) -> _T:
+    listed = " or ".join(repr(choice) for choice in choices)
+    for choice in choices:
+        if value == choice and type(value) is type(choice):
+            return choice
+    message = f"expected {listed}, got {_got(value)}"
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    raise ConfigError(path, message)
+
+
+def _timeout(value: object, path: str) -> float:
+    seconds = parse_duration(value, path)
+    if seconds <= 0:
+        raise ConfigError(path, "must be greater than 0")
+    return seconds
+
+
+def _size_between(low: int, high: int, low_text: str, high_text: str) -> _Parse[int]:
+    def parse(value: object, path: str) -> int:
+        size = parse_size(value, path)
+        if not low <= size <= high:
+            raise ConfigError(path, f"must be from {low_text} to {high_text} (got {size} bytes)")
+        return size
+
+    return parse
+
+
+_HOST_LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
+
+
+def _host(text: str) -> str:
+    """Normalise an IP literal (no brackets) or a DNS name; ValueError says what is wrong."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.lower()
+    if len(name) > 253:
+        raise ValueError("the host name is longer than 253 characters")
+    labels = name.split(".")
+    if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError(f"{_short(text)} is neither an IP address nor a valid host name")
+    if labels[-1].isdigit():
+        raise ValueError(f"{_short(text)} is not a valid IPv4 address")
+    return name
+
+
+def _host_port(host: str, port: int | None, default: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None or port == default else f"{shown}:{port}"
+
+
+def _url(value: object, path: str, scheme: str, like: str, why_scheme: str) -> str:
+    """An ``http(s)://host[:port]`` URL with no path; normalised with an explicit port."""
+    text = _string(value, path, like)
+    default_port = {"http": 80, "https": 443}[scheme]
+    if "://" not in text:
+        raise ConfigError(path, f"not a URL: {_short(text)}; expected {like}")
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(
+            path, f"not a valid URL ({exc}): {_short(text)}; expected {like}"
+        ) from None
+    if url.scheme.lower() != scheme:
+        got = f"{url.scheme}://" if url.scheme else "no scheme"
+        raise ConfigError(path, f"must be an {scheme}:// URL ({why_scheme}), got {got}")
+    if url.username is not None or url.password is not None:
+        raise ConfigError(path, "must not contain user info (user:password@)")
+    if url.path not in ("", "/") or url.query or url.fragment or "?" in text or "#" in text:
+        raise ConfigError(
+            path,
+            f"must be {like} without a path, query or fragment "
+            f"(the request path is forwarded as is), got {_short(text)}",
+        )
+    if not url.hostname:
+        raise ConfigError(path, f"has no host; expected {like}")
+    try:
+        host = _host(url.hostname)
+    except ValueError as exc:
+        raise ConfigError(path, f"bad host: {exc}") from None
+    if port == 0:
+        raise ConfigError(path, "port 0 is not a valid destination")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{default_port if port is None else port}"
+
+
+def _origin(value: object, path: str) -> str:
+    like = "https://app.example.com"
+    text = _string(value, path, like)
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(path, f"not a valid origin ({exc}): {_short(text)}") from None
+    scheme = url.scheme.lower()
+    if text == "*":
+        raise ConfigError(path, "'*' is not an origin; leave the list empty to skip the check")
+    if scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(path, f"not an origin: {_short(text)}; expected an origin like {like}")
+    if (
+        url.path
+        or url.query
+        or url.fragment
+        or "?" in text
+        or "#" in text
+        or url.username is not None
+        or url.password is not None
+    ):
+        raise ConfigError(
+            path,
+            f"an origin is scheme://host[:port] only, without path (not even '/'), query or "
+            f"user info; got {_short(text)}",
+        )
+    try:
+        host = _host(url.hostname)
+    except ValueError as exc:
+        raise ConfigError(path, f"bad host: {exc}") from None
+    return f"{scheme}://{_host_port(host, port, {'http': 80, 'https': 443}[scheme])}"
+
+
+def _route_host(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, path, "math.example.com or math.example.com:8080")
+    if text.startswith("["):
+        end = text.find("]")
+        host_text, rest = (text[1:end], text[end + 1 :]) if end > 0 else (text, "")
+        if end < 0 or ":" not in host_text:
+            raise ConfigError(path, f"not a host name: {_short(text)}")
+    else:
+        host_text, colon, port_text = text.partition(":")
+        rest = colon + port_text
+    if rest and not re.fullmatch(r":[0-9]{1,5}", rest, re.ASCII):
+        raise ConfigError(path, f"expected host or host:port, got {_short(text)}")
+    if rest and not 0 < int(rest[1:]) <= 65535:
+        raise ConfigError(path, f"the port must be from 1 to 65535, got {_short(text)}")
+    try:
+        host = _host(host_text)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
+    return f"[{host}]{rest}" if ":" in host else f"{host}{rest}"
+
+
+_PCHARS = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"
+_PATH_PREFIX_RE = re.compile(rf"/|(/{_PCHARS}+)+", re.ASCII)
+_ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
+
+
+def _path_prefix(value: object, path: str) -> str:
+    text = _string(value, path, "/math")
+    if not text.startswith("/"):
+        raise ConfigError(path, f"must start with '/', got {_short(text)}")
+    if text != "/" and text.endswith("/"):
+        raise ConfigError(path, f"must not end with '/' (write {_short(text.rstrip('/'))})")
+    if not _PATH_PREFIX_RE.fullmatch(text):
+        raise ConfigError(
+            path,
+            f"{_short(text)} is not a plain URL path: use '/'-separated segments of letters, "
+            "digits and -._~!$&'()*+,;=:@ (no '//', '%', '?', '#' or spaces)",
+        )
+    if any(segment in (".", "..") for segment in text.split("/")):
+        raise ConfigError(path, f"{_short(text)} must not contain '.' or '..' segments")
+    return text
+
+
+def _route_name(value: object, path: str) -> str:
+    text = _string(value, path, "math")
+    if not _ROUTE_NAME_RE.fullmatch(text):
+        raise ConfigError(
+            path,
+            f"{_short(text)} is not a route name: use lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit, at most 63 characters",
+        )
+    return text
+
+
+def _server_spiffe_id(value: object, path: str) -> SpiffeId:
+    text = _string(value, path, "spiffe://example.org/ns/mcp/sa/math")
+    if "*" in text:
+        raise ConfigError(
+            path, "wildcards are not allowed: give the exact SPIFFE ID of the server workload"
+        )
+    try:
+        return SpiffeId.parse_workload(text)
+    except SpiffeIdError as exc:
+        raise ConfigError(path, f"not a SPIFFE ID: {exc.message}") from None
+
+
+def _trust_domain(value: object, path: str) -> str:
+    text = _string(value, path, "example.org")
+    if text.startswith(SCHEME_PREFIX):
+        raise ConfigError(
+            path, f"expected a bare trust domain name like example.org, without {SCHEME_PREFIX!r}"
+        )
+    try:
+        return validate_trust_domain(text)
+    except SpiffeIdError as exc:
+        raise ConfigError(path, f"not a valid trust domain: {exc.message}") from None
+
+
+def _workload_api(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, path, "unix:///run/spire/sockets/agent.sock")
+    grpc_target(text, field=path)  # raises ConfigError naming ``path``
+    return text
+
+
+def _listen(like: str) -> _Parse[ListenAddress]:
+    def parse(value: object, path: str) -> ListenAddress:
+        return ListenAddress.parse(_string(value, path, like), path)
+
+    return parse
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+class _Failed(Exception):
+    """A section had problems (already recorded); its dataclass cannot be built."""
+
+
+class _Fields:
+    """Reads the known keys of one mapping, recording problems instead of stopping."""
+
+    def __init__(self, problems: list[ConfigError], data: Mapping[str, object], path: str) -> None:
+        self._problems = problems
+        self._data = data
+        self._path = path
+        self.failed = False
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def optional(self, key: str, parse: _Parse[_T], default: _T) -> _T:
+        if key not in self._data:
+            return default
+        try:
+            return parse(self._data[key], _join(self._path, key))
+        except ConfigError as exc:
+            self._problems.append(exc)
+        except _Failed:
+            pass
+        self.failed = True
+        return default
+
+    def required(self, key: str, parse: _Parse[_T], hint: str) -> _T | None:
+        if key not in self._data:
+            self._problems.append(ConfigError(_join(self._path, key), f"required ({hint})"))
+            self.failed = True
+            return None
+        return self.optional(key, parse, None)
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.problems: list[ConfigError] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(ConfigError(path or ROOT, message))
+
+    def fields(self, value: object, path: str, schema: str) -> _Fields:
+        """Check that ``value`` is a mapping of known keys; unknown keys are recorded."""
+        known = SCHEMA[schema]
+        if value is None:  # "admin:" with everything under it commented out
+            value = {}
+        if not isinstance(value, Mapping):
+            listed = ", ".join(known)
+            self.error(path, f"expected a mapping with keys {listed}; got {_got(value)}")
+            raise _Failed
+        data: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.error(path, f"keys must be strings, got {_got(key)}")
+                continue
+            key_path = _join(path, key)
+            schema_key = f"{schema}.{key}" if schema else key
+            if schema_key in UNSUPPORTED_KEYS:
+                self.error(
+                    key_path,
+                    f"not supported by this version yet ({UNSUPPORTED_KEYS[schema_key]}); remove "
+                    "it: an ignored security policy would silently allow what it should deny",
+                )
+            elif key not in known:
+                self.error(key_path, _unknown_key_message(key, schema))
+            else:
+                data[key] = item
+        return _Fields(self.problems, data, path)
+
+    def sequence(self, value: object, path: str, like: str) -> Sequence[object]:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(path, f"expected a list of {like}, got {_got(value)}")
+        return value
+
+    # -- top level
+
+    def config(self, data: object) -> Config:
+        if data is None:
+            self.error(
+                ROOT,
+                "the configuration is empty; expected a mapping with trust_domain and "
+                "inbound and/or outbound",
+            )
+            raise _Failed
+        f = self.fields(data, "", "")
+        trust_domain = f.required(
+            "trust_domain", _trust_domain, "the trust domain, e.g. example.org"
+        )
+        workload_api = f.optional("workload_api", _workload_api, None)
+        admin = f.optional("admin", self.admin, AdminConfig())
+        inbound: InboundConfig | None = f.optional("inbound", self.inbound, None)
+        outbound: OutboundConfig | None = f.optional("outbound", self.outbound, None)
+        log = f.optional("log", self.log, LogConfig())
+        drain_timeout = f.optional("shutdown", self.shutdown, 10.0)
+        if "inbound" not in f and "outbound" not in f:
+            self.error(
+                ROOT,
+                "at least one of 'inbound' (MCP server side) or 'outbound' (agent side) "
+                "is required",
+            )
+        self.check_listeners(
+            [
+                ("admin.listen", admin.listen),
+                ("inbound.listen", inbound.listen if inbound else None),
+                ("outbound.listen", outbound.listen if outbound else None),
+            ]
+        )
+        if self.problems or trust_domain is None:
+            raise _Failed
+        return Config(
+            trust_domain=trust_domain,
+            workload_api=workload_api,
+            admin=admin,
+            inbound=inbound,
+            outbound=outbound,
+            log=log,
+            drain_timeout=drain_timeout,
+        )
+
+    def check_listeners(self, listeners: list[tuple[str, ListenAddress | None]]) -> None:
+        seen: list[tuple[str, ListenAddress]] = []
+        for path, address in listeners:
+            if address is None:
+                continue
+            for other_path, other in seen:
+                if address.port == other.port != 0 and (
+                    address.host == other.host or address.is_wildcard or other.is_wildcard
+                ):
+                    self.error(path, f"{address} conflicts with {other_path} ({other})")
+            seen.append((path, address))
+
+    def admin(self, value: object, path: str) -> AdminConfig:
+        f = self.fields(value, path, "admin")
+        listen = f.optional("listen", _listen("127.0.0.1:15000"), AdminConfig().listen)
+        if f.failed:
+            raise _Failed
+        return AdminConfig(listen=listen)
+
+    def log(self, value: object, path: str) -> LogConfig:
+        f = self.fields(value, path, "log")
+        level: LogLevel = f.optional("level", _log_level, "info")
+        access_log = f.optional("access_log", _boolean, True)
+        if f.failed:
+            raise _Failed
+        return LogConfig(level=level, access_log=access_log)
+
+    def shutdown(self, value: object, path: str) -> float:
+        f = self.fields(value, path, "shutdown")
+        drain_timeout = f.optional("drain_timeout", parse_duration, 10.0)
+        if f.failed:
+            raise _Failed
+        return drain_timeout
+
+    def limits(self, value: object, path: str) -> Limits:
+        f = self.fields(value, path, path)  # path == schema: inbound.limits / outbound.limits
+        defaults = Limits()
+        limits = Limits(
+            max_request_body=f.optional(
+                "max_request_body",
+                _size_between(1, GIB, "1 byte", "1GiB"),
+                defaults.max_request_body,
+            ),
+            max_header_size=f.optional(
+                "max_header_size", _size_between(KIB, MIB, "1KiB", "1MiB"), defaults.max_header_size
+            ),
+            header_timeout=f.optional("header_timeout", _timeout, defaults.header_timeout),
+            keepalive_timeout=f.optional("keepalive_timeout", _timeout, defaults.keepalive_timeout),
+            connect_timeout=f.optional("connect_timeout", _timeout, defaults.connect_timeout),
+            idle_timeout=f.optional("idle_timeout", _timeout, defaults.idle_timeout),
+            total_timeout=f.optional("total_timeout", _timeout, defaults.total_timeout),
+            sse_heartbeat=f.optional("sse_heartbeat", parse_duration, defaults.sse_heartbeat),
+        )
+        if f.failed:
+            raise _Failed
+        return limits
+
+    def origins(self, value: object, path: str) -> tuple[str, ...]:
+        items = self.sequence(value, path, "origins like https://app.example.com")
+        origins: list[str] = []
+        failed = False
+        for index, item in enumerate(items):
+            try:
+                origin = _origin(item, f"{path}[{index}]")
+            except ConfigError as exc:
+                self.problems.append(exc)
+                failed = True
+                continue
+            if origin not in origins:
+                origins.append(origin)
+        if failed:
+            raise _Failed
+        return tuple(origins)
+
+    # -- inbound
+
+    def inbound(self, value: object, path: str) -> InboundConfig:
+        f = self.fields(value, path, "inbound")
+        listen = f.required(
+            "listen", _listen("0.0.0.0:8443"), "the mTLS listen address, e.g. 0.0.0.0:8443"
+        )
+        upstream = f.required(
+            "upstream",
+            lambda v, p: _url(
+                v, p, "http", "http://127.0.0.1:8000", "the local MCP server, reached in plain HTTP"
+            ),
+            "the local MCP server's URL, e.g. http://127.0.0.1:8000",
+        )
+        mtls: MtlsMode = f.optional("mtls", _mtls, "required")
+        allow = f.optional("allow_spiffe_ids", self.allowlist, None)
+        origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
+        forward_authorization = f.optional("forward_authorization", _boolean, False)
+        limits = f.optional("limits", self.limits, Limits())
+        if mtls == "off":
+            self.error(
+                _join(path, "mtls"),
+                "'off' requires a token layer (jwt_svid or oauth), which this version does not "
+                "support yet; use 'required'",
+            )
+            f.failed = True
+        elif "allow_spiffe_ids" not in f or (allow is not None and len(allow) == 0):
+            self.error(
+                _join(path, "allow_spiffe_ids"),
+                ("empty" if "allow_spiffe_ids" in f else "required")
+                + ": with mtls: required only peers whose SPIFFE ID matches one of these patterns "
+                "may connect, so nobody could; list at least one, e.g. "
+                "spiffe://example.org/ns/agents/sa/*",
+            )
+            f.failed = True
+        if f.failed or listen is None or upstream is None or allow is None:
+            raise _Failed
+        return InboundConfig(
+            listen=listen,
+            upstream=upstream,
+            mtls=mtls,
+            allow_spiffe_ids=allow,
+            allowed_origins=origins,
+            forward_authorization=forward_authorization,
+            limits=limits,
+        )
+
+    def allowlist(self, value: object, path: str) -> Allowlist:
+        like = "spiffe://example.org/ns/agents/sa/*"
+        items = self.sequence(value, path, f"SPIFFE ID patterns like {like}")
+        texts: list[str] = []
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            if not isinstance(item, str):
+                self.error(item_path, f"expected a string like {like}, got {_got(item)}")
+                continue
+            try:
+                SpiffeIdPattern.parse(item)
+            except PatternError as exc:
+                self.error(item_path, f"not a SPIFFE ID pattern: {exc.message}")
+                continue
+            texts.append(item)
+        if len(texts) != len(items):
+            raise _Failed
+        return Allowlist.from_strings(texts)
+
+    # -- outbound
+
+    def outbound(self, value: object, path: str) -> OutboundConfig:
+        f = self.fields(value, path, "outbound")
+        listen = f.required(
+            "listen", _listen("127.0.0.1:15001"), "a loopback address, e.g. 127.0.0.1:15001"
+        )
+        allow_non_loopback = f.optional("allow_non_loopback", _boolean, False)
+        origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
+        limits = f.optional("limits", self.limits, Limits())
+        routes = f.required("routes", self.routes, "at least one route")
+        if listen is not None and not listen.is_loopback and not allow_non_loopback:
+            self.error(
+                _join(path, "listen"),
+                f"{listen} is not a loopback address: the outbound side is plain HTTP and lends "
+                "this workload's SPIFFE identity to whoever connects; listen on 127.0.0.1, [::1] "
+                "or localhost, or set allow_non_loopback: true if the network in front is trusted",
+            )
+            f.failed = True
+        if f.failed or listen is None or routes is None:
+            raise _Failed
+        return OutboundConfig(
+            listen=listen,
+            routes=routes,
+            allow_non_loopback=allow_non_loopback,
+            allowed_origins=origins,
+            limits=limits,
+        )
+
+    def routes(self, value: object, path: str) -> tuple[RouteConfig, ...]:
+        items = self.sequence(value, path, "routes")
+        if not items:
+            raise ConfigError(path, "at least one route is required")
+        routes: list[RouteConfig] = []
+        failed = False
+        names: dict[str, int] = {}
+        matches: dict[tuple[str | None, str], int] = {}
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            try:
+                routes.append(self.route(item, item_path))
+            except _Failed:
+                failed = True
+            # Uniqueness is checked on the fields that are valid, even if others are not.
+            raw: Mapping[object, object] = item if isinstance(item, Mapping) else {}
+            name = _valid_or_none(_route_name, raw.get("name"))
+            if name is not None:
+                if name in names:
+                    self.error(
+                        f"{item_path}.name",
+                        f"duplicate route name {name!r} (also routes[{names[name]}])",
+                    )
+                    failed = True
+                names.setdefault(name, index)
+            prefix = _valid_or_none(_path_prefix, raw.get("path_prefix", "/"))
+            host = _valid_or_none(_route_host, raw.get("host"))
+            if prefix is not None and (host is not None or raw.get("host") is None):
+                if (host, prefix) in matches:
+                    on_host = f" and host {host!r}" if host else ""
+                    self.error(
+                        f"{item_path}.path_prefix",
+                        f"routes[{matches[host, prefix]}] already has path_prefix {prefix!r}"
+                        f"{on_host}; which route serves a request would be ambiguous",
+                    )
+                    failed = True
+                matches.setdefault((host, prefix), index)
+        if failed:
+            raise _Failed
+        return tuple(routes)
+
+    def route(self, value: object, path: str) -> RouteConfig:
+        f = self.fields(value, path, ROUTE_SCHEMA)
+        name = f.required("name", _route_name, "a short unique name, e.g. math")
+        path_prefix = f.optional("path_prefix", _path_prefix, "/")
+        host = f.optional("host", _route_host, None)
+        upstream = f.required(
+            "upstream",
+            lambda v, p: _url(
+                v,
+                p,
+                "https",
+                "https://math.mcp.svc:8443",
+                "routes always originate mTLS to the server's sidecar",
+            ),
+            "the server sidecar's URL, e.g. https://math.mcp.svc:8443",
+        )
+        server_spiffe_id = f.required(
+            "server_spiffe_id",
+            _server_spiffe_id,
+            "the exact SPIFFE ID the server must present, e.g. spiffe://example.org/ns/mcp/sa/math",
+        )
+        strip_prefix = f.optional("strip_prefix", _boolean, True)
+        if f.failed or name is None or upstream is None or server_spiffe_id is None:
+            raise _Failed
+        return RouteConfig(
+            name=name,
+            path_prefix=path_prefix,
+            host=host,
+            upstream=upstream,
+            server_spiffe_id=server_spiffe_id,
+            strip_prefix=strip_prefix,
+        )
+
+
+def _valid_or_none(parse: _Parse[_T], value: object) -> _T | None:
+    try:
+        return parse(value, "")
+    except ConfigError:
+        return None
+
+
+def _mtls(value: object, path: str) -> MtlsMode:
+    if value is False:
+        raise ConfigError(
+            path, "expected 'required' or 'off', got boolean false (quote it: mtls: 'off')"
+        )
+    return _choice(value, path, MTLS_MODES)
+
+
+def _log_level(value: object, path: str) -> LogLevel:
+    return _choice(value.lower() if isinstance(value, str) else value, path, LOG_LEVELS)
+
+
+def _unknown_key_message(key: str, schema: str) -> str:
+    message = f"unknown key {_short(key)}"
+    close = difflib.get_close_matches(key, SCHEMA[schema], n=1)
+    if close:
+        return f"{message}; did you mean {close[0]!r}?"
+    homes = [name for name, keys in SCHEMA.items() if key in keys and name != schema]
+    homes += [k.rpartition(".")[0] for k in UNSUPPORTED_KEYS if k.rpartition(".")[2] == key]
+    if homes:
+        where = " or ".join(repr(_display_schema(home)) for home in homes)
+        return f"{message}; it belongs under {where}"
+    return f"{message}; expected one of: {', '.join(SCHEMA[schema])}"
+
+
+def _display_schema(schema: str) -> str:
+    return schema.replace("[]", "[i]") if schema else "the top level"
+
+
+# -------------------------------------------------------------------------------------- entry
+
+
+def parse_config(data: object) -> Config:
+    """Validate already-loaded data (e.g. ``yaml.safe_load`` output) into a ``Config``.
+
+    Raises ``ConfigErrors`` listing every problem found; never any other exception.
+    """
+    parser = _Parser()
+    try:
+        config = parser.config(data)
+    except _Failed:
+        raise ConfigErrors(parser.problems) from None
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file. Unreadable files and YAML syntax errors are
+    ``ConfigErrors`` too (path = the file name); other problems carry their line number."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigErrors([ConfigError(source, f"cannot read the file: {reason}")]) from None
+    return load_config_text(raw, source=source)
+
+
+def load_config_text(text: str | bytes, *, source: str = "<config>") -> Config:
+    """Like ``load_config`` for YAML already in memory; ``source`` names it in errors."""
+    try:
+        lines, problems, data = _compose_and_construct(text)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigErrors([ConfigError(source, _yaml_message(exc))]) from None
+    except yaml.YAMLError as exc:  # e.g. ReaderError: bad encoding, control characters
+        message = " ".join(str(exc).split())  # one line: check-config prints one per line
+        raise ConfigErrors([ConfigError(source, f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise ConfigErrors([ConfigError(source, "invalid YAML: nested too deeply")]) from None
+    try:
+        config = parse_config(data)
+    except ConfigErrors as exc:
+        problems.extend(_with_line(problem, lines) for problem in exc.problems)
+    else:
+        if not problems:
+            return config
+    raise ConfigErrors(problems)
+
+
+# ---------------------------------------------------------------------------------------- YAML
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader where only true/false are booleans (YAML 1.2): ``mtls: off`` is the string
+    "off" and ``forward_authorization: yes`` is a type error, not a silent ``True``."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _compose_and_construct(text: str | bytes) -> tuple[dict[str, int], list[ConfigError], object]:
+    loader = _StrictLoader(text)  # may raise ReaderError (bad encoding, control characters)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, [], None
+        lines, duplicates = _scan(node)
+        return lines, duplicates, loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _scan(root: Node) -> tuple[dict[str, int], list[ConfigError]]:
+    """Walk the composed YAML: the line of every key path, and every duplicate key."""
+    lines: dict[str, int] = {}
+    duplicates: list[tuple[int, ConfigError]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # aliases share nodes: visit each once (no billion laughs)
+            continue
+        seen.add(id(node))
+        if isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                item_path = f"{path}[{index}]"
+                lines.setdefault(item_path, item.start_mark.line + 1)
+                stack.append((item, item_path))
+        elif isinstance(node, MappingNode):
+            first_line: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # '<<: *defaults' merges into this very mapping
+                    merged = (
+                        value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                    )
+                    stack.extend((item, path) for item in merged)
+                    continue
+                if not isinstance(key_node, ScalarNode):
+                    continue
+                line = key_node.start_mark.line + 1
+                key_path = _join(path, str(key_node.value))
+                identity = (key_node.tag, str(key_node.value))
+                if identity in first_line:
+                    duplicates.append(
+                        (
+                            line,
+                            ConfigError(
+                                key_path,
+                                f"duplicate key (first at line {first_line[identity]}, again at "
+                                f"line {line}); a security config must not be ambiguous",
+                            ),
+                        )
+                    )
+                    continue
+                first_line[identity] = line
+                lines.setdefault(key_path, line)
+                stack.append((value_node, key_path))
+    duplicates.sort(key=lambda item: item[0])
+    return lines, [problem for _, problem in duplicates]
+
+
+def _with_line(problem: ConfigError, lines: Mapping[str, int]) -> ConfigError:
+    line = lines.get(problem.path)
+    if line is None:
+        return problem
+    return ConfigError(problem.path, f"{problem_detail(problem)} (line {line})")
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = exc.problem or exc.context or "syntax error"
+    message = f"invalid YAML{where}: {' '.join(what.split())}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return message
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+
+
+def _join(path: str, key: str) -> str:
+    if not _PLAIN_KEY_RE.fullmatch(key):
+        return f"{path}[{_short(key)}]"
+    return f"{path}.{key}" if path else key
+
+
+def _short(text: str) -> str:
+    """Quote untrusted text for a message without echoing kilobytes of it."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _got(value: object) -> str:
+    """Describe a value for a type error; containers by kind only (they may be huge)."""
+    if value is None:
+        return "null (empty value)"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}" if abs(value) < 10**20 else "a very large integer"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        return f"string {_short(value)}"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__

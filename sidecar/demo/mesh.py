@@ -1,0 +1,271 @@
+"""``mcp-sidecar demo``: a whole agentic mesh on this machine, exercised and explained.
+
+Starts the embedded dev Workload API (stand-in for SPIRE) with three identities — an agent, the
+``math`` MCP server and a rogue workload — a real MCP server (official SDK) behind an inbound
+sidecar, and outbound sidecars for the agent and the rogue. The agent then lists and calls tools
+through the mesh with the official MCP client; the rogue is refused. Prints a short report and
+exits 0 when everything behaved as a mesh must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import yaml
+
+from sidecar.config import parse_config
+from sidecar.demo import mcp_client
+from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
+from sidecar.identity.devca import DevCA
+from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.runtime import Sidecar
+
+TRUST_DOMAIN = "example.org"
+IDENTITIES = {
+    "agent": f"spiffe://{TRUST_DOMAIN}/ns/agents/sa/agent",
+    "math": f"spiffe://{TRUST_DOMAIN}/ns/mcp/sa/math",
+    "rogue": f"spiffe://{TRUST_DOMAIN}/ns/rogue/sa/intruder",
+}
+STEP_TIMEOUT = 30.0
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the mesh up after the report (Ctrl-C to stop) for curl / MCP Inspector",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the dev CA, sockets, configs and access logs go (default: a temp dir)",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run_demo(keep_running=args.keep_running, state_dir=args.state_dir))
+
+
+@dataclass
+class Report:
+    """What happened, step by step; ``ok`` is false if any expectation failed."""
+
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def step(self, good: bool, who: str, what: str, outcome: str) -> None:
+        self.ok &= good
+        mark = "ok " if good else "FAIL"
+        self.lines.append(f"  [{mark}] {who:<9} {what:<34} {outcome}")
+
+
+@dataclass
+class DemoMesh:
+    state: Path
+    api: DevWorkloadApi
+    server_url: str
+    inbound: Sidecar
+    agent: Sidecar
+    rogue: Sidecar
+
+    def agent_url(self) -> str:
+        return f"http://127.0.0.1:{self.agent.port('outbound')}/math{MCP_PATH}"
+
+    def rogue_url(self) -> str:
+        return f"http://127.0.0.1:{self.rogue.port('outbound')}/math{MCP_PATH}"
+
+
+def _inbound(socket: str, mcp_port: int) -> dict[str, Any]:
+    return {
+        "trust_domain": TRUST_DOMAIN,
+        "workload_api": socket,
+        "admin": {"listen": "127.0.0.1:0"},
+        "inbound": {
+            "listen": "127.0.0.1:0",
+            "upstream": f"http://127.0.0.1:{mcp_port}",
+            "allow_spiffe_ids": [f"spiffe://{TRUST_DOMAIN}/ns/agents/**"],
+        },
+    }
+
+
+def _outbound(socket: str, inbound_port: int) -> dict[str, Any]:
+    return {
+        "trust_domain": TRUST_DOMAIN,
+        "workload_api": socket,
+        "admin": {"listen": "127.0.0.1:0"},
+        "outbound": {
+            "listen": "127.0.0.1:0",
+            "routes": [
+                {
+                    "name": "math",
+                    "path_prefix": "/math",
+                    "upstream": f"https://127.0.0.1:{inbound_port}",
+                    "server_spiffe_id": IDENTITIES["math"],
+                }
+            ],
+        },
+    }
+
+
+async def _sidecar(name: str, config: dict[str, Any], state: Path, logs: list[TextIO]) -> Sidecar:
+    (state / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    log_file = (state / f"{name}-access.log").open("a", encoding="utf-8")
+    logs.append(log_file)
+    sidecar = Sidecar(parse_config(config), access_stream=log_file)
+    await sidecar.start(svid_timeout=STEP_TIMEOUT)
+    return sidecar
+
+
+@contextlib.asynccontextmanager
+async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
+    """Bring the whole mesh up under ``state`` and tear it down again."""
+    state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+    sockets = {name: f"unix://{state}/{name}.sock" for name in IDENTITIES}
+    ca = DevCA.load_or_create(state / "dev-ca", TRUST_DOMAIN)
+    api = DevWorkloadApi(ca, {sockets[n]: sid for n, sid in IDENTITIES.items()})
+    logs: list[TextIO] = []
+    sidecars: list[Sidecar] = []
+    await api.start()
+    server = await serve_mcp("127.0.0.1", 0)
+    try:
+        inbound = await _sidecar(
+            "math-inbound", _inbound(sockets["math"], server.port), state, logs
+        )
+        sidecars.append(inbound)
+        agent = await _sidecar(
+            "agent-outbound", _outbound(sockets["agent"], inbound.port("inbound")), state, logs
+        )
+        sidecars.append(agent)
+        rogue = await _sidecar(
+            "rogue-outbound", _outbound(sockets["rogue"], inbound.port("inbound")), state, logs
+        )
+        sidecars.append(rogue)
+        yield DemoMesh(state, api, server.url, inbound, agent, rogue)
+    finally:
+        for sidecar in reversed(sidecars):
+            await sidecar.stop()
+        await server.close()
+        await api.stop()
+        for log_file in logs:
+            log_file.close()
+
+
+async def exercise(mesh: DemoMesh) -> Report:
+    """The agent uses the math server through the mesh; the rogue tries and is refused."""
+    report = Report()
+    url = mesh.agent_url()
+    tools = await mcp_client.list_tool_names(url, timeout=STEP_TIMEOUT)
+    report.step("add" in tools, "agent", "tools/list", ", ".join(sorted(tools)))
+    for name, args, expected in (
+        ("add", {"a": 2, "b": 3}, {"result": 5}),
+        ("multiply", {"a": 6, "b": 7}, {"result": 42}),
+        ("echo", {"text": "hello over mTLS"}, {"result": "hello over mTLS"}),
+    ):
+        result = await mcp_client.call_tool(url, name, args, timeout=STEP_TIMEOUT)
+        report.step(
+            result.structured == expected and not result.is_error,
+            "agent",
+            f"tools/call {name}({_args(args)})",
+            f"-> {result.text}",
+        )
+    clock = await mcp_client.call_tool(url, "get_time", {}, timeout=STEP_TIMEOUT)
+    report.step(not clock.is_error, "agent", "tools/call get_time()", f"-> {clock.text}")
+    result, events = await mcp_client.call_with_progress(
+        url, "count_slowly", {"n": 3, "delay": 0.2}, timeout=STEP_TIMEOUT
+    )
+    streamed = len(events) == 3 and all(e.before_result for e in events)
+    report.step(
+        streamed,
+        "agent",
+        "tools/call count_slowly(n=3)",
+        f"-> {len(events)} progress events over SSE, then {result.text!r}",
+    )
+    refused = await mcp_client.post_raw(
+        mesh.rogue_url(), {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=STEP_TIMEOUT
+    )
+    report.step(
+        refused.status == 403 and "not_allowlisted" in refused.body,
+        "rogue",
+        "tools/list",
+        f"-> refused: HTTP {refused.status} {_reason(refused.body)}",
+    )
+    return report
+
+
+def _args(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+def _reason(body: str) -> str:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        data = json.loads(body)
+        return f"{data['error']}: {data['message']}"
+    return body[:80]
+
+
+async def _metrics_excerpt(admin_port: int | None) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{admin_port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    wanted = ("mcp_sidecar_requests_total{", "mcp_sidecar_spiffe_rejections_total{")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+async def run_demo(*, keep_running: bool = False, state_dir: Path | None = None) -> int:
+    with contextlib.ExitStack() as stack:
+        state = state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mcp-")))
+        async with demo_mesh(state.resolve()) as mesh:
+            report = await exercise(mesh)
+            metrics = await _metrics_excerpt(mesh.inbound.admin_port)
+            _print_report(mesh, report, metrics)
+            if keep_running:
+                await _wait_for_signal(mesh)
+    return 0 if report.ok else 1
+
+
+def _print_report(mesh: DemoMesh, report: Report, metrics: list[str]) -> None:
+    print("mcp-sidecar demo: an agentic mesh on the embedded dev Workload API\n")
+    print("identities (dev Workload API, trust domain example.org):")
+    for name, sid in IDENTITIES.items():
+        print(f"  {name:<6} {sid}")
+    print("\nwhat happened (MCP client -> outbound sidecar -> mTLS -> inbound sidecar -> server):")
+    print("\n".join(report.lines))
+    print("\ninbound sidecar metrics:")
+    print("\n".join(f"  {line}" for line in metrics))
+    print("\nwhere to look:")
+    print(f"  agent's MCP endpoint   {mesh.agent_url()}")
+    print(f"  rogue's MCP endpoint   {mesh.rogue_url()}")
+    print(f"  inbound admin          http://127.0.0.1:{mesh.inbound.admin_port}/metrics")
+    print(f"  configs, access logs   {mesh.state}")
+    print(f"\nresult: {'OK' if report.ok else 'FAILED'}")
+
+
+async def _wait_for_signal(mesh: DemoMesh) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("\nmesh is running; try:")
+    print(
+        f"  curl -s -X POST {mesh.agent_url()} -H 'Content-Type: application/json' "
+        "-H 'Accept: application/json, text/event-stream' "
+        '-d \'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+        '"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}\''
+    )
+    print("Ctrl-C stops it.")
+    await stop.wait()

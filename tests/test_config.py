@@ -1,0 +1,1261 @@
+"""Config parsing: frozen dataclasses, every problem reported at once with its key path."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.config import (
+    ROOT,
+    SCHEMA,
+    UNSUPPORTED_KEYS,
+    AdminConfig,
+    Config,
+    ConfigErrors,
+    InboundConfig,
+    Limits,
+    ListenAddress,
+    LogConfig,
+    OutboundConfig,
+    RouteConfig,
+    load_config,
+    load_config_text,
+    parse_config,
+    parse_duration,
+    parse_size,
+    problem_detail,
+)
+from sidecar.errors import ConfigError
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.spiffe.match import Allowlist
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+DOCS = REPO / "docs" / "configuration.md"
+
+FULL = """\
+trust_domain: example.org
+workload_api: unix:///run/spire/sockets/agent.sock
+admin:
+  listen: 0.0.0.0:15000
+inbound:
+  listen: 0.0.0.0:8443
+  upstream: http://127.0.0.1:8000/
+  mtls: required
+  allow_spiffe_ids:
+    - spiffe://example.org/ns/agents/sa/*
+    - spiffe://partner.example/ns/research/**
+  allowed_origins: ["HTTPS://App.Example.com:443", "http://localhost:3000"]
+  forward_authorization: true
+  limits:
+    max_request_body: 1MB
+    max_header_size: 8KiB
+    header_timeout: 2s
+    keepalive_timeout: 30
+    connect_timeout: 250ms
+    idle_timeout: 1.5m
+    total_timeout: 1h
+    sse_heartbeat: 0
+outbound:
+  listen: "[::1]:15001"
+  allowed_origins: []
+  limits: {max_request_body: 2048}
+  routes:
+    - name: math
+      path_prefix: /math
+      upstream: https://Math.MCP.svc:8443
+      server_spiffe_id: spiffe://example.org/ns/mcp/sa/math
+    - name: search_2
+      path_prefix: /
+      host: Search.Local:15001
+      upstream: https://search.partner.example
+      server_spiffe_id: spiffe://partner.example/ns/mcp/sa/search
+      strip_prefix: false
+log:
+  level: DEBUG
+  access_log: false
+shutdown:
+  drain_timeout: 30s
+"""
+
+
+def base() -> dict[str, Any]:
+    """A minimal valid config with both sides, as plain data (for parse_config)."""
+    return {
+        "trust_domain": "example.org",
+        "inbound": {
+            "listen": "0.0.0.0:8443",
+            "upstream": "http://127.0.0.1:8000",
+            "allow_spiffe_ids": ["spiffe://example.org/ns/agents/sa/*"],
+        },
+        "outbound": {
+            "listen": "127.0.0.1:15001",
+            "routes": [
+                {
+                    "name": "math",
+                    "path_prefix": "/math",
+                    "upstream": "https://math.mcp.svc:8443",
+                    "server_spiffe_id": "spiffe://example.org/ns/mcp/sa/math",
+                }
+            ],
+        },
+    }
+
+
+def problems_of(data: object) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(data)
+    return [(p.path, problem_detail(p)) for p in info.value.problems]
+
+
+def yaml_problems(text: str) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigErrors) as info:
+        load_config_text(textwrap.dedent(text), source="test.yaml")
+    return [(p.path, problem_detail(p)) for p in info.value.problems]
+
+
+def only(problems: list[tuple[str, str]]) -> tuple[str, str]:
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def with_change(path: str, value: object) -> dict[str, Any]:
+    """``base()`` with ``value`` at ``path``; ``...`` deletes the key instead."""
+    data = base()
+    if value is ...:
+        parent, _, key = path.rpartition(".")
+        target: Any = data
+        for part in re.findall(r"[^.\[\]]+", parent):
+            target = target[int(part)] if part.isdigit() else target[part]
+        del target[key]
+        return data
+    return _set(data, path, value)
+
+
+# ------------------------------------------------------------------------------------ valid
+
+
+def test_full_config_round_trips_to_the_expected_dataclasses() -> None:
+    config = load_config_text(FULL)
+    assert config == Config(
+        trust_domain="example.org",
+        workload_api="unix:///run/spire/sockets/agent.sock",
+        admin=AdminConfig(listen=ListenAddress("0.0.0.0", 15000)),
+        inbound=InboundConfig(
+            listen=ListenAddress("0.0.0.0", 8443),
+            upstream="http://127.0.0.1:8000",
+            mtls="required",
+            allow_spiffe_ids=Allowlist.from_strings(
+                [
+                    "spiffe://example.org/ns/agents/sa/*",
+                    "spiffe://partner.example/ns/research/**",
+                ]
+            ),
+            allowed_origins=("https://app.example.com", "http://localhost:3000"),
+            forward_authorization=True,
+            limits=Limits(
+                max_request_body=1_000_000,
+                max_header_size=8192,
+                header_timeout=2.0,
+                keepalive_timeout=30.0,
+                connect_timeout=0.25,
+                idle_timeout=90.0,
+                total_timeout=3600.0,
+                sse_heartbeat=0.0,
+            ),
+        ),
+        outbound=OutboundConfig(
+            listen=ListenAddress("::1", 15001),
+            allow_non_loopback=False,
+            allowed_origins=(),
+            limits=Limits(max_request_body=2048),
+            routes=(
+                RouteConfig(
+                    name="math",
+                    path_prefix="/math",
+                    host=None,
+                    upstream="https://math.mcp.svc:8443",
+                    server_spiffe_id=SpiffeId.parse("spiffe://example.org/ns/mcp/sa/math"),
+                    strip_prefix=True,
+                ),
+                RouteConfig(
+                    name="search_2",
+                    path_prefix="/",
+                    host="search.local:15001",
+                    upstream="https://search.partner.example:443",
+                    server_spiffe_id=SpiffeId.parse("spiffe://partner.example/ns/mcp/sa/search"),
+                    strip_prefix=False,
+                ),
+            ),
+        ),
+        log=LogConfig(level="debug", access_log=False),
+        drain_timeout=30.0,
+    )
+    assert config.inbound is not None
+    assert config.inbound.allow_spiffe_ids.allows(
+        SpiffeId.parse("spiffe://example.org/ns/agents/sa/planner")
+    )
+    assert not config.inbound.allow_spiffe_ids.allows(
+        SpiffeId.parse("spiffe://example.org/ns/mcp/sa/math")
+    )
+
+
+def test_defaults() -> None:
+    data = base()
+    del data["outbound"]["routes"][0]["path_prefix"]
+    config = parse_config(data)
+    assert config.workload_api is None
+    assert config.admin == AdminConfig() == AdminConfig(listen=ListenAddress("127.0.0.1", 15000))
+    assert config.log == LogConfig(level="info", access_log=True)
+    assert config.drain_timeout == 10.0
+    assert config.inbound is not None and config.outbound is not None
+    assert config.inbound.mtls == "required"
+    assert config.inbound.allowed_origins == ()
+    assert config.inbound.forward_authorization is False
+    assert config.inbound.limits == config.outbound.limits == Limits()
+    assert Limits() == Limits(
+        max_request_body=4 * 1024 * 1024,
+        max_header_size=16 * 1024,
+        header_timeout=10.0,
+        keepalive_timeout=75.0,
+        connect_timeout=5.0,
+        idle_timeout=60.0,
+        total_timeout=300.0,
+        sse_heartbeat=15.0,
+    )
+    assert config.outbound.allow_non_loopback is False
+    route = config.outbound.routes[0]
+    assert (route.path_prefix, route.host, route.strip_prefix) == ("/", None, True)
+
+
+def test_empty_sections_take_their_defaults() -> None:
+    data = base()
+    data.update(admin=None, log=None, shutdown=None)
+    data["inbound"]["limits"] = None
+    config = parse_config(data)
+    assert (config.admin, config.log, config.drain_timeout) == (AdminConfig(), LogConfig(), 10.0)
+    assert config.inbound is not None and config.inbound.limits == Limits()
+    problems = problems_of(with_change("inbound", None))
+    assert [path for path, _ in problems] == [
+        "inbound.listen",
+        "inbound.upstream",
+        "inbound.allow_spiffe_ids",
+    ]
+
+
+def test_inbound_only_and_outbound_only_are_both_fine() -> None:
+    inbound_only = base()
+    del inbound_only["outbound"]
+    assert parse_config(inbound_only).outbound is None
+    outbound_only = base()
+    del outbound_only["inbound"]
+    assert parse_config(outbound_only).inbound is None
+
+
+def test_federated_server_ids_and_allowlist_entries_are_fine() -> None:
+    data = with_change(
+        "outbound.routes[0].server_spiffe_id", "spiffe://partner.example/ns/mcp/sa/math"
+    )
+    data["inbound"]["allow_spiffe_ids"] = ["spiffe://partner.example/ns/agents/sa/x"]
+    config = parse_config(data)
+    assert config.outbound is not None
+    assert config.outbound.routes[0].server_spiffe_id.trust_domain == "partner.example"
+
+
+@pytest.mark.parametrize("name", ["inbound.yaml", "outbound.yaml"])
+def test_examples_pass(name: str) -> None:
+    config = load_config(EXAMPLES / name)
+    assert config.trust_domain == "example.org"
+    assert (config.inbound if name == "inbound.yaml" else config.outbound) is not None
+
+
+def test_yaml_blocks_in_the_docs_are_valid_complete_configs() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        load_config_text(block, source="docs/configuration.md")
+
+
+def test_every_key_is_documented() -> None:
+    docs = DOCS.read_text()
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert f"| `{key}` |" in docs, f"{section}.{key} is not documented"
+        if section:
+            assert section.replace("[]", "[i]") in docs or section in docs
+    for key in UNSUPPORTED_KEYS:
+        assert f"`{key.replace('[]', '[i]')}`" in docs
+
+
+def test_dataclasses_are_frozen() -> None:
+    config = load_config_text(FULL)
+    assert config.inbound is not None and config.outbound is not None
+    objects: list[object] = [
+        config,
+        config.admin,
+        config.log,
+        config.inbound,
+        config.inbound.limits,
+        config.inbound.listen,
+        config.outbound,
+        config.outbound.routes[0],
+    ]
+    for obj in objects:
+        field = dataclasses.fields(obj)[0].name  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, None)
+    assert isinstance(config.outbound.routes, tuple)
+    assert isinstance(config.inbound.allowed_origins, tuple)
+    hash(config.outbound.routes[0])
+
+
+def test_summary_names_listeners_routes_and_allowlist_size() -> None:
+    lines = load_config_text(FULL).summary()
+    text = "\n".join(lines)
+    assert "inbound: 0.0.0.0:8443 -> http://127.0.0.1:8000" in text
+    assert "2 allowed SPIFFE ID patterns" in text
+    assert "outbound: [::1]:15001; 2 routes" in text
+    assert "route math: /math -> https://math.mcp.svc:8443" in text
+    assert "route search_2: search.local:15001/ -> https://search.partner.example:443" in text
+
+
+# ----------------------------------------------------------------------------- listen addresses
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "shown", "loopback"),
+    [
+        ("127.0.0.1:15001", "127.0.0.1", 15001, "127.0.0.1:15001", True),
+        ("127.9.9.9:1", "127.9.9.9", 1, "127.9.9.9:1", True),
+        ("0.0.0.0:8443", "0.0.0.0", 8443, "0.0.0.0:8443", False),
+        ("[::1]:8443", "::1", 8443, "[::1]:8443", True),
+        ("[0:0::1]:8443", "::1", 8443, "[::1]:8443", True),
+        ("[::]:8443", "::", 8443, "[::]:8443", False),
+        ("LocalHost:0", "localhost", 0, "localhost:0", True),
+        ("10.0.0.7:65535", "10.0.0.7", 65535, "10.0.0.7:65535", False),
+        ("pod.example.svc:80", "pod.example.svc", 80, "pod.example.svc:80", False),
+    ],
+)
+def test_listen_addresses(text: str, host: str, port: int, shown: str, loopback: bool) -> None:
+    address = ListenAddress.parse(text)
+    assert (address.host, address.port, str(address), address.is_loopback) == (
+        host,
+        port,
+        shown,
+        loopback,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "8443",
+        "localhost",
+        ":8443",
+        "::1:8443",
+        "[::1]8443",
+        "[::1]",
+        "[127.0.0.1]:80",
+        "1.2.3.4:65536",
+        "1.2.3.4:-1",
+        "1.2.3.4:",
+        "1.2.3.4:http",
+        "256.1.1.1:80",
+        "exa mple:80",
+        "host_ü:80",
+        "1.2.3.4:٨٠",
+    ],
+)
+def test_bad_listen_address(text: str) -> None:
+    path, message = only(problems_of(with_change("inbound.listen", text)))
+    assert path == "inbound.listen"
+    assert message.startswith("not a host:port address"), message
+
+
+def test_listen_of_the_wrong_type_names_the_expected_type() -> None:
+    data = base()
+    data["admin"] = {"listen": ["127.0.0.1", 15000]}
+    assert only(problems_of(data)) == (
+        "admin.listen",
+        "expected a string like 127.0.0.1:15000, got list",
+    )
+    assert only(problems_of(with_change("inbound.listen", 8443))) == (
+        "inbound.listen",
+        "expected a string like 0.0.0.0:8443, got integer 8443",
+    )
+
+
+def test_listeners_may_not_share_a_port() -> None:
+    data = with_change("outbound.listen", "127.0.0.1:8443")
+    data["admin"] = {"listen": "127.0.0.1:15001"}
+    path, message = only(problems_of(data))
+    assert path == "outbound.listen"
+    assert "conflicts with inbound.listen (0.0.0.0:8443)" in message
+    # port 0 (tests) never conflicts; the same port on two specific addresses is fine
+    data = with_change("outbound.listen", "127.0.0.1:0")
+    data["admin"] = {"listen": "127.0.0.2:0"}
+    data["inbound"]["listen"] = "127.0.0.3:15001"
+    parse_config(data)
+
+
+# ------------------------------------------------------------------------------ unknown keys
+
+
+@pytest.mark.parametrize(
+    ("path", "suggestion"),
+    [
+        ("trust_domian", "did you mean 'trust_domain'?"),
+        ("inbound.listne", "did you mean 'listen'?"),
+        ("inbound.allowed_spiffe_ids", "did you mean 'allow_spiffe_ids'?"),
+        ("inbound.limits.max_body", "did you mean 'max_request_body'?"),
+        ("outbound.routes[0].server_id", "did you mean 'server_spiffe_id'?"),
+        ("outbound.route", "did you mean 'routes'?"),
+        ("log.levle", "did you mean 'level'?"),
+        ("routes", "it belongs under 'outbound'"),
+        ("inbound.drain_timeout", "it belongs under 'shutdown'"),
+        ("outbound.server_spiffe_id", "it belongs under 'outbound.routes[i]'"),
+        ("admin.zzz", "expected one of: listen"),
+    ],
+)
+def test_unknown_keys_are_errors_with_a_suggestion(path: str, suggestion: str) -> None:
+    reported_path, message = only(problems_of(_set(base(), path, "x")))
+    assert reported_path == path
+    key = path.rpartition(".")[2]
+    assert message == f"unknown key {key!r}; {suggestion}"
+
+
+def _set(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """Set ``value`` at a dotted path (``[i]`` indexes lists), creating missing mappings."""
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    target: Any = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {}) if isinstance(part, str) else target[part]
+    target[parts[-1]] = value
+    return data
+
+
+def test_non_string_and_odd_keys() -> None:
+    data = base()
+    data[1] = "x"
+    data["inbound"]["a b"] = "x"
+    problems = problems_of(data)
+    assert (ROOT, "keys must be strings, got integer 1") in problems
+    assert (
+        "inbound['a b']",
+        "unknown key 'a b'; expected one of: " + ", ".join(SCHEMA["inbound"]),
+    ) in problems
+
+
+# ----------------------------------------------------------------------- unsupported features
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "inbound.jwt_svid",
+        "inbound.oauth",
+        "inbound.mcp_policy",
+        "inbound.rate_limits",
+        "outbound.routes[0].jwt_svid_audience",
+    ],
+)
+def test_unsupported_feature_keys_are_errors(path: str) -> None:
+    data = _set(base(), path, {"anything": True})
+    reported_path, message = only(problems_of(data))
+    assert reported_path == path
+    assert message.startswith("not supported by this version yet")
+    assert "silently allow" in message
+
+
+def test_unsupported_keys_constant_lists_the_designed_features() -> None:
+    assert set(UNSUPPORTED_KEYS) == {
+        "inbound.jwt_svid",
+        "inbound.oauth",
+        "inbound.mcp_policy",
+        "inbound.rate_limits",
+        "outbound.routes[].jwt_svid_audience",
+    }
+
+
+# ------------------------------------------------------------------------------ inbound rules
+
+
+def test_mtls_off_needs_a_token_layer() -> None:
+    path, message = only(yaml_problems(_yaml_with_inbound_line("  mtls: off")))
+    assert path == "inbound.mtls"
+    assert message.startswith(
+        "'off' requires a token layer (jwt_svid or oauth), which this version does not support yet"
+    )
+
+
+def test_mtls_boolean_and_typo() -> None:
+    path, message = only(problems_of(with_change("inbound.mtls", False)))
+    assert path == "inbound.mtls" and "quote it" in message
+    path, message = only(problems_of(with_change("inbound.mtls", "requried")))
+    assert (
+        message == "expected 'required' or 'off', got string 'requried'; did you mean 'required'?"
+    )
+
+
+def test_empty_allowlist_admits_nobody() -> None:
+    path, message = only(problems_of(with_change("inbound.allow_spiffe_ids", [])))
+    assert path == "inbound.allow_spiffe_ids"
+    assert message.startswith("empty: with mtls: required only peers")
+    assert "nobody could" in message
+    path, message = only(problems_of(with_change("inbound.allow_spiffe_ids", ...)))
+    assert path == "inbound.allow_spiffe_ids"
+    assert message.startswith("required: ")
+
+
+def test_bad_spiffe_patterns_name_each_index() -> None:
+    patterns = [
+        "spiffe://example.org/ns/agents/sa/*",
+        "spiffe://example.org/ns/*x",
+        "spiffe://example.org/ns/ok",
+        "https://example.org/x",
+        42,
+        "spiffe://*.example.org/x",
+    ]
+    problems = problems_of(with_change("inbound.allow_spiffe_ids", patterns))
+    assert [path for path, _ in problems] == [
+        "inbound.allow_spiffe_ids[1]",
+        "inbound.allow_spiffe_ids[3]",
+        "inbound.allow_spiffe_ids[4]",
+        "inbound.allow_spiffe_ids[5]",
+    ]
+    assert problems[0][1].startswith("not a SPIFFE ID pattern: ")
+    assert "whole segment" in problems[0][1]
+    assert "spiffe://" in problems[1][1]
+    assert problems[2][1] == (
+        "expected a string like spiffe://example.org/ns/agents/sa/*, got integer 42"
+    )
+    assert "trust domain" in problems[3][1]
+    assert only(problems_of(with_change("inbound.allow_spiffe_ids", "spiffe://a/b")))[1] == (
+        "expected a list of SPIFFE ID patterns like spiffe://example.org/ns/agents/sa/*, "
+        "got string 'spiffe://a/b'"
+    )
+
+
+def test_missing_upstream() -> None:
+    path, message = only(problems_of(with_change("inbound.upstream", ...)))
+    assert path == "inbound.upstream"
+    assert message.startswith("required")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("https://127.0.0.1:8000", "must be an http:// URL"),
+        ("127.0.0.1:8000", "not a URL"),
+        ("http://127.0.0.1:8000/mcp", "without a path"),
+        ("http://127.0.0.1:8000?x=1", "without a path, query or fragment"),
+        ("http://user:pw@127.0.0.1:8000", "user info"),
+        ("http://127.0.0.1:99999", "not a valid URL"),
+        ("http://:8000", "has no host"),
+        ("http://bad_host!:80", "bad host"),
+        ("http://127.0.0.1:0", "port 0"),
+        (["http://127.0.0.1"], "expected a string like http://127.0.0.1:8000, got list"),
+    ],
+)
+def test_bad_inbound_upstream(value: object, fragment: str) -> None:
+    path, message = only(problems_of(with_change("inbound.upstream", value)))
+    assert path == "inbound.upstream"
+    assert fragment in message
+
+
+def test_upstreams_are_normalised_with_an_explicit_port() -> None:
+    data = with_change("inbound.upstream", "HTTP://LocalHost")
+    data["outbound"]["routes"][0]["upstream"] = "https://[::1]"
+    config = parse_config(data)
+    assert config.inbound is not None and config.outbound is not None
+    assert config.inbound.upstream == "http://localhost:80"
+    assert config.outbound.routes[0].upstream == "https://[::1]:443"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://App.Example.com", "https://app.example.com"),
+        ("https://app.example.com:443", "https://app.example.com"),
+        ("http://app.example.com:80", "http://app.example.com"),
+        ("https://app.example.com:8443", "https://app.example.com:8443"),
+        ("http://[::1]:3000", "http://[::1]:3000"),
+    ],
+)
+def test_origins_are_normalised(value: str, expected: str) -> None:
+    config = parse_config(with_change("inbound.allowed_origins", [value, value]))
+    assert config.inbound is not None
+    assert config.inbound.allowed_origins == (expected,)
+
+
+@pytest.mark.parametrize(
+    "value", ["*", "null", "app.example.com", "https://app.example.com/", "ftp://x", "https://a/b"]
+)
+def test_bad_origins(value: str) -> None:
+    data = with_change("outbound.allowed_origins", ["https://ok.example.com", value])
+    path, _ = only(problems_of(data))
+    assert path == "outbound.allowed_origins[1]"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "inbound.forward_authorization",
+            "yes",
+            "expected true or false, got string 'yes' (write true or false; "
+            "yes/no/on/off are strings in this file)",
+        ),
+        ("inbound.forward_authorization", "true", "expected true or false, got string 'true'"),
+        ("outbound.routes[0].strip_prefix", 1, "expected true or false, got integer 1"),
+        ("outbound.allow_non_loopback", None, "expected true or false, got null (empty value)"),
+        (
+            "inbound",
+            ["listen"],
+            "expected a mapping with keys listen, upstream, mtls, "
+            "allow_spiffe_ids, allowed_origins, forward_authorization, limits; got list",
+        ),
+        ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
+        ("outbound.routes", [], "at least one route is required"),
+        (
+            "outbound.allowed_origins",
+            "https://a.example",
+            "expected a list of origins like "
+            "https://app.example.com, got string 'https://a.example'",
+        ),
+        (
+            "inbound.limits",
+            "4MiB",
+            "expected a mapping with keys max_request_body, "
+            "max_header_size, header_timeout, keepalive_timeout, connect_timeout, idle_timeout, "
+            "total_timeout, sse_heartbeat; got string '4MiB'",
+        ),
+        ("trust_domain", 3.5, "expected a string like example.org, got number 3.5"),
+        (
+            "outbound.routes[0].name",
+            "Math",
+            "'Math' is not a route name: use lowercase letters, "
+            "digits, '-' and '_', starting with a letter or digit, at most 63 characters",
+        ),
+    ],
+)
+def test_wrong_types_name_the_expected_type(path: str, value: object, message: str) -> None:
+    assert only(problems_of(_set(base(), path, value))) == (path, message)
+
+
+def test_booleans_must_be_real_yaml_booleans() -> None:
+    for spelling in ("yes", "on", "Y", "'true'"):
+        path, message = only(
+            yaml_problems(_yaml_with_inbound_line(f"  forward_authorization: {spelling}"))
+        )
+        assert path == "inbound.forward_authorization"
+        assert message.startswith("expected true or false, got string")
+    for spelling, value in (("true", True), ("True", True), ("FALSE", False)):
+        config = load_config_text(_yaml_with_inbound_line(f"  forward_authorization: {spelling}"))
+        assert config.inbound is not None
+        assert config.inbound.forward_authorization is value
+
+
+def test_top_level_shape() -> None:
+    assert only(problems_of(None))[0] == ROOT
+    assert only(problems_of(["trust_domain"])) == (
+        ROOT,
+        "expected a mapping with keys trust_domain, workload_api, admin, inbound, outbound, "
+        "log, shutdown; got list",
+    )
+    assert only(yaml_problems(""))[1].startswith("the configuration is empty")
+    problems = problems_of({"trust_domain": "example.org"})
+    assert only(problems) == (
+        ROOT,
+        "at least one of 'inbound' (MCP server side) or 'outbound' (agent side) is required",
+    )
+    assert ("trust_domain", "required (the trust domain, e.g. example.org)") in problems_of(
+        {"outbound": base()["outbound"]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("spiffe://example.org", "without 'spiffe://'"),
+        ("Example.org", "not a valid trust domain: trust domain 'Example.org' contains invalid"),
+        ("", "not a valid trust domain: trust domain is empty"),
+    ],
+)
+def test_bad_trust_domain(value: str, fragment: str) -> None:
+    path, message = only(problems_of(with_change("trust_domain", value)))
+    assert path == "trust_domain"
+    assert fragment in message
+
+
+def test_workload_api_is_validated_and_optional() -> None:
+    path, message = only(problems_of(with_change("workload_api", "http://127.0.0.1:1")))
+    assert path == "workload_api"
+    assert "unix:// or tcp://" in message
+    assert only(problems_of(with_change("workload_api", "unix://relative/x")))[0] == "workload_api"
+    assert parse_config(with_change("workload_api", "tcp://127.0.0.1:8081")).workload_api == (
+        "tcp://127.0.0.1:8081"
+    )
+    assert parse_config(with_change("workload_api", None)).workload_api is None
+
+
+def test_log_level() -> None:
+    assert parse_config(_set(base(), "log", {"level": "Warning"})).log.level == "warning"
+    path, message = only(problems_of(_set(base(), "log", {"level": "warn"})))
+    assert path == "log.level"
+    assert message == (
+        "expected 'debug' or 'info' or 'warning' or 'error', got string 'warn'; "
+        "did you mean 'warning'?"
+    )
+
+
+# ----------------------------------------------------------------------------- outbound rules
+
+
+def test_non_loopback_outbound_listen_is_an_error_unless_allowed() -> None:
+    path, message = only(problems_of(with_change("outbound.listen", "0.0.0.0:15001")))
+    assert path == "outbound.listen"
+    assert "not a loopback address" in message
+    assert "lends this workload's SPIFFE identity" in message
+    assert "allow_non_loopback: true" in message
+    data = with_change("outbound.listen", "10.1.2.3:15001")
+    data["outbound"]["allow_non_loopback"] = True
+    config = parse_config(data)
+    assert config.outbound is not None and config.outbound.allow_non_loopback
+    for loopback in ("[::1]:15001", "localhost:15001", "127.0.0.2:15001"):
+        parse_config(with_change("outbound.listen", loopback))
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("http://math.mcp.svc:8443", "must be an https:// URL (routes always originate mTLS"),
+        ("math.mcp.svc:8443", "not a URL"),
+        ("https://math.mcp.svc:8443/mcp", "without a path"),
+    ],
+)
+def test_route_upstream_must_be_https(value: str, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.routes[0].upstream", value)))
+    assert path == "outbound.routes[0].upstream"
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("spiffe://example.org/ns/mcp/sa/*", "wildcards are not allowed"),
+        ("spiffe://example.org", "not a SPIFFE ID: "),
+        ("spiffe://example.org/ns//x", "not a SPIFFE ID: "),
+        ("math", "not a SPIFFE ID: "),
+    ],
+)
+def test_bad_server_spiffe_id(value: str, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.routes[0].server_spiffe_id", value)))
+    assert path == "outbound.routes[0].server_spiffe_id"
+    assert fragment in message
+
+
+def test_route_requires_its_fields() -> None:
+    problems = problems_of(with_change("outbound.routes", [{}]))
+    assert [path for path, _ in problems] == [
+        "outbound.routes[0].name",
+        "outbound.routes[0].upstream",
+        "outbound.routes[0].server_spiffe_id",
+    ]
+    assert all(message.startswith("required") for _, message in problems)
+    assert only(problems_of(with_change("outbound.routes", ...)))[0] == "outbound.routes"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("math", "must start with '/'"),
+        ("/math/", "must not end with '/'"),
+        ("/a//b", "not a plain URL path"),
+        ("/a%2Fb", "not a plain URL path"),
+        ("/a?x", "not a plain URL path"),
+        ("/a/../b", "'.' or '..' segments"),
+    ],
+)
+def test_bad_path_prefix(value: str, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.routes[0].path_prefix", value)))
+    assert path == "outbound.routes[0].path_prefix"
+    assert fragment in message
+
+
+def route(name: str, prefix: str = "/", host: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": name,
+        "path_prefix": prefix,
+        "upstream": f"https://{name}.mcp.svc:8443",
+        "server_spiffe_id": f"spiffe://example.org/ns/mcp/sa/{name}",
+    }
+    if host is not None:
+        data["host"] = host
+    return data
+
+
+def test_duplicate_routes() -> None:
+    routes = [route("math", "/math"), route("math", "/other"), route("calc", "/math")]
+    problems = problems_of(with_change("outbound.routes", routes))
+    assert problems == [
+        ("outbound.routes[1].name", "duplicate route name 'math' (also routes[0])"),
+        (
+            "outbound.routes[2].path_prefix",
+            "routes[0] already has path_prefix '/math'; which route serves a request would be "
+            "ambiguous",
+        ),
+    ]
+    # the same host (after normalisation) and prefix collide too
+    routes = [route("a", "/", "Math.Local"), route("b", "/", "math.local")]
+    path, message = only(problems_of(with_change("outbound.routes", routes)))
+    assert path == "outbound.routes[1].path_prefix"
+    assert "and host 'math.local'" in message
+    # a route that is broken elsewhere is still checked for uniqueness
+    broken = route("math", "/math")
+    broken["upstream"] = "http://x"
+    problems = problems_of(with_change("outbound.routes", [route("math", "/math"), broken]))
+    assert [path for path, _ in problems] == [
+        "outbound.routes[1].upstream",
+        "outbound.routes[1].name",
+        "outbound.routes[1].path_prefix",
+    ]
+
+
+def test_overlapping_prefixes_and_other_hosts_are_fine() -> None:
+    routes = [
+        route("root", "/"),
+        route("math", "/math"),
+        route("math-v2", "/math/v2"),
+        route("math-host", "/math", "math.local"),
+        route("math-port", "/math", "math.local:15001"),
+    ]
+    config = parse_config(with_change("outbound.routes", routes))
+    assert config.outbound is not None
+    assert [r.name for r in config.outbound.routes] == [r["name"] for r in routes]
+
+
+@pytest.mark.parametrize("value", ["math.local:0", "math.local:x", "ma th", "[::1", "a:1:2"])
+def test_bad_route_host(value: str) -> None:
+    path, _ = only(problems_of(with_change("outbound.routes[0].host", value)))
+    assert path == "outbound.routes[0].host"
+
+
+# ----------------------------------------------------------------------- durations and sizes
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (10, 10.0),
+        (0.25, 0.25),
+        (0, 0.0),
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("1.5m", 90.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("24h", 86400.0),
+        ("0s", 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("10", "not a duration: '10'"),
+        ("10 s", "not a duration"),
+        ("10sec", "not a duration"),
+        ("1h30m", "not a duration"),
+        ("-5s", "must not be negative"),
+        (-1, "must not be negative"),
+        ("25h", "at most 24h"),
+        (10**6, "at most 24h"),
+        (float("inf"), "expected a duration"),
+        (float("nan"), "expected a duration"),
+        (True, "got boolean true"),
+        (None, "got null"),
+        ([1], "got list"),
+        ("\uff11\uff10s", "not a duration"),
+    ],
+)
+def test_bad_durations(value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(value, "x.y")
+    assert info.value.path == "x.y"
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (1024, 1024),
+        ("512KiB", 512 * 1024),
+        ("4MiB", 4 * 1024 * 1024),
+        ("1MB", 1_000_000),
+        ("1mb", 1_000_000),
+        ("1.5MiB", 1572864),
+        ("2 GiB", 2 * 1024**3),
+        ("100B", 100),
+        ("100", 100),
+        ("0", 0),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("4M", "not a size"),
+        ("4 MiBs", "not a size"),
+        ("-1KiB", "not a size"),
+        (-1, "must not be negative"),
+        ("1.5B", "not a whole number of bytes"),
+        ("0.1KiB", "not a whole number of bytes"),
+        ("2000GiB", "too large"),
+        (10**400, "a very large integer is too large"),
+        (1.5, "got number 1.5"),
+        (False, "got boolean false"),
+        ({}, "got mapping"),
+    ],
+)
+def test_bad_sizes(value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_size(value, "x.y")
+    assert info.value.path == "x.y"
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("max_request_body", 0, "must be from 1 byte to 1GiB"),
+        ("max_request_body", "2GiB", "must be from 1 byte to 1GiB"),
+        ("max_header_size", "512B", "must be from 1KiB to 1MiB"),
+        ("max_header_size", "4 megs", "not a size"),
+        ("header_timeout", 0, "must be greater than 0"),
+        ("idle_timeout", "0ms", "must be greater than 0"),
+        ("total_timeout", "forever", "not a duration"),
+        ("connect_timeout", -1, "must not be negative"),
+        ("keepalive_timeout", "", "not a duration"),
+        ("sse_heartbeat", "-1s", "must not be negative"),
+    ],
+)
+def test_limits_ranges(key: str, value: object, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.limits", {key: value})))
+    assert path == f"outbound.limits.{key}"
+    assert fragment in message
+
+
+def test_sse_heartbeat_zero_is_off_and_short_ones_are_allowed() -> None:
+    config = parse_config(with_change("inbound.limits", {"sse_heartbeat": 0}))
+    assert config.inbound is not None and config.inbound.limits.sse_heartbeat == 0.0
+    config = parse_config(with_change("inbound.limits", {"sse_heartbeat": "200ms"}))
+    assert config.inbound is not None and config.inbound.limits.sse_heartbeat == 0.2
+
+
+def test_drain_timeout() -> None:
+    assert parse_config(_set(base(), "shutdown", {"drain_timeout": "1.5s"})).drain_timeout == 1.5
+    assert parse_config(_set(base(), "shutdown", {"drain_timeout": 0})).drain_timeout == 0.0
+    assert only(problems_of(_set(base(), "shutdown", {"drain_timeout": "soon"})))[0] == (
+        "shutdown.drain_timeout"
+    )
+
+
+_ANYTHING = st.one_of(
+    st.text(),
+    st.text(alphabet="0123456789.-+ eEkKmMgGiIbBsShH_"),
+    st.from_regex(r"-?[0-9]{0,20}(\.[0-9]{0,12})? ?(ms|s|m|h|[kKmMgG]i?[bB]|B)?", fullmatch=True),
+    st.integers(),
+    st.integers(min_value=-(10**500), max_value=10**500),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.binary(max_size=5),
+)
+
+
+@given(_ANYTHING)
+@settings(max_examples=500, deadline=None)
+def test_duration_parser_only_raises_config_errors(value: object) -> None:
+    try:
+        seconds = parse_duration(value, "d")
+    except ConfigError as exc:
+        assert exc.path == "d"
+        assert len(exc.message) < 400
+    else:
+        assert isinstance(seconds, float)
+        assert 0 <= seconds <= 86400
+
+
+@given(_ANYTHING)
+@settings(max_examples=500, deadline=None)
+def test_size_parser_only_raises_config_errors(value: object) -> None:
+    try:
+        size = parse_size(value, "s")
+    except ConfigError as exc:
+        assert exc.path == "s"
+        assert len(exc.message) < 400
+    else:
+        assert type(size) is int
+        assert 0 <= size <= 1024**4
+
+
+@given(st.integers(min_value=0, max_value=86400), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_units(amount: int, unit: str) -> None:
+    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if amount * factor > 86400:
+        with pytest.raises(ConfigError):
+            parse_duration(f"{amount}{unit}")
+    else:
+        assert parse_duration(f"{amount}{unit}") == pytest.approx(amount * factor)
+
+
+@given(
+    st.integers(min_value=0, max_value=1000),
+    st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB", "kib", "mB"]),
+)
+def test_size_units(amount: int, unit: str) -> None:
+    factor = {"b": 1, "kb": 1000, "mb": 10**6, "gb": 10**9, "kib": 1024, "mib": 2**20}.get(
+        unit.lower(), 2**30
+    )
+    assert parse_size(f"{amount}{unit}") == amount * factor
+
+
+# -------------------------------------------------------------------------------- many at once
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = yaml_problems(
+        """\
+        trust_domain: spiffe://example.org
+        admn: {listen: 127.0.0.1:15000}
+        inbound:
+          listen: 8443
+          upstream: https://127.0.0.1:8000
+          mtls: off
+          jwt_svid: {audiences: [x]}
+          allow_spiffe_ids: [spiffe://example.org/a, spiffe://example.org/b*]
+          limits: {idle_timeout: 0, max_request_body: 4Mb}
+        outbound:
+          listen: 0.0.0.0:15001
+          routes:
+            - {name: math, upstream: http://m, server_spiffe_id: "spiffe://example.org/*"}
+            - {name: math, upstream: https://m, server_spiffe_id: spiffe://example.org/m}
+        log: {level: loud}
+        """
+    )
+    paths = [path for path, _ in problems]
+    assert sorted(paths) == sorted(
+        [
+            "trust_domain",
+            "admn",
+            "inbound.listen",
+            "inbound.upstream",
+            "inbound.mtls",
+            "inbound.jwt_svid",
+            "inbound.allow_spiffe_ids[1]",
+            "inbound.limits.idle_timeout",
+            "outbound.listen",
+            "outbound.routes[0].upstream",
+            "outbound.routes[0].server_spiffe_id",
+            "outbound.routes[1].name",
+            "outbound.routes[1].path_prefix",
+            "log.level",
+        ]
+    )
+    # problems that can be located carry their line number
+    assert dict(problems)["inbound.listen"].endswith("(line 4)")
+    assert dict(problems)["outbound.routes[1].name"].endswith("(line 14)")
+
+
+# ------------------------------------------------------------------------------- YAML and files
+
+
+def test_duplicate_keys_are_errors() -> None:
+    problems = yaml_problems(
+        """\
+        trust_domain: example.org
+        inbound:
+          listen: 0.0.0.0:8443
+          upstream: http://127.0.0.1:8000
+          allow_spiffe_ids: [spiffe://example.org/a]
+          allow_spiffe_ids: ["spiffe://example.org/**"]
+        outbound:
+          listen: 127.0.0.1:15001
+          routes:
+            - name: math
+              upstream: https://m:1
+              server_spiffe_id: spiffe://example.org/m
+              upstream: https://evil:1
+        trust_domain: evil.example
+        """
+    )
+    assert problems == [
+        (
+            "inbound.allow_spiffe_ids",
+            "duplicate key (first at line 5, again at line 6); a security config must not be "
+            "ambiguous",
+        ),
+        (
+            "outbound.routes[0].upstream",
+            "duplicate key (first at line 11, again at line 13); a security config must not be "
+            "ambiguous",
+        ),
+        (
+            "trust_domain",
+            "duplicate key (first at line 1, again at line 14); a security config must not be "
+            "ambiguous",
+        ),
+    ]
+
+
+def test_anchors_and_merge_keys_work() -> None:
+    config = load_config_text(
+        textwrap.dedent(
+            """\
+            trust_domain: example.org
+            inbound:
+              listen: 0.0.0.0:8443
+              upstream: http://127.0.0.1:8000
+              allow_spiffe_ids: [spiffe://example.org/a]
+              limits: &limits {idle_timeout: 5s, total_timeout: 1m}
+            outbound:
+              listen: 127.0.0.1:15001
+              limits:
+                <<: *limits
+                total_timeout: 2m
+              routes:
+                - {name: a, upstream: "https://a:1", server_spiffe_id: "spiffe://example.org/a"}
+            """
+        )
+    )
+    assert config.outbound is not None
+    assert config.outbound.limits.idle_timeout == 5.0
+    assert config.outbound.limits.total_timeout == 120.0
+
+
+def test_alias_bombs_stay_cheap() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    problems = yaml_problems("\n".join(lines) + "\n")
+    assert ROOT in [path for path, _ in problems]
+    assert len(problems) < 20
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("trust_domain: [\n", "invalid YAML at line 2, column 1"),
+        ("a: b\n  c: d\n", "invalid YAML at line 2"),
+        ("--- a\n--- b\n", "invalid YAML at line"),
+        ("x: !!python/object:os.system ls\n", "invalid YAML at line 1"),
+        ("x: \x07\n", "invalid YAML"),
+        (b"x: \xff\n", "invalid YAML"),
+        ("[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
+    ],
+)
+def test_yaml_syntax_errors(text: str | bytes, fragment: str) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        load_config_text(text, source="conf.yaml")
+    problem = only([(p.path, problem_detail(p)) for p in info.value.problems])
+    assert problem[0] == "conf.yaml"
+    assert fragment in problem[1]
+    assert "\n" not in problem[1]
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigErrors) as info:
+        load_config(missing)
+    assert only([(p.path, problem_detail(p)) for p in info.value.problems]) == (
+        str(missing),
+        "cannot read the file: No such file or directory",
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_config(tmp_path)
+    assert info.value.problems[0].path == str(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trust_domain: example.org\ninbound: {listen: 1\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(bad))
+    problem = only([(p.path, problem_detail(p)) for p in info.value.problems])
+    assert problem[0] == str(bad)
+    assert "line 3" in problem[1]
+
+
+def test_config_errors_message_lists_everything() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        parse_config({"trust_domain": 1})
+    text = str(info.value)
+    assert text.startswith("2 configuration problems:\n")
+    assert "  trust_domain: expected a string like example.org, got integer 1" in text
+    assert info.value.status == 500 and info.value.reason == "config_error"
+
+
+# ---------------------------------------------------------------------------- never a traceback
+
+_JSONISH = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.floats(),
+        st.text(max_size=20),
+        st.sampled_from(["0.0.0.0:1", "http://a", "https://a", "spiffe://example.org/x", "1s"]),
+    ),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["listen", "name", "routes", "x"]), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+_PATHS = [
+    f"{section}.{key}" if section else key
+    for section, keys in SCHEMA.items()
+    for key in keys
+    if section not in ("log", "shutdown", "admin")
+]
+
+
+@given(st.sampled_from(_PATHS), _JSONISH)
+@settings(max_examples=300, deadline=None)
+def test_any_value_anywhere_is_reported_not_raised(path: str, value: object) -> None:
+    path = path.replace("[]", "[0]")
+    data = base()
+    try:
+        _set(data, path, value)
+    except (KeyError, TypeError):
+        return
+    try:
+        parse_config(copy.deepcopy(data))
+    except ConfigErrors as exc:
+        assert exc.problems
+        assert all(isinstance(p, ConfigError) and p.path for p in exc.problems)
+
+
+def _yaml_with_inbound_line(line: str) -> str:
+    return (
+        "trust_domain: example.org\n"
+        "inbound:\n"
+        "  listen: 0.0.0.0:8443\n"
+        "  upstream: http://127.0.0.1:8000\n"
+        "  allow_spiffe_ids: [spiffe://example.org/a]\n"
+        f"{line}\n"
+    )
