@@ -53,7 +53,7 @@ async def test_run_refuses_invalid_config_listing_every_problem(short_dir: Path)
         "  colour: blue\n"
     )
     proc = await run_cli("run", "-c", str(bad))
-    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode == 1
     text = err.decode()
     assert "inbound.listen:" in text

@@ -219,3 +219,49 @@ async def test_stop_drains_in_flight_request(mesh: Mesh, client: aiohttp.ClientS
 async def _until(predicate: object) -> None:
     while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - polls a plain list
         await asyncio.sleep(0.02)
+
+
+async def test_quiet_sse_stream_survives_idle_timeout_with_heartbeats(
+    client: aiohttp.ClientSession,
+) -> None:
+    limits = {"idle_timeout": "200ms", "total_timeout": "400ms", "sse_heartbeat": "50ms"}
+    async with local_mesh(inbound={"limits": limits}, outbound={"limits": limits}) as mesh:
+        async with client.get(f"{mesh.outbound_url}/math/sse") as resp:
+            first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), WAIT)
+            assert first == b'data: {"n": 1}\n\n'
+            # Stay quiet for longer than idle and total timeouts together; heartbeats flow.
+            heartbeats = 0
+            while heartbeats < 12:
+                chunk = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), WAIT)
+                assert chunk == b": keepalive\n\n"
+                heartbeats += 1
+            mesh.upstream.gate.set()
+            rest = await asyncio.wait_for(resp.content.read(), WAIT)
+        events = [line for line in rest.split(b"\n\n") if line and not line.startswith(b":")]
+        assert events == [b'data: {"n": 2}']
+
+
+async def test_slow_upstream_is_504(client: aiohttp.ClientSession) -> None:
+    async with local_mesh(inbound={"limits": {"idle_timeout": "200ms"}}) as mesh:
+        async with client.post(f"{mesh.outbound_url}/math/slow", data=b"{}") as resp:
+            assert resp.status == 504
+            assert (await resp.json())["error"] == "upstream_timeout"
+        mesh.upstream.gate.set()
+
+
+def test_data_path_under_uvloop() -> None:
+    """Production runs on uvloop (``mcp-sidecar run``): TLS-by-us must work there too."""
+    import uvloop
+
+    async def scenario() -> tuple[int, str]:
+        async with (
+            local_mesh() as mesh,
+            aiohttp.ClientSession() as session,
+            session.post(f"{mesh.outbound_url}/math/mcp", data=b"{}") as resp,
+        ):
+            echoed = await resp.json()
+            return resp.status, echoed["headers"]["x-forwarded-client-cert"][0]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, xfcc = runner.run(scenario())
+    assert status == 200 and xfcc.endswith(f";URI={AGENT}")
