@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.certfactory import CertFactory
 from tests.proxy.mesh import AGENT, ROGUE, SERVER, TD, WAIT, Mesh, local_mesh, outbound_config
 
 MCP_HEADERS = {
@@ -265,3 +269,28 @@ def test_data_path_under_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         status, xfcc = runner.run(scenario())
     assert status == 200 and xfcc.endswith(f";URI={AGENT}")
+
+
+async def test_tls_handshake_failures_are_counted_by_reason(mesh: Mesh, tmp_path: Path) -> None:
+    stranger = CertFactory.root(TD).issue_leaf(AGENT)  # right ID, wrong CA
+    cert, key = stranger.write(tmp_path)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(cert, key)
+    # TLS 1.3: the client finishes first; the server's refusal arrives on the first read.
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh.inbound_port, ssl=ctx)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), WAIT)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    text = mesh.server.metrics.render()[0].decode()
+    assert (
+        'mcp_sidecar_tls_handshake_failures_total{direction="inbound",reason="unknown_ca"} 1.0'
+        in text
+    ), [line for line in text.splitlines() if "handshake" in line]
+    assert mesh.upstream.requests == []
