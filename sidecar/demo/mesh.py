@@ -37,6 +37,7 @@ IDENTITIES = {
     "math": f"spiffe://{TRUST_DOMAIN}/ns/mcp/sa/math",
     "rogue": f"spiffe://{TRUST_DOMAIN}/ns/rogue/sa/intruder",
 }
+AGENTS_ALLOWED = [f"spiffe://{TRUST_DOMAIN}/ns/agents/**"]
 STEP_TIMEOUT = 30.0
 
 
@@ -88,20 +89,27 @@ class DemoMesh:
         return f"http://127.0.0.1:{self.rogue.port('outbound')}/math{MCP_PATH}"
 
 
-def _inbound(socket: str, mcp_port: int) -> dict[str, Any]:
+def inbound_config(
+    socket: str, upstream_port: int, allow: list[str], **inbound: Any
+) -> dict[str, Any]:
+    """Config of an inbound sidecar on ephemeral loopback ports (demo and tests)."""
     return {
         "trust_domain": TRUST_DOMAIN,
         "workload_api": socket,
         "admin": {"listen": "127.0.0.1:0"},
         "inbound": {
             "listen": "127.0.0.1:0",
-            "upstream": f"http://127.0.0.1:{mcp_port}",
-            "allow_spiffe_ids": [f"spiffe://{TRUST_DOMAIN}/ns/agents/**"],
+            "upstream": f"http://127.0.0.1:{upstream_port}",
+            "allow_spiffe_ids": allow,
+            **inbound,
         },
     }
 
 
-def _outbound(socket: str, inbound_port: int) -> dict[str, Any]:
+def outbound_config(
+    socket: str, inbound_port: int, server_id: str, **outbound: Any
+) -> dict[str, Any]:
+    """Config of an outbound sidecar with one route ``/math`` to an inbound sidecar."""
     return {
         "trust_domain": TRUST_DOMAIN,
         "workload_api": socket,
@@ -113,9 +121,10 @@ def _outbound(socket: str, inbound_port: int) -> dict[str, Any]:
                     "name": "math",
                     "path_prefix": "/math",
                     "upstream": f"https://127.0.0.1:{inbound_port}",
-                    "server_spiffe_id": IDENTITIES["math"],
+                    "server_spiffe_id": server_id,
                 }
             ],
+            **outbound,
         },
     }
 
@@ -142,15 +151,24 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
     server = await serve_mcp("127.0.0.1", 0)
     try:
         inbound = await _sidecar(
-            "math-inbound", _inbound(sockets["math"], server.port), state, logs
+            "math-inbound",
+            inbound_config(sockets["math"], server.port, AGENTS_ALLOWED),
+            state,
+            logs,
         )
         sidecars.append(inbound)
         agent = await _sidecar(
-            "agent-outbound", _outbound(sockets["agent"], inbound.port("inbound")), state, logs
+            "agent-outbound",
+            outbound_config(sockets["agent"], inbound.port("inbound"), IDENTITIES["math"]),
+            state,
+            logs,
         )
         sidecars.append(agent)
         rogue = await _sidecar(
-            "rogue-outbound", _outbound(sockets["rogue"], inbound.port("inbound")), state, logs
+            "rogue-outbound",
+            outbound_config(sockets["rogue"], inbound.port("inbound"), IDENTITIES["math"]),
+            state,
+            logs,
         )
         sidecars.append(rogue)
         yield DemoMesh(state, api, server.url, inbound, agent, rogue)

@@ -39,10 +39,3 @@ class UpstreamUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     reason = "upstream_timeout"
-
-
-class ServiceUnavailable(ProxyError):
-    """We cannot serve at all right now (no SVID yet, draining)."""
-
-    status = 503
-    reason = "unavailable"

@@ -15,10 +15,8 @@ stream and makes a vanished client show up as a write error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -118,15 +116,6 @@ def error_response(exc: ProxyError, *, close: bool = False) -> web.Response:
     if close:
         response.force_close()
     return response
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """Outcome of a forwarded exchange, for the access log and metrics."""
-
-    status: int
-    bytes_out: int
-    upstream_reason: str | None = None
 
 
 async def forward(
@@ -263,8 +252,3 @@ async def _pump_sse(
         await response.write(chunk)
         sent += len(chunk)
         at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
-
-
-async def close_session(session: aiohttp.ClientSession) -> None:
-    with contextlib.suppress(Exception):
-        await session.close()

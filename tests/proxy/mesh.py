@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import parse_config
+from sidecar.demo import mesh as demo_mesh
 from sidecar.identity.devca import DevCA
 from sidecar.identity.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
@@ -54,39 +55,15 @@ class Mesh:
 
 
 def inbound_config(socket: str, upstream_port: int, **inbound: Any) -> dict[str, Any]:
-    return {
-        "trust_domain": TD,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "inbound": {
-            "listen": "127.0.0.1:0",
-            "upstream": f"http://127.0.0.1:{upstream_port}",
-            "allow_spiffe_ids": [f"spiffe://{TD}/ns/agents/*/*"],
-            **inbound,
-        },
-    }
+    return demo_mesh.inbound_config(
+        socket, upstream_port, [f"spiffe://{TD}/ns/agents/*/*"], **inbound
+    )
 
 
 def outbound_config(
     socket: str, inbound_port: int, server_id: str = SERVER, **outbound: Any
 ) -> dict[str, Any]:
-    return {
-        "trust_domain": TD,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "outbound": {
-            "listen": "127.0.0.1:0",
-            "routes": [
-                {
-                    "name": "math",
-                    "path_prefix": "/math",
-                    "upstream": f"https://127.0.0.1:{inbound_port}",
-                    "server_spiffe_id": server_id,
-                }
-            ],
-            **outbound,
-        },
-    }
+    return demo_mesh.outbound_config(socket, inbound_port, server_id, **outbound)
 
 
 @contextlib.asynccontextmanager
