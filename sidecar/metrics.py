@@ -186,6 +186,12 @@ class Metrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.token_rejections = Counter(
+            f"{PREFIX}token_rejections_total",
+            "Requests refused by the token layer, by layer (jwt_svid, oauth) and reason.",
+            ["layer", "reason"],
+            registry=r,
+        )
         self.svid_expiry = Gauge(
             f"{PREFIX}svid_expiry_timestamp_seconds",
             "Unix time at which our current X.509-SVID expires (notAfter).",
@@ -260,6 +266,11 @@ class Metrics:
     def upstream_error(self, direction: str, reason: object) -> None:
         self.upstream_errors.labels(
             direction=direction_label(direction), reason=self.reason_label(reason)
+        ).inc()
+
+    def token_rejection(self, layer: str, reason: object) -> None:
+        self.token_rejections.labels(
+            layer=self.reason_label(layer), reason=self.reason_label(reason)
         ).inc()
 
     # -- identity --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import ipaddress
@@ -232,6 +233,8 @@ class DevWorkloadApi:
         self._socket_inodes: dict[str, tuple[int, int]] = {}
         self._rotator: asyncio.Task[None] | None = None
         self._state: Literal["new", "running", "stopped"] = "new"
+        #: JWT-SVIDs issued per SPIFFE ID (tests check that clients cache them).
+        self.jwt_svids_issued: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -499,6 +502,7 @@ class _Servicer:
             if requested != self._id:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
         token = self._api.ca.issue_jwt_svid(self._id, audience, self._api.jwt_ttl)
+        self._api.jwt_svids_issued[str(self._id)] += 1
         return workload_pb2.JWTSVIDResponse(
             svids=[workload_pb2.JWTSVID(spiffe_id=str(self._id), svid=token)]
         )

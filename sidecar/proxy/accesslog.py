@@ -57,6 +57,7 @@ class AccessRecord:
     ``peer``: inbound the client's SPIFFE ID, outbound the route's server ID (``None`` when
     there is none, e.g. OAuth-only ingress or a request refused before routing).
     ``reason``: the refusal/error reason label when the sidecar answered itself.
+    ``principal``: who the request was admitted as (SPIFFE ID, token subject, scopes, roles).
     """
 
     time: str = field(default_factory=rfc3339)
@@ -72,6 +73,7 @@ class AccessRecord:
     route: str | None = None
     reason: str | None = None
     upstream: str | None = None
+    principal: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class AccessRecord:
             "route": self.route,
             "reason": self.reason,
             "upstream": self.upstream,
+            "principal": dict(self.principal) if self.principal is not None else None,
         }
 
     def to_json(self) -> str:

@@ -23,11 +23,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.config import Limits
+from sidecar.errors import SidecarError
 from sidecar.proxy.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
-    ProxyError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -111,7 +111,7 @@ def forwardable_headers(
     return out
 
 
-def error_response(exc: ProxyError, *, close: bool = False) -> web.Response:
+def error_response(exc: SidecarError, *, close: bool = False) -> web.Response:
     response = web.json_response(exc.to_json(), status=exc.status)
     if close:
         response.force_close()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from sidecar.config import Limits
+from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
 from sidecar.proxy.errors import ProxyError
@@ -29,6 +32,7 @@ class RequestInfo:
     bytes_in: int = 0
     bytes_out: int = 0
     close_connection: bool = False
+    principal: Mapping[str, Any] | None = None
 
 
 class ProxyHandler:
@@ -51,6 +55,10 @@ class ProxyHandler:
     async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
         raise NotImplementedError
 
+    def refusal(self, exc: SidecarError, info: RequestInfo) -> web.StreamResponse:
+        """The JSON answer for a refusal; subclasses add headers (e.g. WWW-Authenticate)."""
+        return error_response(exc, close=info.close_connection)
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         info = RequestInfo()
@@ -60,11 +68,11 @@ class ProxyHandler:
                 check_framing(request)
                 check_origin(request, self.allowed_origins)
                 response = await self.proxy(request, info)
-            except ProxyError as exc:
+            except SidecarError as exc:
                 info.reason = exc.reason
-                if exc.status in (502, 504):
+                if isinstance(exc, ProxyError) and exc.status in (502, 504):
                     self.metrics.upstream_error(self.direction, exc.reason)
-                response = error_response(exc, close=info.close_connection)
+                response = self.refusal(exc, info)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -87,5 +95,6 @@ class ProxyHandler:
                     route=info.route,
                     reason=info.reason,
                     upstream=info.upstream,
+                    principal=info.principal,
                 )
             )

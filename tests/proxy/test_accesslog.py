@@ -61,6 +61,7 @@ def test_one_json_object_per_line() -> None:
         "route",
         "reason",
         "upstream",
+        "principal",
     ]
     assert first["peer"] == "spiffe://example.org/ns/agents/sa/agent"
     assert first["duration_ms"] == 1.235
@@ -68,7 +69,7 @@ def test_one_json_object_per_line() -> None:
     assert first["route"] is None and first["reason"] is None
     assert first["time"].endswith("Z")
     assert second["route"] == "math" and second["upstream"] == "https://math:8443"
-    assert second["peer"] is None
+    assert second["peer"] is None and second["principal"] is None
     assert " " not in lines[0].replace("POST", "")  # compact separators
     assert logger.written == 2 and logger.errors == 0
 
