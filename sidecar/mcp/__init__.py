@@ -1,0 +1,1 @@
+"""MCP awareness, pure: JSON-RPC parsing, policy decisions, list filtering. No I/O."""
