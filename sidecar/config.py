@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
 
 __all__ = [
+    "JWT_ALGORITHMS",
     "ROOT",
     "SCHEMA",
     "UNSUPPORTED_KEYS",
@@ -43,9 +45,11 @@ __all__ = [
     "Config",
     "ConfigErrors",
     "InboundConfig",
+    "JwtSvidConfig",
     "Limits",
     "ListenAddress",
     "LogConfig",
+    "OAuthConfig",
     "OutboundConfig",
     "RouteConfig",
     "load_config",
@@ -79,33 +83,77 @@ LIMIT_KEYS = (
 )
 ROUTE_SCHEMA = "outbound.routes[]"
 
+JWT_ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+"""The JWS algorithms a token may be signed with (asymmetric only: never ``none`` or HS*)."""
+MAX_LEEWAY = 300.0
+"""Upper bound of ``leeway`` (seconds): clock skew beyond 5 minutes is a broken clock."""
+RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
+"""RFC 9728 protected resource metadata; the resource's path is appended (section 3.1)."""
+
 SCHEMA: Mapping[str, tuple[str, ...]] = {
     "": ("trust_domain", "workload_api", "admin", "inbound", "outbound", "log", "shutdown"),
     "admin": ("listen",),
     "inbound": (
         "listen",
         "upstream",
+        "public_url",
         "mtls",
         "allow_spiffe_ids",
+        "jwt_svid",
+        "oauth",
         "allowed_origins",
         "forward_authorization",
         "limits",
     ),
+    "inbound.jwt_svid": ("audiences", "bind_to_peer", "leeway", "algorithms"),
+    "inbound.oauth": (
+        "issuer",
+        "audience",
+        "jwks_uri",
+        "jwks",
+        "discovery",
+        "required_scopes",
+        "scopes_supported",
+        "authorization_servers",
+        "typ",
+        "leeway",
+        "algorithms",
+        "jwks_cache_ttl",
+        "jwks_refresh_interval",
+        "require_cnf",
+        "roles_claim",
+        "groups_claim",
+    ),
     "inbound.limits": LIMIT_KEYS,
     "outbound": ("listen", "allow_non_loopback", "allowed_origins", "limits", "routes"),
     "outbound.limits": LIMIT_KEYS,
-    ROUTE_SCHEMA: ("name", "path_prefix", "host", "upstream", "server_spiffe_id", "strip_prefix"),
+    ROUTE_SCHEMA: (
+        "name",
+        "path_prefix",
+        "host",
+        "upstream",
+        "server_spiffe_id",
+        "strip_prefix",
+        "jwt_svid_audience",
+    ),
     "log": ("level", "access_log"),
     "shutdown": ("drain_timeout",),
 }
 """Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
 
 UNSUPPORTED_KEYS: Mapping[str, str] = {
-    "inbound.jwt_svid": "JWT-SVID validation",
-    "inbound.oauth": "OAuth bearer-token validation",
     "inbound.mcp_policy": "per-tool MCP policy",
     "inbound.rate_limits": "rate limiting",
-    f"{ROUTE_SCHEMA}.jwt_svid_audience": "JWT-SVID injection",
 }
 """Keys of features that are designed but not built yet -> what they would do. Using one is an
 error, never silently ignored (an ignored security policy is a silent allow). Remove a key from
@@ -205,18 +253,99 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JwtSvidConfig:
+    """``inbound.jwt_svid``: every request must carry a JWT-SVID (``Authorization: Bearer``)."""
+
+    audiences: tuple[str, ...]
+    """The token's ``aud`` must contain at least one of these (usually our own SPIFFE ID)."""
+    bind_to_peer: bool
+    """The token's ``sub`` must equal the mTLS peer's SPIFFE ID (parser default: true with
+    ``mtls: required``; never true with ``mtls: off``, where there is no peer)."""
+    leeway: float = 30.0
+    """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat`` (seconds, 0..300)."""
+    algorithms: tuple[str, ...] = JWT_ALGORITHMS
+    """Accepted JWS ``alg`` values: a non-empty subset of ``JWT_ALGORITHMS``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthConfig:
+    """``inbound.oauth``: OAuth 2.1 resource server (MCP authorization) for JWT access tokens."""
+
+    issuer: str
+    """The authorization server's issuer identifier, exactly as configured: ``iss`` must match
+    it byte for byte (no normalisation, a trailing slash matters)."""
+    audience: str
+    """This MCP server's RFC 8707 resource URL (``https://mcp.example.com/mcp``), exactly as
+    configured: ``aud`` must contain it; it is also the metadata's ``resource``."""
+    jwks_uri: str | None = None
+    """Where the signing keys are fetched (exact URL), or None."""
+    jwks: str | None = None
+    """An inline JWKS as canonical JSON text (``json.dumps(..., sort_keys=True)``), or None."""
+    discovery: bool
+    """Find ``jwks_uri`` in the issuer's metadata (parser default: true when neither
+    ``jwks_uri`` nor ``jwks`` is given). Exactly one key source is set."""
+    required_scopes: tuple[str, ...] = ()
+    """Every one must be in the token's ``scope``; otherwise 403 insufficient_scope."""
+    scopes_supported: tuple[str, ...] = ()
+    """Advertised in the RFC 9728 metadata (parser default: ``required_scopes``)."""
+    authorization_servers: tuple[str, ...] = ()
+    """Advertised in the RFC 9728 metadata (parser default: ``(issuer,)``)."""
+    typ: str | None = None
+    """If set, the JWT ``typ`` header required (e.g. ``at+jwt``, RFC 9068)."""
+    leeway: float = 30.0
+    """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat`` (seconds, 0..300)."""
+    algorithms: tuple[str, ...] = JWT_ALGORITHMS
+    """Accepted JWS ``alg`` values: a non-empty subset of ``JWT_ALGORITHMS``."""
+    jwks_cache_ttl: float = 300.0
+    """How long fetched keys are used before they are fetched again (seconds, > 0)."""
+    jwks_refresh_interval: float = 30.0
+    """Minimum time between two refreshes triggered by an unknown ``kid`` (seconds, > 0)."""
+    require_cnf: bool = False
+    """RFC 8705: the token's ``cnf.x5t#S256`` must match the mTLS client certificate."""
+    roles_claim: str = "roles"
+    """Claim read as the caller's roles."""
+    groups_claim: str = "groups"
+    """Claim read as the caller's groups."""
+
+    @property
+    def resource_metadata_path(self) -> str:
+        """RFC 9728 section 3.1: ``/.well-known/oauth-protected-resource`` followed by the path
+        of ``audience`` (``https://mcp.example.com/mcp`` ->
+        ``/.well-known/oauth-protected-resource/mcp``; a bare ``/`` adds nothing)."""
+        path = urlsplit(self.audience).path
+        return RESOURCE_METADATA_PATH + ("" if path in ("", "/") else path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig:
-    """The MCP server side: mTLS in, plain HTTP to the local server."""
+    """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server."""
 
     listen: ListenAddress
     upstream: str
     """``http://host:port`` of the MCP server, normalised (lowercase host, explicit port)."""
     mtls: MtlsMode = "required"
+    """``off`` only together with ``oauth``: the listener then speaks plain HTTP."""
     allow_spiffe_ids: Allowlist = field(default_factory=Allowlist)
+    """Non-empty with ``mtls: required``; empty with ``mtls: off``."""
     allowed_origins: tuple[str, ...] = ()
     """Normalised origins (``https://app.example.com``); empty = no Origin check."""
     forward_authorization: bool = False
+    """Never true when a token layer (``jwt_svid`` / ``oauth``) is configured."""
     limits: Limits = field(default_factory=Limits)
+    jwt_svid: JwtSvidConfig | None = None
+    oauth: OAuthConfig | None = None
+    public_url: str | None = None
+    """The listener's externally visible origin (``https://mcp.example.com``), normalised like
+    ``allowed_origins``; set (by default to the origin of ``oauth.audience``) iff ``oauth``
+    is."""
+
+    @property
+    def resource_metadata_url(self) -> str | None:
+        """The RFC 9728 metadata URL named in ``WWW-Authenticate: Bearer resource_metadata``;
+        None without ``oauth``."""
+        if self.oauth is None or self.public_url is None:
+            return None
+        return self.public_url + self.oauth.resource_metadata_path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +362,9 @@ class RouteConfig:
     """Optional Host header to match: lowercase, with ``:port`` only if configured with one."""
     strip_prefix: bool = True
     """``/math/mcp`` via prefix ``/math`` goes upstream as ``/mcp``."""
+    jwt_svid_audience: str | None = None
+    """If set, a JWT-SVID for this audience (from the Workload API) is sent upstream as
+    ``Authorization: Bearer``, replacing any Authorization header from the agent."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,7 +406,7 @@ class Config:
     """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
 
     def summary(self) -> list[str]:
-        """A few human-readable lines: listeners, routes, allowlist size."""
+        """A few human-readable lines: listeners, routes, allowlist size, token layers."""
         lines = [
             f"trust domain: {self.trust_domain}",
             "workload API: " + (self.workload_api or "$SPIFFE_ENDPOINT_SOCKET (read at start-up)"),
@@ -283,11 +415,16 @@ class Config:
         if self.inbound is not None:
             inbound = self.inbound
             count = len(inbound.allow_spiffe_ids)
+            peers = (
+                f"mTLS required; {count} allowed SPIFFE ID pattern{'' if count == 1 else 's'}"
+                if inbound.mtls == "required"
+                else "mTLS off (plain HTTP, no peer identity)"
+            )
             lines.append(
-                f"inbound: {inbound.listen} -> {inbound.upstream}; mTLS {inbound.mtls}; "
-                f"{count} allowed SPIFFE ID pattern{'' if count == 1 else 's'}; "
+                f"inbound: {inbound.listen} -> {inbound.upstream}; {peers}; "
                 f"origins: {', '.join(inbound.allowed_origins) or 'not checked'}"
             )
+            lines.extend(_token_summary(inbound))
         if self.outbound is not None:
             outbound = self.outbound
             count = len(outbound.routes)
@@ -297,11 +434,51 @@ class Config:
             )
             for route in outbound.routes:
                 where = f"{route.host}{route.path_prefix}" if route.host else route.path_prefix
+                token = (
+                    f"; sends a JWT-SVID for {route.jwt_svid_audience}"
+                    if route.jwt_svid_audience is not None
+                    else ""
+                )
                 lines.append(
                     f"  route {route.name}: {where} -> {route.upstream} "
-                    f"(server {route.server_spiffe_id})"
+                    f"(server {route.server_spiffe_id}){token}"
                 )
         return lines
+
+
+def _token_summary(inbound: InboundConfig) -> list[str]:
+    if inbound.jwt_svid is None and inbound.oauth is None:
+        return ["  token layer: none (the mTLS peer identity alone admits)"]
+    lines: list[str] = []
+    if inbound.jwt_svid is not None:
+        jwt = inbound.jwt_svid
+        lines.append(
+            f"  token layer: JWT-SVID, audience {' or '.join(jwt.audiences)}"
+            + ("; sub must be the mTLS peer" if jwt.bind_to_peer else "")
+            + _algorithms_summary(jwt.algorithms)
+        )
+    if inbound.oauth is not None:
+        oauth = inbound.oauth
+        if oauth.jwks_uri is not None:
+            keys = f"keys from {oauth.jwks_uri}"
+        elif oauth.jwks is not None:
+            count = len(json.loads(oauth.jwks)["keys"])
+            keys = f"{count} inline key{'' if count == 1 else 's'}"
+        else:
+            keys = "keys by discovery"
+        scopes = " ".join(oauth.required_scopes) or "none"
+        lines.append(
+            f"  token layer: OAuth, issuer {oauth.issuer} ({keys}), audience {oauth.audience}; "
+            f"required scopes: {scopes}"
+            + ("; cnf bound to the client certificate" if oauth.require_cnf else "")
+            + _algorithms_summary(oauth.algorithms)
+        )
+        lines.append(f"  resource metadata: {inbound.resource_metadata_url}")
+    return lines
+
+
+def _algorithms_summary(algorithms: tuple[str, ...]) -> str:
+    return "" if algorithms == JWT_ALGORITHMS else f"; algorithms {', '.join(algorithms)}"
 
 
 class ConfigErrors(SidecarError):
@@ -643,6 +820,163 @@ def _listen(like: str) -> _Parse[ListenAddress]:
     return parse
 
 
+# ---------------------------------------------------------------------------- token layer values
+
+_SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
+_LOOPBACK_ONLY_HTTP = "http:// is allowed only for a loopback host: 127.0.0.1, [::1] or localhost"
+_URL_TEXT_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
+_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+", re.ASCII)  # RFC 6749 scope-token
+_TYP_RE = re.compile(r"[A-Za-z0-9!#$&^_.+/-]+", re.ASCII)
+_CLAIM_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
+
+
+def _leeway(value: object, path: str) -> float:
+    seconds = parse_duration(value, path)
+    if seconds > MAX_LEEWAY:
+        raise ConfigError(path, f"must be from 0 to 5m (got {seconds:g} seconds)")
+    return seconds
+
+
+def _algorithm(value: object, path: str) -> str:
+    listed = ", ".join(JWT_ALGORITHMS)
+    if isinstance(value, str):
+        if value in JWT_ALGORITHMS:
+            return value
+        if value.lower() == "none":
+            raise ConfigError(
+                path, f"'none' (unsigned tokens) is never accepted; expected one of {listed}"
+            )
+        if value.upper() in _SYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                path,
+                f"{_short(value)} is refused: HMAC algorithms need a shared secret, and whoever "
+                f"holds it can mint tokens; expected one of {listed}",
+            )
+        close = difflib.get_close_matches(value.upper(), JWT_ALGORITHMS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(path, f"expected one of {listed}, got {_got(value)}{hint}")
+    raise ConfigError(path, f"expected one of {listed}, got {_got(value)}")
+
+
+def _non_empty_string(like: str) -> _Parse[str]:
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path, like)
+        if not text:
+            raise ConfigError(path, f"must not be empty; expected a string like {like}")
+        return text
+
+    return parse
+
+
+def _jwt_svid_audience(value: object, path: str) -> str:
+    return _non_empty_string("spiffe://example.org/ns/mcp/sa/math")(value, path)
+
+
+def _scope(value: object, path: str) -> str:
+    text = _string(value, path, "mcp:tools")
+    if not _SCOPE_RE.fullmatch(text):
+        raise ConfigError(
+            path,
+            f"{_short(text)} is not a scope: a scope is one non-empty word of printable ASCII "
+            "without spaces, '\"' or '\\' (list several scopes as separate items)",
+        )
+    return text
+
+
+def _is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _token_url(like: str, *, query: bool = False) -> _Parse[str]:
+    """An ``https://`` URL (``http://`` only on loopback), kept exactly as written: token
+    claims (``iss``, ``aud``) are compared byte for byte, so nothing is normalised."""
+
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path, like)
+        if "://" not in text:
+            raise ConfigError(path, f"not a URL: {_short(text)}; expected {like}")
+        if not _URL_TEXT_RE.fullmatch(text):
+            raise ConfigError(
+                path,
+                f"must be printable ASCII without spaces (percent-encode anything else), "
+                f"got {_short(text)}",
+            )
+        try:
+            url = urlsplit(text)
+            port = url.port
+        except ValueError as exc:
+            raise ConfigError(
+                path, f"not a valid URL ({exc}): {_short(text)}; expected {like}"
+            ) from None
+        scheme = url.scheme.lower()
+        if scheme not in ("https", "http"):
+            raise ConfigError(path, f"must be an https:// URL, got {_short(url.scheme)}://")
+        if url.username is not None or url.password is not None:
+            raise ConfigError(path, "must not contain user info (user:password@)")
+        if url.fragment or "#" in text:
+            raise ConfigError(path, f"must not contain a fragment ('#'), got {_short(text)}")
+        if not query and (url.query or "?" in text):
+            raise ConfigError(path, f"must not contain a query ('?'), got {_short(text)}")
+        if not url.hostname:
+            raise ConfigError(path, f"has no host; expected {like}")
+        try:
+            host = _host(url.hostname)
+        except ValueError as exc:
+            raise ConfigError(path, f"bad host: {exc}") from None
+        if port == 0:
+            raise ConfigError(path, "port 0 is not a valid destination")
+        if scheme == "http" and not _is_loopback_host(host):
+            raise ConfigError(
+                path, f"must be an https:// URL ({_LOOPBACK_ONLY_HTTP}), got {_short(text)}"
+            )
+        return text
+
+    return parse
+
+
+_issuer_url = _token_url("https://auth.example.com")
+_resource_url = _token_url("https://mcp.example.com/mcp")
+_jwks_uri = _token_url("https://auth.example.com/.well-known/jwks.json", query=True)
+
+
+def _public_url(value: object, path: str) -> str:
+    origin = _origin(value, path)
+    url = urlsplit(origin)
+    if url.scheme == "http" and not _is_loopback_host(url.hostname or ""):
+        raise ConfigError(
+            path, f"must be an https:// origin ({_LOOPBACK_ONLY_HTTP}), got {_short(origin)}"
+        )
+    return origin
+
+
+def _origin_of(url_text: str) -> str:
+    """The normalised origin of an already validated URL (the default ``public_url``)."""
+    url = urlsplit(url_text)
+    return _origin(f"{url.scheme}://{url.netloc}", "")
+
+
+def _typ(value: object, path: str) -> str:
+    text = _string(value, path, "at+jwt")
+    if not _TYP_RE.fullmatch(text):
+        raise ConfigError(path, f"not a media type like at+jwt: {_short(text)}")
+    return text
+
+
+def _claim_name(like: str) -> _Parse[str]:
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path, like)
+        if not _CLAIM_RE.fullmatch(text):
+            raise ConfigError(
+                path, f"expected a claim name like {like} (no spaces), got {_short(text)}"
+            )
+        return text
+
+    return parse
+
+
 # ------------------------------------------------------------------------------------ sections
 
 
@@ -661,6 +995,10 @@ class _Fields:
 
     def __contains__(self, key: str) -> bool:
         return key in self._data
+
+    def raw(self, key: str) -> object:
+        """The value of ``key`` as written (None if absent), for cross-field checks."""
+        return self._data.get(key)
 
     def optional(self, key: str, parse: _Parse[_T], default: _T) -> _T:
         if key not in self._data:
@@ -855,18 +1193,47 @@ class _Parser:
             ),
             "the local MCP server's URL, e.g. http://127.0.0.1:8000",
         )
+        public_url = f.optional("public_url", _public_url, None)
         mtls: MtlsMode = f.optional("mtls", _mtls, "required")
         allow = f.optional("allow_spiffe_ids", self.allowlist, None)
+        jwt_svid: JwtSvidConfig | None = f.optional(
+            "jwt_svid", lambda v, p: self.jwt_svid(v, p, mtls), None
+        )
+        oauth: OAuthConfig | None = f.optional("oauth", lambda v, p: self.oauth(v, p, mtls), None)
         origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
         forward_authorization = f.optional("forward_authorization", _boolean, False)
         limits = f.optional("limits", self.limits, Limits())
-        if mtls == "off":
+        if "public_url" in f and "oauth" not in f:
             self.error(
-                _join(path, "mtls"),
-                "'off' requires a token layer (jwt_svid or oauth), which this version does not "
-                "support yet; use 'required'",
+                _join(path, "public_url"),
+                "only used with inbound.oauth (it builds the resource_metadata URL of the "
+                "OAuth 401 answer); remove it or configure oauth",
             )
             f.failed = True
+        if forward_authorization and ("jwt_svid" in f or "oauth" in f):
+            self.error(
+                _join(path, "forward_authorization"),
+                "must be false with a token layer (jwt_svid or oauth): the bearer token is "
+                "addressed to this sidecar and must never be passed upstream (MCP "
+                "authorization forbids token passthrough)",
+            )
+            f.failed = True
+        if mtls == "off":
+            allow_given = f.raw("allow_spiffe_ids")
+            if "oauth" not in f:
+                self.error(
+                    _join(path, "mtls"),
+                    "'off' requires inbound.oauth (an unauthenticated ingress is refused)",
+                )
+                f.failed = True
+            if allow_given is not None and allow_given != []:
+                self.error(
+                    _join(path, "allow_spiffe_ids"),
+                    "must be empty or absent with mtls: 'off': without mTLS there is no peer "
+                    "SPIFFE ID to check, so the allowlist would be silently ignored",
+                )
+                f.failed = True
+            allow = allow if allow is not None else Allowlist()
         elif "allow_spiffe_ids" not in f or (allow is not None and len(allow) == 0):
             self.error(
                 _join(path, "allow_spiffe_ids"),
@@ -878,6 +1245,8 @@ class _Parser:
             f.failed = True
         if f.failed or listen is None or upstream is None or allow is None:
             raise _Failed
+        if oauth is not None and public_url is None:
+            public_url = _origin_of(oauth.audience)
         return InboundConfig(
             listen=listen,
             upstream=upstream,
@@ -886,7 +1255,252 @@ class _Parser:
             allowed_origins=origins,
             forward_authorization=forward_authorization,
             limits=limits,
+            jwt_svid=jwt_svid,
+            oauth=oauth,
+            public_url=public_url,
         )
+
+    # -- token layer
+
+    def jwt_svid(self, value: object, path: str, mtls: MtlsMode) -> JwtSvidConfig:
+        f = self.fields(value, path, "inbound.jwt_svid")
+        audiences = f.required(
+            "audiences",
+            lambda v, p: self.strings(
+                v,
+                p,
+                "audiences like spiffe://example.org/ns/mcp/sa/math",
+                _non_empty_string("spiffe://example.org/ns/mcp/sa/math"),
+                empty="must not be empty: a JWT-SVID is accepted only if its aud names one of "
+                "these (usually this server's SPIFFE ID)",
+            ),
+            "the audiences a JWT-SVID must name, e.g. [spiffe://example.org/ns/mcp/sa/math]",
+        )
+        bind_to_peer = f.optional("bind_to_peer", _boolean, mtls == "required")
+        leeway = f.optional("leeway", _leeway, 30.0)
+        algorithms = f.optional("algorithms", self.algorithms, JWT_ALGORITHMS)
+        if mtls == "off" and bind_to_peer and "bind_to_peer" in f:
+            self.error(
+                _join(path, "bind_to_peer"),
+                "cannot be true with inbound.mtls: 'off': there is no mTLS peer whose SPIFFE ID "
+                "the token's sub could be bound to; set it to false",
+            )
+            f.failed = True
+        if f.failed or audiences is None:
+            raise _Failed
+        return JwtSvidConfig(
+            audiences=audiences, bind_to_peer=bind_to_peer, leeway=leeway, algorithms=algorithms
+        )
+
+    def oauth(self, value: object, path: str, mtls: MtlsMode) -> OAuthConfig:
+        f = self.fields(value, path, "inbound.oauth")
+        issuer = f.required(
+            "issuer",
+            _issuer_url,
+            "the authorization server's issuer identifier, e.g. https://auth.example.com",
+        )
+        audience = f.required(
+            "audience",
+            _resource_url,
+            "this MCP server's resource URL (RFC 8707), e.g. https://mcp.example.com/mcp",
+        )
+        jwks_uri = f.optional("jwks_uri", _jwks_uri, None)
+        jwks = f.optional("jwks", self.inline_jwks, None)
+        discovery = f.optional("discovery", _boolean, "jwks_uri" not in f and "jwks" not in f)
+        like_scopes = "scopes like mcp:tools"
+        required_scopes: tuple[str, ...] = f.optional(
+            "required_scopes", lambda v, p: self.strings(v, p, like_scopes, _scope), ()
+        )
+        scopes_supported = f.optional(
+            "scopes_supported", lambda v, p: self.strings(v, p, like_scopes, _scope), None
+        )
+        authorization_servers = f.optional(
+            "authorization_servers",
+            lambda v, p: self.strings(
+                v,
+                p,
+                "issuer URLs like https://auth.example.com",
+                _issuer_url,
+                empty="must not be empty: MCP clients find the authorization server here; "
+                "omit it to advertise issuer",
+            ),
+            None,
+        )
+        typ = f.optional("typ", _typ, None)
+        leeway = f.optional("leeway", _leeway, 30.0)
+        algorithms = f.optional("algorithms", self.algorithms, JWT_ALGORITHMS)
+        jwks_cache_ttl = f.optional("jwks_cache_ttl", _timeout, 300.0)
+        jwks_refresh_interval = f.optional("jwks_refresh_interval", _timeout, 30.0)
+        require_cnf = f.optional("require_cnf", _boolean, False)
+        roles_claim = f.optional("roles_claim", _claim_name("roles"), "roles")
+        groups_claim = f.optional("groups_claim", _claim_name("groups"), "groups")
+        sources = [key for key in ("jwks_uri", "jwks") if key in f]
+        if discovery and "discovery" in f:
+            sources.append("discovery: true")
+        if len(sources) > 1:
+            self.error(
+                path,
+                f"give one source of signing keys, not {' and '.join(sources)}: jwks_uri, jwks "
+                "and discovery: true are alternatives",
+            )
+            f.failed = True
+        elif not sources and not discovery:
+            self.error(
+                path,
+                "no source of signing keys: give jwks_uri or jwks, or leave discovery true "
+                "(the issuer's metadata names its jwks_uri)",
+            )
+            f.failed = True
+        if scopes_supported is not None:
+            missing = [scope for scope in required_scopes if scope not in scopes_supported]
+            if missing:
+                self.error(
+                    _join(path, "scopes_supported"),
+                    f"must include every required scope (missing: {', '.join(missing)}); "
+                    "clients learn what to ask for from it",
+                )
+                f.failed = True
+        if mtls == "off" and require_cnf:
+            self.error(
+                _join(path, "require_cnf"),
+                "cannot be true with inbound.mtls: 'off': there is no client certificate to "
+                "match the token's cnf.x5t#S256 against; set it to false",
+            )
+            f.failed = True
+        if f.failed or issuer is None or audience is None:
+            raise _Failed
+        return OAuthConfig(
+            issuer=issuer,
+            audience=audience,
+            jwks_uri=jwks_uri,
+            jwks=jwks,
+            discovery=discovery,
+            required_scopes=required_scopes,
+            scopes_supported=required_scopes if scopes_supported is None else scopes_supported,
+            authorization_servers=(
+                (issuer,) if authorization_servers is None else authorization_servers
+            ),
+            typ=typ,
+            leeway=leeway,
+            algorithms=algorithms,
+            jwks_cache_ttl=jwks_cache_ttl,
+            jwks_refresh_interval=jwks_refresh_interval,
+            require_cnf=require_cnf,
+            roles_claim=roles_claim,
+            groups_claim=groups_claim,
+        )
+
+    def strings(
+        self,
+        value: object,
+        path: str,
+        like: str,
+        parse: _Parse[str],
+        *,
+        empty: str | None = None,
+    ) -> tuple[str, ...]:
+        """A list of strings, each checked by ``parse`` (problems by index), duplicates
+        dropped; ``empty`` is the message if an empty list is an error."""
+        items = self.sequence(value, path, like)
+        if not items and empty is not None:
+            raise ConfigError(path, empty)
+        result: list[str] = []
+        failed = False
+        for index, item in enumerate(items):
+            try:
+                text = parse(item, f"{path}[{index}]")
+            except ConfigError as exc:
+                self.problems.append(exc)
+                failed = True
+                continue
+            if text not in result:
+                result.append(text)
+        if failed:
+            raise _Failed
+        return tuple(result)
+
+    def algorithms(self, value: object, path: str) -> tuple[str, ...]:
+        return self.strings(
+            value,
+            path,
+            "JWS algorithms like RS256, ES256",
+            _algorithm,
+            empty=f"must not be empty; expected some of {', '.join(JWT_ALGORITHMS)}",
+        )
+
+    def inline_jwks(self, value: object, path: str) -> str:
+        """A JWKS written as YAML -> canonical JSON text (the dataclass stays hashable)."""
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                path,
+                "expected a JWKS: a mapping with a 'keys' list, e.g. {keys: [{kty: RSA, kid: k1, "
+                f"n: ..., e: AQAB}}]}}; got {_got(value)}",
+            )
+        keys_path = _join(path, "keys")
+        if "keys" not in value:
+            raise ConfigError(keys_path, "required (the JWKS 'keys' list)")
+        keys = self.sequence(value["keys"], keys_path, "JWKs (mappings with kty and kid)")
+        if not keys:
+            raise ConfigError(keys_path, "must not be empty: with no keys no token can be valid")
+        failed = False
+        kids: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            key_path = f"{keys_path}[{index}]"
+            if not isinstance(key, Mapping):
+                self.error(
+                    key_path, f"expected a JWK (a mapping with kty and kid), got {_got(key)}"
+                )
+                failed = True
+                continue
+            for member in ("kty", "kid"):
+                if member not in key:
+                    self.error(_join(key_path, member), "required in every inline key")
+                    failed = True
+                elif not isinstance(key[member], str) or not key[member]:
+                    self.error(
+                        _join(key_path, member),
+                        f"expected a non-empty string, got {_got(key[member])}",
+                    )
+                    failed = True
+            kty, kid = key.get("kty"), key.get("kid")
+            if kty == "oct":
+                self.error(
+                    _join(key_path, "kty"),
+                    "'oct' (symmetric) keys are refused: a shared secret lets whoever holds it "
+                    "mint tokens; give the issuer's public keys (RSA or EC)",
+                )
+                failed = True
+            private = [member for member in ("d", "p", "q", "dp", "dq", "qi", "k") if member in key]
+            if private and kty != "oct":
+                self.error(
+                    key_path,
+                    f"contains private key material ({', '.join(private)}); give only the "
+                    "public key",
+                )
+                failed = True
+            if isinstance(kid, str) and kid:
+                if kid in kids:
+                    self.error(
+                        _join(key_path, "kid"),
+                        f"duplicate kid {_short(kid)} (also keys[{kids[kid]}]); which key "
+                        "verifies a token would be ambiguous",
+                    )
+                    failed = True
+                kids.setdefault(kid, index)
+        if failed:
+            raise _Failed
+        try:
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            plain = json.loads(text) == value
+        except (TypeError, ValueError, RecursionError):
+            plain = False
+        if not plain:
+            raise ConfigError(
+                path,
+                "must be plain JSON data: string keys; strings, finite numbers, booleans, null, "
+                "lists and mappings (quote dates and other YAML-typed values)",
+            )
+        return text
 
     def allowlist(self, value: object, path: str) -> Allowlist:
         like = "spiffe://example.org/ns/agents/sa/*"
@@ -999,6 +1613,7 @@ class _Parser:
             "the exact SPIFFE ID the server must present, e.g. spiffe://example.org/ns/mcp/sa/math",
         )
         strip_prefix = f.optional("strip_prefix", _boolean, True)
+        jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
         if f.failed or name is None or upstream is None or server_spiffe_id is None:
             raise _Failed
         return RouteConfig(
@@ -1008,6 +1623,7 @@ class _Parser:
             upstream=upstream,
             server_spiffe_id=server_spiffe_id,
             strip_prefix=strip_prefix,
+            jwt_svid_audience=jwt_svid_audience,
         )
 
 

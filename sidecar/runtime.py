@@ -128,6 +128,7 @@ class Sidecar:
                 self.tls,
                 self.metrics,
                 self.access_log,
+                jwt_svid=self.source.fetch_jwt_svid,
                 on_identity_rejected=self._rejected("outbound"),
             )
             self.listeners["outbound"] = await self._listen(

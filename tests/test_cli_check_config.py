@@ -46,7 +46,7 @@ def test_every_problem_is_printed_as_path_colon_message(
               listne: 0.0.0.0:8443
               upstream: http://127.0.0.1:8000
               allow_spiffe_ids: [spiffe://example.org/a, "spiffe://example.org/b*"]
-              oauth: {issuer: https://issuer.example}
+              mcp_policy: {default: deny}
             outbound:
               listen: 0.0.0.0:15001
               routes:
@@ -60,7 +60,7 @@ def test_every_problem_is_printed_as_path_colon_message(
     lines = err.splitlines()
     assert lines == [
         "inbound.listne: unknown key 'listne'; did you mean 'listen'? (line 3)",
-        "inbound.oauth: not supported by this version yet (OAuth bearer-token validation); "
+        "inbound.mcp_policy: not supported by this version yet (per-tool MCP policy); "
         "remove it: an ignored security policy would silently allow what it should deny (line 6)",
         "inbound.listen: required (the mTLS listen address, e.g. 0.0.0.0:8443)",
         "inbound.allow_spiffe_ids[1]: not a SPIFFE ID pattern: SPIFFE ID pattern "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import (
+    JWT_ALGORITHMS,
     ROOT,
     SCHEMA,
     UNSUPPORTED_KEYS,
@@ -21,9 +24,11 @@ from sidecar.config import (
     Config,
     ConfigErrors,
     InboundConfig,
+    JwtSvidConfig,
     Limits,
     ListenAddress,
     LogConfig,
+    OAuthConfig,
     OutboundConfig,
     RouteConfig,
     load_config,
@@ -87,6 +92,55 @@ shutdown:
 """
 
 
+FULL_TOKENS = """\
+trust_domain: example.org
+inbound:
+  listen: 0.0.0.0:8443
+  upstream: http://127.0.0.1:8000
+  public_url: HTTPS://MCP.Example.com:443
+  mtls: required
+  allow_spiffe_ids: [spiffe://example.org/ns/agents/sa/*]
+  jwt_svid:
+    audiences:
+      - spiffe://example.org/ns/mcp/sa/math
+      - https://mcp.example.com/mcp
+      - spiffe://example.org/ns/mcp/sa/math
+    bind_to_peer: false
+    leeway: 1m
+    algorithms: [ES256, PS512]
+  oauth:
+    issuer: https://Auth.Example.com/realms/mcp/
+    audience: https://mcp.example.com/mcp
+    jwks:
+      keys:
+        - {kty: RSA, kid: "2024-05", use: sig, alg: RS256, n: abc, e: AQAB}
+        - {kty: EC, kid: ec-1, crv: P-256, x: xx, y: "yy"}
+    discovery: false
+    required_scopes: [mcp:tools, mcp:tools]
+    scopes_supported: [mcp:tools, mcp:resources]
+    authorization_servers: [https://auth.example.com/realms/mcp/, http://127.0.0.1:9000]
+    typ: at+jwt
+    leeway: 0
+    algorithms: [RS256]
+    jwks_cache_ttl: 10m
+    jwks_refresh_interval: 250ms
+    require_cnf: true
+    roles_claim: realm_roles
+    groups_claim: grp
+outbound:
+  listen: 127.0.0.1:15001
+  routes:
+    - name: math
+      upstream: https://math.mcp.svc:8443
+      server_spiffe_id: spiffe://example.org/ns/mcp/sa/math
+      jwt_svid_audience: spiffe://example.org/ns/mcp/sa/math
+"""
+
+ISSUER = "https://auth.example.com"
+RESOURCE = "https://mcp.example.com/mcp"
+RSA_KEY: dict[Any, Any] = {"kty": "RSA", "kid": "k1", "n": "abc", "e": "AQAB"}
+
+
 def base() -> dict[str, Any]:
     """A minimal valid config with both sides, as plain data (for parse_config)."""
     return {
@@ -108,6 +162,27 @@ def base() -> dict[str, Any]:
             ],
         },
     }
+
+
+def with_tokens() -> dict[str, Any]:
+    """``base()`` with both token layers on top of mTLS."""
+    data = base()
+    data["inbound"]["jwt_svid"] = {"audiences": ["spiffe://example.org/ns/mcp/sa/math"]}
+    data["inbound"]["oauth"] = {"issuer": ISSUER, "audience": RESOURCE}
+    return data
+
+
+def oauth_only() -> dict[str, Any]:
+    """An OAuth-only ingress: ``mtls: off``, no allowlist, ``oauth``."""
+    data = base()
+    del data["outbound"]
+    data["inbound"] = {
+        "listen": "0.0.0.0:8080",
+        "upstream": "http://127.0.0.1:8000",
+        "mtls": "off",
+        "oauth": {"issuer": ISSUER, "audience": RESOURCE, "jwks_uri": f"{ISSUER}/jwks"},
+    }
+    return data
 
 
 def problems_of(data: object) -> list[tuple[str, str]]:
@@ -270,11 +345,26 @@ def test_federated_server_ids_and_allowlist_entries_are_fine() -> None:
     assert config.outbound.routes[0].server_spiffe_id.trust_domain == "partner.example"
 
 
-@pytest.mark.parametrize("name", ["inbound.yaml", "outbound.yaml"])
+@pytest.mark.parametrize("name", ["inbound.yaml", "outbound.yaml", "oauth-ingress.yaml"])
 def test_examples_pass(name: str) -> None:
     config = load_config(EXAMPLES / name)
     assert config.trust_domain == "example.org"
-    assert (config.inbound if name == "inbound.yaml" else config.outbound) is not None
+    assert (config.outbound if name == "outbound.yaml" else config.inbound) is not None
+
+
+def test_examples_show_the_token_layer() -> None:
+    inbound = load_config(EXAMPLES / "inbound.yaml").inbound
+    assert inbound is not None and inbound.jwt_svid is not None
+    assert inbound.jwt_svid.bind_to_peer
+    outbound = load_config(EXAMPLES / "outbound.yaml").outbound
+    assert outbound is not None
+    assert outbound.routes[0].jwt_svid_audience == "spiffe://example.org/ns/mcp/sa/math"
+    ingress = load_config(EXAMPLES / "oauth-ingress.yaml").inbound
+    assert ingress is not None and ingress.oauth is not None
+    assert (ingress.mtls, len(ingress.allow_spiffe_ids)) == ("off", 0)
+    assert ingress.resource_metadata_url == (
+        "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+    )
 
 
 def test_yaml_blocks_in_the_docs_are_valid_complete_configs() -> None:
@@ -298,6 +388,8 @@ def test_every_key_is_documented() -> None:
 def test_dataclasses_are_frozen() -> None:
     config = load_config_text(FULL)
     assert config.inbound is not None and config.outbound is not None
+    tokens = load_config_text(FULL_TOKENS).inbound
+    assert tokens is not None and tokens.jwt_svid is not None and tokens.oauth is not None
     objects: list[object] = [
         config,
         config.admin,
@@ -307,6 +399,8 @@ def test_dataclasses_are_frozen() -> None:
         config.inbound.listen,
         config.outbound,
         config.outbound.routes[0],
+        tokens.jwt_svid,
+        tokens.oauth,
     ]
     for obj in objects:
         field = dataclasses.fields(obj)[0].name  # type: ignore[arg-type]
@@ -315,6 +409,8 @@ def test_dataclasses_are_frozen() -> None:
     assert isinstance(config.outbound.routes, tuple)
     assert isinstance(config.inbound.allowed_origins, tuple)
     hash(config.outbound.routes[0])
+    hash(tokens.jwt_svid)
+    hash(tokens.oauth)
 
 
 def test_summary_names_listeners_routes_and_allowlist_size() -> None:
@@ -457,16 +553,7 @@ def test_non_string_and_odd_keys() -> None:
 # ----------------------------------------------------------------------- unsupported features
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "inbound.jwt_svid",
-        "inbound.oauth",
-        "inbound.mcp_policy",
-        "inbound.rate_limits",
-        "outbound.routes[0].jwt_svid_audience",
-    ],
-)
+@pytest.mark.parametrize("path", ["inbound.mcp_policy", "inbound.rate_limits"])
 def test_unsupported_feature_keys_are_errors(path: str) -> None:
     data = _set(base(), path, {"anything": True})
     reported_path, message = only(problems_of(data))
@@ -476,23 +563,34 @@ def test_unsupported_feature_keys_are_errors(path: str) -> None:
 
 
 def test_unsupported_keys_constant_lists_the_designed_features() -> None:
-    assert set(UNSUPPORTED_KEYS) == {
-        "inbound.jwt_svid",
-        "inbound.oauth",
-        "inbound.mcp_policy",
-        "inbound.rate_limits",
-        "outbound.routes[].jwt_svid_audience",
-    }
+    assert set(UNSUPPORTED_KEYS) == {"inbound.mcp_policy", "inbound.rate_limits"}
+
+
+def test_unsupported_keys_are_refused_even_with_a_token_layer() -> None:
+    data = oauth_only()
+    data["inbound"]["mcp_policy"] = {"default": "deny", "rules": []}
+    data["inbound"]["rate_limits"] = []
+    problems = problems_of(data)
+    assert [path for path, _ in problems] == ["inbound.mcp_policy", "inbound.rate_limits"]
+    assert all(m.startswith("not supported by this version yet") for _, m in problems)
 
 
 # ------------------------------------------------------------------------------ inbound rules
 
 
-def test_mtls_off_needs_a_token_layer() -> None:
-    path, message = only(yaml_problems(_yaml_with_inbound_line("  mtls: off")))
-    assert path == "inbound.mtls"
-    assert message.startswith(
-        "'off' requires a token layer (jwt_svid or oauth), which this version does not support yet"
+def test_mtls_off_needs_oauth() -> None:
+    problems = yaml_problems(_yaml_with_inbound_line("  mtls: off"))
+    assert problems[0] == (
+        "inbound.mtls",
+        "'off' requires inbound.oauth (an unauthenticated ingress is refused) (line 6)",
+    )
+    # a JWT-SVID alone is not enough either
+    data = with_change("inbound.mtls", "off")
+    data["inbound"]["allow_spiffe_ids"] = []
+    data["inbound"]["jwt_svid"] = {"audiences": ["spiffe://example.org/ns/mcp/sa/math"]}
+    assert only(problems_of(data)) == (
+        "inbound.mtls",
+        "'off' requires inbound.oauth (an unauthenticated ingress is refused)",
     )
 
 
@@ -620,8 +718,9 @@ def test_bad_origins(value: str) -> None:
         (
             "inbound",
             ["listen"],
-            "expected a mapping with keys listen, upstream, mtls, "
-            "allow_spiffe_ids, allowed_origins, forward_authorization, limits; got list",
+            "expected a mapping with keys listen, upstream, public_url, mtls, "
+            "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits; "
+            "got list",
         ),
         ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
         ("outbound.routes", [], "at least one route is required"),
@@ -715,6 +814,509 @@ def test_log_level() -> None:
         "expected 'debug' or 'info' or 'warning' or 'error', got string 'warn'; "
         "did you mean 'warning'?"
     )
+
+
+# -------------------------------------------------------------------------------- token layer
+
+
+def test_token_layer_round_trips_to_the_expected_dataclasses() -> None:
+    config = load_config_text(FULL_TOKENS)
+    assert config.inbound is not None and config.outbound is not None
+    inbound = config.inbound
+    assert inbound.public_url == "https://mcp.example.com"
+    assert inbound.jwt_svid == JwtSvidConfig(
+        audiences=("spiffe://example.org/ns/mcp/sa/math", "https://mcp.example.com/mcp"),
+        bind_to_peer=False,
+        leeway=60.0,
+        algorithms=("ES256", "PS512"),
+    )
+    assert inbound.oauth is not None and inbound.oauth.jwks is not None
+    jwks = inbound.oauth.jwks
+    assert inbound.oauth == OAuthConfig(
+        issuer="https://Auth.Example.com/realms/mcp/",  # exactly as written: iss must match it
+        audience="https://mcp.example.com/mcp",
+        jwks_uri=None,
+        jwks=jwks,
+        discovery=False,
+        required_scopes=("mcp:tools",),
+        scopes_supported=("mcp:tools", "mcp:resources"),
+        authorization_servers=("https://auth.example.com/realms/mcp/", "http://127.0.0.1:9000"),
+        typ="at+jwt",
+        leeway=0.0,
+        algorithms=("RS256",),
+        jwks_cache_ttl=600.0,
+        jwks_refresh_interval=0.25,
+        require_cnf=True,
+        roles_claim="realm_roles",
+        groups_claim="grp",
+    )
+    # the inline JWKS is canonical JSON text (sorted keys), so the dataclass stays hashable
+    assert json.loads(jwks) == {
+        "keys": [
+            {"kty": "RSA", "kid": "2024-05", "use": "sig", "alg": "RS256", "n": "abc", "e": "AQAB"},
+            {"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": "xx", "y": "yy"},
+        ]
+    }
+    assert jwks == json.dumps(json.loads(jwks), sort_keys=True, separators=(",", ":"))
+    assert inbound.resource_metadata_url == (
+        "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+    )
+    assert config.outbound.routes[0].jwt_svid_audience == "spiffe://example.org/ns/mcp/sa/math"
+
+
+def test_token_layer_defaults() -> None:
+    config = parse_config(base())
+    assert config.inbound is not None and config.outbound is not None
+    assert (config.inbound.jwt_svid, config.inbound.oauth, config.inbound.public_url) == (
+        None,
+        None,
+        None,
+    )
+    assert config.inbound.resource_metadata_url is None
+    assert config.outbound.routes[0].jwt_svid_audience is None
+    config = parse_config(with_tokens())
+    inbound = config.inbound
+    assert inbound is not None
+    # bind_to_peer defaults to true when mTLS is required
+    assert inbound.jwt_svid == JwtSvidConfig(
+        audiences=("spiffe://example.org/ns/mcp/sa/math",),
+        bind_to_peer=True,
+        leeway=30.0,
+        algorithms=JWT_ALGORITHMS,
+    )
+    # discovery defaults to true when neither jwks_uri nor jwks is given
+    assert inbound.oauth == OAuthConfig(
+        issuer=ISSUER,
+        audience=RESOURCE,
+        jwks_uri=None,
+        jwks=None,
+        discovery=True,
+        required_scopes=(),
+        scopes_supported=(),
+        authorization_servers=(ISSUER,),
+        typ=None,
+        leeway=30.0,
+        algorithms=JWT_ALGORITHMS,
+        jwks_cache_ttl=300.0,
+        jwks_refresh_interval=30.0,
+        require_cnf=False,
+        roles_claim="roles",
+        groups_claim="groups",
+    )
+    assert inbound.public_url == "https://mcp.example.com"  # the origin of oauth.audience
+    assert JWT_ALGORITHMS == (
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+    )
+
+
+def test_scopes_supported_defaults_to_required_scopes() -> None:
+    data = with_tokens()
+    data["inbound"]["oauth"]["required_scopes"] = ["mcp:tools", "mcp:admin"]
+    config = parse_config(data)
+    assert config.inbound is not None and config.inbound.oauth is not None
+    assert config.inbound.oauth.scopes_supported == ("mcp:tools", "mcp:admin")
+
+
+def test_discovery_is_off_when_keys_are_configured() -> None:
+    for source in ({"jwks_uri": f"{ISSUER}/jwks?v=2"}, {"jwks": {"keys": [RSA_KEY]}}):
+        for explicit in ({}, {"discovery": False}):
+            data = with_tokens()
+            data["inbound"]["oauth"].update(source, **explicit)
+            oauth = parse_config(data).inbound.oauth  # type: ignore[union-attr]
+            assert oauth is not None and oauth.discovery is False
+    oauth = parse_config(_set(with_tokens(), "inbound.oauth.discovery", True)).inbound.oauth  # type: ignore[union-attr]
+    assert oauth is not None and oauth.discovery is True
+    assert oauth.jwks_uri is None and oauth.jwks is None
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (
+            {"jwks_uri": f"{ISSUER}/jwks", "jwks": {"keys": [RSA_KEY]}},
+            "give one source of signing keys, not jwks_uri and jwks: jwks_uri, jwks and "
+            "discovery: true are alternatives",
+        ),
+        (
+            {"jwks_uri": f"{ISSUER}/jwks", "discovery": True},
+            "give one source of signing keys, not jwks_uri and discovery: true: jwks_uri, jwks "
+            "and discovery: true are alternatives",
+        ),
+        (
+            {"discovery": False},
+            "no source of signing keys: give jwks_uri or jwks, or leave discovery true (the "
+            "issuer's metadata names its jwks_uri)",
+        ),
+    ],
+)
+def test_exactly_one_key_source(sources: dict[str, Any], message: str) -> None:
+    data = with_tokens()
+    data["inbound"]["oauth"].update(sources)
+    assert only(problems_of(data)) == ("inbound.oauth", message)
+
+
+def test_oauth_only_ingress_is_plain_http_without_peer_ids() -> None:
+    config = parse_config(oauth_only())
+    inbound = config.inbound
+    assert inbound is not None and inbound.oauth is not None
+    assert (inbound.mtls, len(inbound.allow_spiffe_ids), inbound.public_url) == (
+        "off",
+        0,
+        "https://mcp.example.com",
+    )
+    assert inbound.oauth.jwks_uri == f"{ISSUER}/jwks"
+    # an empty allowlist is fine; a JWT-SVID layer may be added, unbound by default
+    data = oauth_only()
+    data["inbound"]["allow_spiffe_ids"] = []
+    data["inbound"]["jwt_svid"] = {"audiences": ["spiffe://example.org/ns/mcp/sa/math"]}
+    inbound = parse_config(data).inbound
+    assert inbound is not None and inbound.jwt_svid is not None
+    assert inbound.jwt_svid.bind_to_peer is False
+    assert "mTLS off (plain HTTP, no peer identity)" in "\n".join(parse_config(data).summary())
+
+
+def test_mtls_off_refuses_peer_bound_settings() -> None:
+    data = oauth_only()
+    data["inbound"]["allow_spiffe_ids"] = ["spiffe://example.org/ns/agents/sa/*"]
+    assert only(problems_of(data)) == (
+        "inbound.allow_spiffe_ids",
+        "must be empty or absent with mtls: 'off': without mTLS there is no peer SPIFFE ID to "
+        "check, so the allowlist would be silently ignored",
+    )
+    data = oauth_only()
+    data["inbound"]["jwt_svid"] = {"audiences": ["x"], "bind_to_peer": True}
+    path, message = only(problems_of(data))
+    assert path == "inbound.jwt_svid.bind_to_peer"
+    assert message.startswith("cannot be true with inbound.mtls: 'off': there is no mTLS peer")
+    data = oauth_only()
+    data["inbound"]["oauth"]["require_cnf"] = True
+    path, message = only(problems_of(data))
+    assert path == "inbound.oauth.require_cnf"
+    assert message.startswith("cannot be true with inbound.mtls: 'off': there is no client cert")
+    # with mTLS, both are fine
+    data = with_tokens()
+    data["inbound"]["jwt_svid"]["bind_to_peer"] = True
+    data["inbound"]["oauth"]["require_cnf"] = True
+    parse_config(data)
+
+
+def test_mtls_required_still_needs_the_allowlist_with_a_token_layer() -> None:
+    data = with_tokens()
+    del data["inbound"]["allow_spiffe_ids"]
+    path, message = only(problems_of(data))
+    assert path == "inbound.allow_spiffe_ids" and message.startswith("required: ")
+    data = with_tokens()
+    data["inbound"]["allow_spiffe_ids"] = []
+    path, message = only(problems_of(data))
+    assert path == "inbound.allow_spiffe_ids" and message.startswith("empty: ")
+
+
+def test_tokens_are_never_forwarded_upstream() -> None:
+    for layer in ("jwt_svid", "oauth"):
+        data = with_tokens()
+        del data["inbound"]["oauth" if layer == "jwt_svid" else "jwt_svid"]
+        data["inbound"]["forward_authorization"] = True
+        path, message = only(problems_of(data))
+        assert path == "inbound.forward_authorization"
+        assert "must never be passed upstream" in message
+    data = with_tokens()
+    data["inbound"]["forward_authorization"] = False
+    parse_config(data)
+
+
+def test_public_url() -> None:
+    data = with_tokens()
+    data["inbound"]["public_url"] = "https://Public.Example.com:8443"
+    inbound = parse_config(data).inbound
+    assert inbound is not None
+    assert inbound.public_url == "https://public.example.com:8443"
+    assert inbound.resource_metadata_url == (
+        "https://public.example.com:8443/.well-known/oauth-protected-resource/mcp"
+    )
+    path, message = only(problems_of(_set(base(), "inbound.public_url", "https://a.example")))
+    assert path == "inbound.public_url"
+    assert message.startswith("only used with inbound.oauth")
+
+
+@pytest.mark.parametrize(
+    ("audience", "public_url", "metadata"),
+    [
+        (
+            "https://mcp.example.com",
+            None,
+            "https://mcp.example.com/.well-known/oauth-protected-resource",
+        ),
+        (
+            "https://mcp.example.com/",
+            None,
+            "https://mcp.example.com/.well-known/oauth-protected-resource",
+        ),
+        (
+            "https://mcp.example.com:8443/a/mcp",
+            None,
+            "https://mcp.example.com:8443/.well-known/oauth-protected-resource/a/mcp",
+        ),
+        (
+            "http://localhost:3000/mcp",
+            None,
+            "http://localhost:3000/.well-known/oauth-protected-resource/mcp",
+        ),
+        (
+            "https://mcp.example.com/mcp",
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp",
+        ),
+    ],
+)
+def test_resource_metadata_url(audience: str, public_url: str | None, metadata: str) -> None:
+    data = with_tokens()
+    data["inbound"]["oauth"]["audience"] = audience
+    if public_url is not None:
+        data["inbound"]["public_url"] = public_url
+    inbound = parse_config(data).inbound
+    assert inbound is not None and inbound.oauth is not None
+    assert inbound.oauth.audience == audience  # kept exactly
+    assert inbound.resource_metadata_url == metadata
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/realms/mcp",
+        "http://[::1]:9000",
+        "http://localhost:9000/",
+        "https://auth.example.com/tenant/v2.0",
+    ],
+)
+def test_http_urls_are_fine_on_loopback(url: str) -> None:
+    data = with_tokens()
+    data["inbound"]["oauth"].update(issuer=url, jwks_uri=url + "/jwks")
+    data["inbound"]["oauth"]["authorization_servers"] = [url]
+    oauth = parse_config(data).inbound.oauth  # type: ignore[union-attr]
+    assert oauth is not None
+    assert (oauth.issuer, oauth.jwks_uri, oauth.authorization_servers) == (
+        url,
+        url + "/jwks",
+        (url,),
+    )
+
+
+_LOOPBACK = "http:// is allowed only for a loopback host: 127.0.0.1, [::1] or localhost"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem_path", "fragment"),
+    [
+        # jwt_svid
+        ("jwt_svid.audiences", [], "jwt_svid.audiences", "must not be empty"),
+        ("jwt_svid.audiences", ["a", ""], "jwt_svid.audiences[1]", "must not be empty"),
+        ("jwt_svid.audiences", "spiffe://x/y", "jwt_svid.audiences", "expected a list"),
+        ("jwt_svid.audiences", ..., "jwt_svid.audiences", "required (the audiences"),
+        ("jwt_svid.algorithms", ["RS256", "HS256"], "jwt_svid.algorithms[1]", "'HS256' is refused"),
+        ("jwt_svid.algorithms", ["none"], "jwt_svid.algorithms[0]", "'none' (unsigned tokens)"),
+        ("jwt_svid.algorithms", ["rs256"], "jwt_svid.algorithms[0]", "did you mean 'RS256'?"),
+        ("jwt_svid.algorithms", ["EdDSA"], "jwt_svid.algorithms[0]", "expected one of RS256"),
+        ("jwt_svid.algorithms", [], "jwt_svid.algorithms", "must not be empty"),
+        ("jwt_svid.leeway", "6m", "jwt_svid.leeway", "must be from 0 to 5m (got 360 seconds)"),
+        ("jwt_svid.leeway", -1, "jwt_svid.leeway", "must not be negative"),
+        ("jwt_svid.bind_to_peer", "yes", "jwt_svid.bind_to_peer", "expected true or false"),
+        # oauth URLs
+        ("oauth.issuer", "http://auth.example.com", "oauth.issuer", _LOOPBACK),
+        ("oauth.issuer", "http://127.0.0.1.nip.io", "oauth.issuer", _LOOPBACK),
+        ("oauth.issuer", "auth.example.com", "oauth.issuer", "not a URL"),
+        ("oauth.issuer", "https://auth.example.com#x", "oauth.issuer", "fragment"),
+        ("oauth.issuer", "https://auth.example.com?tenant=1", "oauth.issuer", "query"),
+        ("oauth.issuer", "https://u:p@auth.example.com", "oauth.issuer", "user info"),
+        ("oauth.issuer", "https://auth.example.com/a b", "oauth.issuer", "printable ASCII"),
+        ("oauth.issuer", "https://auth.example.com\n", "oauth.issuer", "printable ASCII"),
+        ("oauth.issuer", "ftp://auth.example.com", "oauth.issuer", "must be an https:// URL"),
+        ("oauth.issuer", ..., "oauth.issuer", "required"),
+        ("oauth.audience", "http://mcp.example.com/mcp", "oauth.audience", _LOOPBACK),
+        ("oauth.audience", "https://mcp.example.com/mcp#a", "oauth.audience", "fragment"),
+        ("oauth.audience", ..., "oauth.audience", "required (this MCP server's resource URL"),
+        ("oauth.jwks_uri", "http://keys.example.com/jwks", "oauth.jwks_uri", _LOOPBACK),
+        ("oauth.authorization_servers", [], "oauth.authorization_servers", "must not be empty"),
+        (
+            "oauth.authorization_servers",
+            [ISSUER, "http://as.example.com"],
+            "oauth.authorization_servers[1]",
+            _LOOPBACK,
+        ),
+        # inline JWKS
+        ("oauth.jwks", "{keys: []}", "oauth.jwks", "expected a JWKS: a mapping with a 'keys'"),
+        ("oauth.jwks", {}, "oauth.jwks.keys", "required (the JWKS 'keys' list)"),
+        ("oauth.jwks", {"keys": []}, "oauth.jwks.keys", "must not be empty"),
+        ("oauth.jwks", {"keys": ["k"]}, "oauth.jwks.keys[0]", "expected a JWK"),
+        (
+            "oauth.jwks",
+            {"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]},
+            "oauth.jwks.keys[0].kty",
+            "'oct' (symmetric) keys are refused",
+        ),
+        (
+            "oauth.jwks",
+            {"keys": [{"kty": "RSA", "n": "abc", "e": "AQAB"}]},
+            "oauth.jwks.keys[0].kid",
+            "required in every inline key",
+        ),
+        ("oauth.jwks", {"keys": [{"kid": "a"}]}, "oauth.jwks.keys[0].kty", "required"),
+        (
+            "oauth.jwks",
+            {"keys": [{**RSA_KEY, "kid": 7}]},
+            "oauth.jwks.keys[0].kid",
+            "expected a non-empty string, got integer 7",
+        ),
+        (
+            "oauth.jwks",
+            {"keys": [RSA_KEY, RSA_KEY]},
+            "oauth.jwks.keys[1].kid",
+            "duplicate kid 'k1' (also keys[0])",
+        ),
+        (
+            "oauth.jwks",
+            {"keys": [{**RSA_KEY, "d": "x", "p": "y"}]},
+            "oauth.jwks.keys[0]",
+            "contains private key material (d, p)",
+        ),
+        (
+            "oauth.jwks",
+            {"keys": [{**RSA_KEY, "exp": datetime.date(2030, 1, 1)}]},
+            "oauth.jwks",
+            "must be plain JSON data",
+        ),
+        (
+            "oauth.jwks",
+            {"keys": [{**RSA_KEY, "x": float("nan")}]},
+            "oauth.jwks",
+            "must be plain JSON data",
+        ),
+        ("oauth.jwks", {"keys": [{**RSA_KEY, 1: "x"}]}, "oauth.jwks", "must be plain JSON data"),
+        # scopes, typ, timings, claims
+        ("oauth.required_scopes", ["mcp:tools write"], "oauth.required_scopes[0]", "not a scope"),
+        ("oauth.required_scopes", [""], "oauth.required_scopes[0]", "not a scope"),
+        ("oauth.required_scopes", "mcp:tools", "oauth.required_scopes", "expected a list"),
+        ("oauth.scopes_supported", [3], "oauth.scopes_supported[0]", "got integer 3"),
+        ("oauth.typ", "at jwt", "oauth.typ", "not a media type like at+jwt"),
+        ("oauth.typ", "", "oauth.typ", "not a media type"),
+        ("oauth.leeway", "10m", "oauth.leeway", "must be from 0 to 5m"),
+        ("oauth.algorithms", ["HS512"], "oauth.algorithms[0]", "'HS512' is refused"),
+        ("oauth.jwks_cache_ttl", 0, "oauth.jwks_cache_ttl", "must be greater than 0"),
+        ("oauth.jwks_refresh_interval", "0s", "oauth.jwks_refresh_interval", "greater than 0"),
+        ("oauth.require_cnf", "on", "oauth.require_cnf", "yes/no/on/off are strings"),
+        ("oauth.discovery", 1, "oauth.discovery", "expected true or false"),
+        ("oauth.roles_claim", "", "oauth.roles_claim", "expected a claim name like roles"),
+        ("oauth.groups_claim", "my groups", "oauth.groups_claim", "claim name like groups"),
+        # public_url
+        ("public_url", "https://mcp.example.com/mcp", "public_url", "without path"),
+        ("public_url", "https://mcp.example.com/", "public_url", "without path (not even '/')"),
+        ("public_url", "https://mcp.example.com?x", "public_url", "query"),
+        ("public_url", "http://mcp.example.com", "public_url", _LOOPBACK),
+    ],
+)
+def test_token_layer_errors_name_the_key(
+    path: str, value: object, problem_path: str, fragment: str
+) -> None:
+    data = with_tokens()
+    if value is ...:
+        section, _, key = path.partition(".")
+        del data["inbound"][section][key]
+    else:
+        _set(data, f"inbound.{path}", value)
+    reported, message = only(problems_of(data))
+    assert reported == f"inbound.{problem_path}"
+    assert fragment in message, message
+
+
+def test_scopes_supported_must_include_the_required_ones() -> None:
+    data = with_tokens()
+    data["inbound"]["oauth"].update(
+        required_scopes=["mcp:tools", "mcp:admin"], scopes_supported=["mcp:tools"]
+    )
+    assert only(problems_of(data)) == (
+        "inbound.oauth.scopes_supported",
+        "must include every required scope (missing: mcp:admin); clients learn what to ask for "
+        "from it",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("", "must not be empty"),
+        (5, "expected a string like spiffe://example.org/ns/mcp/sa/math, got integer 5"),
+        (None, "got null"),
+    ],
+)
+def test_bad_jwt_svid_audience(value: object, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.routes[0].jwt_svid_audience", value)))
+    assert path == "outbound.routes[0].jwt_svid_audience"
+    assert fragment in message
+
+
+def test_token_keys_in_the_wrong_place_are_pointed_home() -> None:
+    cases = {
+        "inbound.issuer": "unknown key 'issuer'; it belongs under 'inbound.oauth'",
+        "inbound.audiences": "unknown key 'audiences'; it belongs under 'inbound.jwt_svid'",
+        "inbound.leeway": (
+            "unknown key 'leeway'; it belongs under 'inbound.jwt_svid' or 'inbound.oauth'"
+        ),
+        "outbound.jwt_svid_audience": (
+            "unknown key 'jwt_svid_audience'; it belongs under 'outbound.routes[i]'"
+        ),
+        "inbound.jwt_svid.audience": "unknown key 'audience'; did you mean 'audiences'?",
+        "inbound.oauth.jwks_url": "unknown key 'jwks_url'; did you mean 'jwks_uri'?",
+        "inbound.oauth.require_cfn": "unknown key 'require_cfn'; did you mean 'require_cnf'?",
+    }
+    for path, expected in cases.items():
+        assert (path, expected) in problems_of(_set(with_tokens(), path, "x")), path
+
+
+def test_token_layer_booleans_are_yaml_1_2() -> None:
+    text = _yaml_with_inbound_line(
+        "  jwt_svid: {audiences: [x], bind_to_peer: yes}\n"
+        "  oauth: {issuer: 'https://a.example', audience: 'https://m.example', discovery: on}"
+    )
+    problems = yaml_problems(text)
+    assert [path for path, _ in problems] == [
+        "inbound.jwt_svid.bind_to_peer",
+        "inbound.oauth.discovery",
+    ]
+    assert all("yes/no/on/off are strings" in message for _, message in problems)
+
+
+def test_summary_mentions_the_token_layers() -> None:
+    text = "\n".join(load_config_text(FULL_TOKENS).summary())
+    assert (
+        "  token layer: JWT-SVID, audience spiffe://example.org/ns/mcp/sa/math or "
+        "https://mcp.example.com/mcp; algorithms ES256, PS512"
+    ) in text
+    assert (
+        "  token layer: OAuth, issuer https://Auth.Example.com/realms/mcp/ (2 inline keys), "
+        "audience https://mcp.example.com/mcp; required scopes: mcp:tools; cnf bound to the "
+        "client certificate; algorithms RS256"
+    ) in text
+    assert (
+        "  resource metadata: https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+    ) in text
+    assert (
+        "route math: / -> https://math.mcp.svc:8443 (server spiffe://example.org/ns/mcp/sa/math); "
+        "sends a JWT-SVID for spiffe://example.org/ns/mcp/sa/math"
+    ) in text
+    text = "\n".join(parse_config(with_tokens()).summary())
+    assert (
+        "JWT-SVID, audience spiffe://example.org/ns/mcp/sa/math; sub must be the mTLS peer\n"
+        in text
+    )
+    assert f"OAuth, issuer {ISSUER} (keys by discovery)" in text
+    assert "token layer: none" in "\n".join(parse_config(base()).summary())
 
 
 # ----------------------------------------------------------------------------- outbound rules
@@ -1049,7 +1651,7 @@ def test_every_problem_is_reported_at_once() -> None:
           listen: 8443
           upstream: https://127.0.0.1:8000
           mtls: off
-          jwt_svid: {audiences: [x]}
+          jwt_svid: {audiences: [x], bind_to_peer: true}
           allow_spiffe_ids: [spiffe://example.org/a, spiffe://example.org/b*]
           limits: {idle_timeout: 0, max_request_body: 4Mb}
         outbound:
@@ -1068,7 +1670,8 @@ def test_every_problem_is_reported_at_once() -> None:
             "inbound.listen",
             "inbound.upstream",
             "inbound.mtls",
-            "inbound.jwt_svid",
+            "inbound.jwt_svid.bind_to_peer",
+            "inbound.allow_spiffe_ids",
             "inbound.allow_spiffe_ids[1]",
             "inbound.limits.idle_timeout",
             "outbound.listen",

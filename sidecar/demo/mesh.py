@@ -107,9 +107,14 @@ def inbound_config(
 
 
 def outbound_config(
-    socket: str, inbound_port: int, server_id: str, **outbound: Any
+    socket: str,
+    inbound_port: int,
+    server_id: str,
+    route: dict[str, Any] | None = None,
+    **outbound: Any,
 ) -> dict[str, Any]:
-    """Config of an outbound sidecar with one route ``/math`` to an inbound sidecar."""
+    """Config of an outbound sidecar with one route ``/math`` (plus ``route`` keys) to an
+    inbound sidecar."""
     return {
         "trust_domain": TRUST_DOMAIN,
         "workload_api": socket,
@@ -122,6 +127,7 @@ def outbound_config(
                     "path_prefix": "/math",
                     "upstream": f"https://127.0.0.1:{inbound_port}",
                     "server_spiffe_id": server_id,
+                    **(route or {}),
                 }
             ],
             **outbound,

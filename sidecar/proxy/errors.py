@@ -39,3 +39,10 @@ class UpstreamUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     reason = "upstream_timeout"
+
+
+class JwtSvidUnavailable(ProxyError):
+    """The Workload API could not give us a JWT-SVID for the route's audience."""
+
+    status = 503
+    reason = "jwt_svid_unavailable"

@@ -7,7 +7,7 @@ wrong server never receives a single byte of the request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -15,9 +15,11 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.config import OutboundConfig, RouteConfig
+from sidecar.identity.snapshot import JwtSvid
+from sidecar.identity.workload_api import WorkloadApiError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
-from sidecar.proxy.errors import NoRoute
+from sidecar.proxy.errors import JwtSvidUnavailable, NoRoute
 from sidecar.proxy.forward import UpstreamIdentityError, forward, forwardable_headers, read_body
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.routing import select_route
@@ -51,11 +53,13 @@ class OutboundProxy(ProxyHandler):
         metrics: Metrics,
         access_log: AccessLogger,
         *,
+        jwt_svid: Callable[[str], Awaitable[JwtSvid]] | None = None,
         on_identity_rejected: Callable[[PeerRejected], None] = lambda exc: None,
     ) -> None:
         super().__init__(config.limits, config.allowed_origins, metrics, access_log)
         self.config = config
         self.tls = tls
+        self.jwt_svid = jwt_svid
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.upstream_hosts: dict[str, str] = {}
         for route in config.routes:
@@ -80,6 +84,17 @@ class OutboundProxy(ProxyHandler):
 
         return verify
 
+    async def _token(self, audience: str) -> str:
+        """Our JWT-SVID for ``audience`` (cached by the source, refreshed before expiry); it
+        replaces whatever Authorization header the local agent sent."""
+        if self.jwt_svid is None:  # pragma: no cover - wiring error
+            raise JwtSvidUnavailable("no Workload API source for JWT-SVIDs")
+        try:
+            svid = await self.jwt_svid(audience)
+        except WorkloadApiError as exc:
+            raise JwtSvidUnavailable(exc.message) from exc
+        return svid.token
+
     async def close(self) -> None:
         for session in self.sessions.values():
             await session.close()
@@ -96,6 +111,8 @@ class OutboundProxy(ProxyHandler):
         info.bytes_in = len(body)
         headers = forwardable_headers(request.headers, drop=("x-forwarded-client-cert",))
         headers["Host"] = self.upstream_hosts[route.name]
+        if route.jwt_svid_audience is not None:
+            headers["Authorization"] = f"Bearer {await self._token(route.jwt_svid_audience)}"
         url = route.upstream.rstrip("/") + match.upstream_path
         response, info.bytes_out = await forward(
             request,

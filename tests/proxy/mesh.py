@@ -61,9 +61,13 @@ def inbound_config(socket: str, upstream_port: int, **inbound: Any) -> dict[str,
 
 
 def outbound_config(
-    socket: str, inbound_port: int, server_id: str = SERVER, **outbound: Any
+    socket: str,
+    inbound_port: int,
+    server_id: str = SERVER,
+    route: dict[str, Any] | None = None,
+    **outbound: Any,
 ) -> dict[str, Any]:
-    return demo_mesh.outbound_config(socket, inbound_port, server_id, **outbound)
+    return demo_mesh.outbound_config(socket, inbound_port, server_id, route, **outbound)
 
 
 @contextlib.asynccontextmanager
@@ -73,6 +77,7 @@ async def local_mesh(
     inbound: dict[str, Any] | None = None,
     outbound: dict[str, Any] | None = None,
     upstream_port: int | None = None,
+    route: dict[str, Any] | None = None,
 ) -> AsyncIterator[Mesh]:
     """The inbound sidecar forwards to the recording upstream, or to ``upstream_port``."""
     with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
@@ -97,7 +102,9 @@ async def local_mesh(
             await server.start(svid_timeout=WAIT)
             agent = Sidecar(
                 parse_config(
-                    outbound_config(sockets["agent"], server.port("inbound"), **(outbound or {}))
+                    outbound_config(
+                        sockets["agent"], server.port("inbound"), route=route, **(outbound or {})
+                    )
                 ),
                 access_stream=agent_log,
             )
