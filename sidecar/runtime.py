@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -23,13 +23,23 @@ from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.admin import build_admin_app, readiness, start_admin
+from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
 from sidecar.proxy.outbound import OutboundProxy
 from sidecar.proxy.server import Listener, TlsPolicy, start_listener
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
+from sidecar.tokens.gate import TokenGate
 
 log = logging.getLogger(__name__)
+
+
+def needs_identity(config: Config) -> bool:
+    """Only an OAuth-only ingress (``mtls: off``, no JWT-SVIDs, no outbound) runs without SPIFFE."""
+    inbound = config.inbound
+    return config.outbound is not None or (
+        inbound is not None and (inbound.mtls == "required" or inbound.jwt_svid is not None)
+    )
 
 
 class Sidecar:
@@ -39,14 +49,15 @@ class Sidecar:
         self.config = config
         self.metrics = Metrics()
         self.access_log = AccessLogger(access_stream, enabled=config.log.access_log)
-        self.source = WorkloadApiSource(config.workload_api)
+        self.source = WorkloadApiSource(config.workload_api) if needs_identity(config) else None
         self.tls = RotatingTls()
         self.listeners: dict[str, Listener] = {}
         self.inbound: InboundProxy | None = None
         self.outbound: OutboundProxy | None = None
         self.admin_port: int | None = None
+        self.fetcher = JsonFetcher()
         self._admin: web.AppRunner | None = None
-        self._source_ready = readiness(self.source)
+        self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
         self._stopped = False
 
@@ -64,6 +75,9 @@ class Sidecar:
             return
         self._wrong_trust_domain = None
         self.tls.update(snapshot)
+
+    def _jwt_bundles(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.source.jwt_bundles if self.source is not None else {}
 
     def our_id(self) -> SpiffeId:
         return self.tls.snapshot.svid.spiffe_id
@@ -86,40 +100,44 @@ class Sidecar:
         self._admin, self.admin_port = await start_admin(
             build_admin_app(self.metrics, self.ready), admin.listen.host, admin.listen.port
         )
-        self.metrics.bind_source(self.source)
         self.metrics.set_ready_function(lambda: self.ready()[0])
-        self.source.subscribe(self._on_identity)
-        await self.source.start()
-        await self._wait_for_identity(svid_timeout)
+        if self.source is not None:
+            self.metrics.bind_source(self.source)
+            self.source.subscribe(self._on_identity)
+            await self.source.start()
+            await self._wait_for_identity(svid_timeout, self.source)
         await self._start_listeners()
 
-    async def _wait_for_identity(self, timeout: float | None) -> None:
+    async def _wait_for_identity(self, timeout: float | None, source: WorkloadApiSource) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             try:
                 self.tls.current  # noqa: B018 - raises NotReady until an SVID was adopted
-                if self.source.ready:
+                if source.ready:
                     return
             except Exception:  # noqa: S110 - NotReady: keep waiting
                 pass
             if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(f"no usable X.509-SVID from {self.source.target}")
+                raise TimeoutError(f"no usable X.509-SVID from {source.target}")
             await asyncio.sleep(0.05)
 
     async def _start_listeners(self) -> None:
         cfg = self.config
         if cfg.inbound is not None:
             inbound = cfg.inbound
-            self.inbound = InboundProxy(inbound, self.our_id, self.metrics, self.access_log)
+            gate = TokenGate(inbound, self._jwt_bundles, self.fetcher)
+            self.inbound = InboundProxy(inbound, self.our_id, self.metrics, self.access_log, gate)
             allowlist = inbound.allow_spiffe_ids
-            policy = TlsPolicy(
-                context=lambda: self.tls.current.server,
-                verify=lambda ssl_object: self.tls.verify_peer(ssl_object, allowlist),
-                handshake_timeout=inbound.limits.header_timeout,
-                on_failure=lambda reason: self.metrics.tls_failure("inbound", reason),
-                on_rejected=self._rejected("inbound"),
-            )
+            policy = None
+            if inbound.mtls == "required":
+                policy = TlsPolicy(
+                    context=lambda: self.tls.current.server,
+                    verify=lambda ssl_object: self.tls.verify_peer(ssl_object, allowlist),
+                    handshake_timeout=inbound.limits.header_timeout,
+                    on_failure=lambda reason: self.metrics.tls_failure("inbound", reason),
+                    on_rejected=self._rejected("inbound"),
+                )
             self.listeners["inbound"] = await self._listen("inbound", self.inbound, inbound, policy)
         if cfg.outbound is not None:
             outbound = cfg.outbound
@@ -128,7 +146,7 @@ class Sidecar:
                 self.tls,
                 self.metrics,
                 self.access_log,
-                jwt_svid=self.source.fetch_jwt_svid,
+                jwt_svid=self.source.fetch_jwt_svid if self.source else None,
                 on_identity_rejected=self._rejected("outbound"),
             )
             self.listeners["outbound"] = await self._listen(
@@ -169,7 +187,9 @@ class Sidecar:
         for proxy in (self.inbound, self.outbound):
             if proxy is not None:
                 await proxy.close()
-        await self.source.close()
+        if self.source is not None:
+            await self.source.close()
+        await self.fetcher.close()
         if self._admin is not None:
             await self._admin.cleanup()
 

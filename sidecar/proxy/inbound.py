@@ -1,8 +1,10 @@
 """Inbound: mTLS from other workloads' sidecars -> plain HTTP to the local MCP server.
 
 Order of checks (cheapest first, fail closed): TLS handshake + SPIFFE verification + allowlist
-(once per connection, in ``proxy.server``) -> framing/Origin -> body size -> forward. A refused
-peer gets a 403 JSON body naming the reason and not one byte reaches the upstream.
+(once per connection, in ``proxy.server``) -> framing/Origin -> token layer (JWT-SVID / OAuth,
+``tokens.gate``) -> body size -> forward. A refused peer gets a 403 JSON body naming the reason,
+a missing or bad token a 401/403 with ``WWW-Authenticate``; not one byte reaches the upstream.
+With ``mtls: off`` the listener is plain HTTP and the OAuth layer is mandatory (config-checked).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.config import InboundConfig
+from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
@@ -21,6 +24,8 @@ from sidecar.proxy.forward import forward, forwardable_headers, read_body
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.server import ConnectionHandler
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tokens.errors import TokenError
+from sidecar.tokens.gate import TokenGate
 
 XFCC = "X-Forwarded-Client-Cert"
 
@@ -43,10 +48,12 @@ class InboundProxy(ProxyHandler):
         our_id: Callable[[], SpiffeId],
         metrics: Metrics,
         access_log: AccessLogger,
+        tokens: TokenGate,
     ) -> None:
         super().__init__(config.limits, config.allowed_origins, metrics, access_log)
         self.config = config
         self.our_id = our_id
+        self.tokens = tokens
         upstream = URL(config.upstream)
         self.upstream_base = str(upstream.with_path("").with_query(None)).rstrip("/")
         self.upstream_host = upstream.raw_authority
@@ -62,11 +69,43 @@ class InboundProxy(ProxyHandler):
 
     async def close(self) -> None:
         await self.session.close()
+        await self.tokens.close()
+
+    def refusal(self, exc: SidecarError, info: RequestInfo) -> web.StreamResponse:
+        response = super().refusal(exc, info)
+        if isinstance(exc, TokenError):
+            self.metrics.token_rejection(exc.layer, exc.reason)
+            if exc.status in (401, 403):
+                response.headers["WWW-Authenticate"] = self.tokens.challenge(exc)
+        return response
 
     async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
         conn = request.protocol
         if not isinstance(conn, ConnectionHandler):  # pragma: no cover - wiring error
-            raise Forbidden("connection was not accepted by a SPIFFE listener", reason="no_peer")
+            raise Forbidden("connection was not accepted by a sidecar listener", reason="no_peer")
+        peer = self._verified_peer(conn, info) if self.config.mtls == "required" else None
+        if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
+            return web.json_response(self.tokens.metadata)
+        principal = await self.tokens.authenticate(
+            request.headers.getall("Authorization", []), peer, conn.peer_cert_sha256
+        )
+        info.principal = principal.to_log()
+        info.upstream = self.config.upstream
+        body = await read_body(request, self.limits.max_request_body)
+        info.bytes_in = len(body)
+        headers = forwardable_headers(request.headers, drop=self.drop_headers)
+        if peer is not None:
+            headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
+        headers["Host"] = self.upstream_host
+        headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
+        url = self.upstream_base + self.upstream_path + request.raw_path
+        response, info.bytes_out = await forward(
+            request, self.session, url, headers, body, self.limits
+        )
+        return response
+
+    def _verified_peer(self, conn: ConnectionHandler, info: RequestInfo) -> SpiffeId:
+        """The connection's SPIFFE peer, verified and allowlisted at the handshake."""
         if conn.rejection is not None:
             info.peer = str(conn.rejection.peer) if conn.rejection.peer else None
             info.close_connection = True
@@ -75,15 +114,4 @@ class InboundProxy(ProxyHandler):
             info.close_connection = True
             raise Forbidden("no verified SPIFFE identity on this connection", reason="no_peer")
         info.peer = str(conn.peer)
-        info.upstream = self.config.upstream
-        body = await read_body(request, self.limits.max_request_body)
-        info.bytes_in = len(body)
-        headers = forwardable_headers(request.headers, drop=self.drop_headers)
-        headers[XFCC] = xfcc_value(self.our_id(), conn.peer, conn.peer_cert_sha256)
-        headers["Host"] = self.upstream_host
-        headers["X-Forwarded-Proto"] = "https"
-        url = self.upstream_base + self.upstream_path + request.raw_path
-        response, info.bytes_out = await forward(
-            request, self.session, url, headers, body, self.limits
-        )
-        return response
+        return conn.peer

@@ -1,0 +1,133 @@
+"""The inbound token layer as one object: which validator applies, keys, peer binding, challenge.
+
+mTLS answers "which workload is calling"; this answers "on whose behalf, for which audience".
+When both ``jwt_svid`` and ``oauth`` are configured, a token whose (unverified) ``iss`` equals the
+OAuth issuer is validated as an OAuth access token and every other token as a JWT-SVID — there
+is no fallback from one validator to the other. Pure apart from ``JwksCache``'s injected fetch.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from sidecar.config import InboundConfig
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.tokens.bearer import bearer_token
+from sidecar.tokens.claims import Principal, VerifiedToken, check_cnf
+from sidecar.tokens.errors import TokenError, TokenLayer
+from sidecar.tokens.jwt_svid import JwtBundles, JwtSvidRules, check_peer, validate_jwt_svid
+from sidecar.tokens.metadata import WELL_KNOWN_PATH, protected_resource_metadata
+from sidecar.tokens.oauth import JwksCache, OAuthRules
+
+JwksMapping = Mapping[str, Mapping[str, Any]]
+
+
+class TokenGate:
+    """Authenticates the bearer token of one inbound request into a ``Principal``."""
+
+    def __init__(
+        self,
+        config: InboundConfig,
+        jwt_bundles: Callable[[], JwksMapping],
+        fetch_json: Callable[[str], Awaitable[Any]],
+    ) -> None:
+        self.config = config
+        self._jwt_bundles_source = jwt_bundles
+        self._bundles_seen: JwksMapping | None = None
+        self._bundles = JwtBundles()
+        jwt_cfg, oauth = config.jwt_svid, config.oauth
+        self.jwt_rules = (
+            JwtSvidRules(jwt_cfg.audiences, jwt_cfg.algorithms, jwt_cfg.leeway) if jwt_cfg else None
+        )
+        self.bind_to_peer = bool(jwt_cfg and jwt_cfg.bind_to_peer)
+        self.jwks: JwksCache | None = None
+        if oauth is not None:
+            rules = OAuthRules(
+                issuer=oauth.issuer,
+                audience=oauth.audience,
+                required_scopes=oauth.required_scopes,
+                algorithms=oauth.algorithms,
+                leeway=oauth.leeway,
+                require_typ=oauth.typ,
+                roles_claim=oauth.roles_claim,
+                groups_claim=oauth.groups_claim,
+                jwks_cache_ttl=oauth.jwks_cache_ttl,
+                jwks_refresh_interval=oauth.jwks_refresh_interval,
+            )
+            self.jwks = JwksCache(rules, fetch_json, jwks_uri=oauth.jwks_uri, jwks=oauth.jwks)
+            self.metadata_paths = frozenset({WELL_KNOWN_PATH, oauth.resource_metadata_path})
+            self.metadata = protected_resource_metadata(
+                oauth.audience, oauth.authorization_servers, oauth.scopes_supported
+            )
+        else:
+            self.metadata_paths = frozenset()
+            self.metadata = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.jwt_rules is not None or self.jwks is not None
+
+    @property
+    def default_layer(self) -> TokenLayer:
+        """The layer a missing token is reported for (OAuth wins: it has a discovery story)."""
+        return "oauth" if self.jwks is not None else "jwt_svid"
+
+    def challenge(self, exc: TokenError) -> str:
+        """The ``WWW-Authenticate`` value for a refusal (RFC 6750, RFC 9728)."""
+        if self.config.oauth is not None:
+            return exc.www_authenticate(resource_metadata=self.config.resource_metadata_url)
+        return exc.www_authenticate(realm="spiffe")
+
+    async def authenticate(
+        self,
+        authorization: Sequence[str],
+        peer: SpiffeId | None,
+        peer_cert_sha256: str | None,
+    ) -> Principal:
+        if not self.enabled:
+            return Principal(spiffe_id=peer)
+        token = bearer_token(authorization, layer=self.default_layer)
+        verified = await self._validate(token)
+        if verified.layer == "jwt_svid" and self.bind_to_peer:
+            check_peer(verified, peer)
+        oauth = self.config.oauth
+        check_cnf(
+            verified,
+            peer_cert_sha256,
+            required=bool(oauth and oauth.require_cnf and verified.layer == "oauth"),
+        )
+        return Principal(spiffe_id=peer, token=verified)
+
+    async def _validate(self, token: str) -> VerifiedToken:
+        if self.jwks is not None and (
+            self.jwt_rules is None or _unverified_issuer(token) == self.jwks.rules.issuer
+        ):
+            return await self.jwks.validate(token)
+        assert self.jwt_rules is not None
+        return validate_jwt_svid(token, self._current_bundles(), self.jwt_rules)
+
+    def _current_bundles(self) -> JwtBundles:
+        """Parse the streamed JWT bundles once per Workload API update, not per request."""
+        raw = self._jwt_bundles_source()
+        if raw is not self._bundles_seen:
+            self._bundles = JwtBundles.from_jwks(raw)
+            self._bundles_seen = raw
+        return self._bundles
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """``iss`` of a JWT without verifying anything — only to choose the validator."""
+    try:
+        payload = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    issuer = data.get("iss") if isinstance(data, dict) else None
+    return issuer if isinstance(issuer, str) else None
