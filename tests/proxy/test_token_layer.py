@@ -276,3 +276,19 @@ async def test_certificate_bound_token_must_match_the_client_cert(
             ) as resp:
                 assert resp.status == status, name
         assert len(mesh.upstream.requests) == 1
+
+
+async def test_resource_metadata_url_follows_the_public_url(
+    client: aiohttp.ClientSession, issuer: Issuer
+) -> None:
+    inbound = oauth_inbound(issuer)
+    inbound["public_url"] = "https://gateway.example.net"
+    async with (
+        local_mesh(inbound=inbound) as mesh,
+        client.post(f"{mesh.outbound_url}/math/mcp", data=b"{}") as resp,
+    ):
+        assert resp.status == 401
+        params = challenge_params(resp.headers["WWW-Authenticate"])
+    assert params == {
+        "resource_metadata": "https://gateway.example.net/.well-known/oauth-protected-resource/mcp"
+    }
