@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sidecar import inject, webhook
     from sidecar.demo import mesh as mesh_demo
     from sidecar.identity import devserver
 
@@ -60,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mesh_demo.configure_parser(demo)
     demo.set_defaults(handler=mesh_demo.run_from_args)
+
+    inject_cmd = commands.add_parser(
+        "inject",
+        help="add the sidecar to the pods of a Kubernetes manifest (like istioctl kube-inject)",
+        description="Read a Kubernetes manifest and write it with the mcp-sidecar container, "
+        "its SPIFFE CSI volume, config volume, probes and resources added to every Pod, "
+        "Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob (docs/kubernetes.md). "
+        "Already injected, opted-out (mcp-sidecar.io/inject=false), hostNetwork and "
+        "system-namespace pods are left unchanged (noted on stderr). Comments are not kept.",
+    )
+    inject.configure_parser(inject_cmd)
+    inject_cmd.set_defaults(handler=inject.run_from_args)
+
+    webhook_cmd = commands.add_parser(
+        "webhook",
+        help="run the mutating admission webhook that injects the sidecar (HTTPS)",
+        description=webhook.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    webhook.configure_parser(webhook_cmd)
+    webhook_cmd.set_defaults(handler=webhook.run_from_args)
     return parser
 
 
