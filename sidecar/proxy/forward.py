@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -51,6 +52,18 @@ HOP_BY_HOP = frozenset(
 # Framing and routing headers the proxy sets itself.
 _REWRITTEN = frozenset({"host", "content-length"})
 SSE_HEARTBEAT = b": keepalive\n\n"
+
+
+class RewriteError(Exception):
+    """A body rewriter cannot continue safely (e.g. an oversized SSE event): abort the stream."""
+
+
+class BodyRewriter(Protocol):
+    """Transforms a response body chunk by chunk (``feed``), then ``finish`` flushes the rest."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
 
 
 class UpstreamIdentityError(aiohttp.ClientConnectorError):
@@ -127,27 +140,32 @@ async def forward(
     limits: Limits,
     *,
     ssl: object = True,
+    rewriter: Callable[[str], BodyRewriter | None] | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Send the request upstream and stream the answer back; returns (response, bytes sent).
 
+    ``rewriter(content_type)`` may return a ``BodyRewriter`` that transforms the response body
+    on the way (MCP list filtering); the response is then sent without Content-Length.
     Raises ``ProxyError`` only before the response has started; a failure mid-stream aborts the
     client connection (a truncated body must not look complete).
     """
     upstream = await _send(request, session, url, headers, body, limits, ssl)
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        body_rewriter = rewriter(upstream.content_type) if rewriter is not None else None
+        skip = HOP_BY_HOP | ({"content-length"} if body_rewriter is not None else set())
         for key, value in upstream.headers.items():
-            if key.lower() not in HOP_BY_HOP:
+            if key.lower() not in skip:
                 response.headers.add(key, value)
         is_sse = upstream.content_type == "text/event-stream"
         await response.prepare(request)
         try:
             if is_sse:
-                sent = await _pump_sse(upstream, response, limits.sse_heartbeat)
+                sent = await _pump_sse(upstream, response, limits.sse_heartbeat, body_rewriter)
             else:
-                sent = await _pump(upstream, response, limits)
+                sent = await _pump(upstream, response, limits, body_rewriter)
             await response.write_eof()
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, RewriteError) as exc:
             transport = request.transport
             if transport is None or transport.is_closing():
                 log.debug("client went away mid-response (%s)", exc)
@@ -218,7 +236,10 @@ async def _send(
 
 
 async def _pump(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, limits: Limits
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    limits: Limits,
+    rewriter: BodyRewriter | None,
 ) -> int:
     sent = 0
     async with asyncio.timeout(limits.total_timeout):
@@ -226,13 +247,23 @@ async def _pump(
             async with asyncio.timeout(limits.idle_timeout):
                 chunk = await upstream.content.readany()
             if not chunk:
-                return sent
-            await response.write(chunk)
-            sent += len(chunk)
+                break
+            if rewriter is not None:
+                chunk = rewriter.feed(chunk)
+            if chunk:
+                await response.write(chunk)
+                sent += len(chunk)
+    if rewriter is not None and (tail := rewriter.finish()):
+        await response.write(tail)
+        sent += len(tail)
+    return sent
 
 
 async def _pump_sse(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, heartbeat: float
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    heartbeat: float,
+    rewriter: BodyRewriter | None,
 ) -> int:
     sent = 0
     at_boundary = True
@@ -248,7 +279,15 @@ async def _pump_sse(
                 await response.write(SSE_HEARTBEAT)
             continue
         if not chunk:
-            return sent
+            break
+        if rewriter is not None:
+            chunk = rewriter.feed(chunk)  # emits whole events only
+            if not chunk:
+                continue
         await response.write(chunk)
         sent += len(chunk)
         at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+    if rewriter is not None and (tail := rewriter.finish()):
+        await response.write(tail)
+        sent += len(tail)
+    return sent
