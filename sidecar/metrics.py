@@ -192,6 +192,23 @@ class Metrics:
             ["layer", "reason"],
             registry=r,
         )
+        self.mcp_requests = Counter(
+            f"{PREFIX}mcp_requests_total",
+            "MCP requests by JSON-RPC method, tool (unknown names collapse to 'other') and "
+            "decision (allow, deny, rate_limited, invalid).",
+            ["method", "tool", "decision"],
+            registry=r,
+        )
+        self.policy_reload_errors = Counter(
+            f"{PREFIX}policy_reload_errors_total",
+            "Policy files that failed to load; the previous policy stayed in force.",
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            f"{PREFIX}policy_reloads_total",
+            "Policy files loaded successfully after start.",
+            registry=r,
+        )
         self.svid_expiry = Gauge(
             f"{PREFIX}svid_expiry_timestamp_seconds",
             "Unix time at which our current X.509-SVID expires (notAfter).",
@@ -266,6 +283,13 @@ class Metrics:
     def upstream_error(self, direction: str, reason: object) -> None:
         self.upstream_errors.labels(
             direction=direction_label(direction), reason=self.reason_label(reason)
+        ).inc()
+
+    def mcp_request(self, method: str | None, tool: str | None, decision: str) -> None:
+        """``method`` and ``tool`` must already be bounded by the caller (known names or
+        ``"other"``)."""
+        self.mcp_requests.labels(
+            method=method or "none", tool=tool or "none", decision=self.reason_label(decision)
         ).inc()
 
     def token_rejection(self, layer: str, reason: object) -> None:

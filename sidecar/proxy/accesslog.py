@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 MCP_SESSION_HEADER = "Mcp-Session-Id"
 
@@ -100,6 +100,45 @@ class AccessRecord:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One MCP request (one JSON-RPC message) and the policy's verdict on it."""
+
+    time: str = field(default_factory=rfc3339)
+    kind: str = "mcp_audit"
+    principal: Mapping[str, Any] | None
+    method: str | None
+    tool: str | None  # tool / prompt name or resource URI
+    request_id: str | int | None
+    decision: str  # allow | deny | rate_limited | invalid
+    rule: str | None
+    status: int
+    latency_ms: float
+    mcp_session_id: str | None
+
+    def to_json(self) -> str:
+        data = {
+            "time": self.time,
+            "kind": self.kind,
+            "principal": dict(self.principal) if self.principal is not None else None,
+            "method": self.method,
+            "tool": self.tool,
+            "request_id": self.request_id,
+            "decision": self.decision,
+            "rule": self.rule,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 3) if math.isfinite(self.latency_ms) else None,
+            "mcp_session_id": self.mcp_session_id,
+        }
+        return json.dumps(
+            data, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
+        )
+
+
+class LogRecord(Protocol):
+    def to_json(self) -> str: ...
+
+
 class AccessLogger:
     """Writes ``AccessRecord`` lines to ``stream`` (``None``: ``sys.stdout`` at write time).
 
@@ -122,7 +161,7 @@ class AccessLogger:
     def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stdout
 
-    def log(self, record: AccessRecord) -> None:
+    def log(self, record: LogRecord) -> None:
         if not self.enabled:
             return
         try:
