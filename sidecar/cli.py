@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sidecar import inject, webhook
     from sidecar.demo import mesh as mesh_demo
     from sidecar.identity import devserver
+    from sidecar.mcp import explain
 
     parser = argparse.ArgumentParser(
         prog="mcp-sidecar",
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
     run.set_defaults(handler=_run)
+
+    explain_cmd = commands.add_parser(
+        "explain",
+        help="show whether the inbound MCP policy allows one call, and which rule decided",
+        description=explain.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.configure_parser(explain_cmd)
+    explain_cmd.set_defaults(handler=explain.run_from_args)
 
     demo = commands.add_parser(
         "demo",

@@ -13,19 +13,24 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web
 
-from sidecar.config import Config
+from sidecar.config import Config, InboundConfig
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
+from sidecar.mcp.policy import Policy, load_policy_file
+from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.admin import build_admin_app, readiness, start_admin
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
+from sidecar.proxy.mcp_guard import McpGuard
 from sidecar.proxy.outbound import OutboundProxy
+from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.proxy.server import Listener, TlsPolicy, start_listener
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
@@ -56,6 +61,7 @@ class Sidecar:
         self.outbound: OutboundProxy | None = None
         self.admin_port: int | None = None
         self.fetcher = JsonFetcher()
+        self.policy: PolicyHolder[Policy] | None = None
         self._admin: web.AppRunner | None = None
         self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
@@ -127,7 +133,9 @@ class Sidecar:
         if cfg.inbound is not None:
             inbound = cfg.inbound
             gate = TokenGate(inbound, self._jwt_bundles, self.fetcher)
-            self.inbound = InboundProxy(inbound, self.our_id, self.metrics, self.access_log, gate)
+            self.inbound = InboundProxy(
+                inbound, self.our_id, self.metrics, self.access_log, gate, self._guard(inbound)
+            )
             allowlist = inbound.allow_spiffe_ids
             policy = None
             if inbound.mtls == "required":
@@ -152,6 +160,23 @@ class Sidecar:
             self.listeners["outbound"] = await self._listen(
                 "outbound", self.outbound, outbound, None
             )
+
+    def _guard(self, inbound: InboundConfig) -> McpGuard:
+        """Policy (hot-reloaded when it comes from a file) and rate limits of the inbound side."""
+        holder: PolicyHolder[Policy] | None = None
+        if inbound.mcp_policy is not None:
+            cfg = inbound.mcp_policy
+            holder = PolicyHolder(
+                cfg.policy,
+                path=Path(cfg.file) if cfg.file else None,
+                loader=load_policy_file,
+                interval=cfg.reload_interval,
+                metrics=self.metrics,
+            )
+            holder.start()
+            self.policy = holder
+        limiter = RateLimiter(inbound.rate_limits) if inbound.rate_limits else None
+        return McpGuard(holder, limiter, self.metrics, self.access_log)
 
     def _rejected(self, direction: str) -> Callable[[PeerRejected], None]:
         def record(exc: PeerRejected) -> None:
@@ -184,6 +209,8 @@ class Sidecar:
         await asyncio.gather(
             *(listener.close(self.config.drain_timeout) for listener in self.listeners.values())
         )
+        if self.policy is not None:
+            await self.policy.stop()
         for proxy in (self.inbound, self.outbound):
             if proxy is not None:
                 await proxy.close()

@@ -9,6 +9,7 @@ With ``mtls: off`` the listener is plain HTTP and the OAuth layer is mandatory (
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -22,6 +23,7 @@ from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
 from sidecar.proxy.forward import forward, forwardable_headers, read_body
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
+from sidecar.proxy.mcp_guard import McpGuard
 from sidecar.proxy.server import ConnectionHandler
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError
@@ -49,11 +51,13 @@ class InboundProxy(ProxyHandler):
         metrics: Metrics,
         access_log: AccessLogger,
         tokens: TokenGate,
+        guard: McpGuard,
     ) -> None:
         super().__init__(config.limits, config.allowed_origins, metrics, access_log)
         self.config = config
         self.our_id = our_id
         self.tokens = tokens
+        self.guard = guard
         upstream = URL(config.upstream)
         self.upstream_base = str(upstream.with_path("").with_query(None)).rstrip("/")
         self.upstream_host = upstream.raw_authority
@@ -93,15 +97,26 @@ class InboundProxy(ProxyHandler):
         info.upstream = self.config.upstream
         body = await read_body(request, self.limits.max_request_body)
         info.bytes_in = len(body)
+        started = time.perf_counter()
+        verdict = self.guard.inspect(request, principal, body)
+        if verdict.refusal is not None:
+            info.reason = "mcp_refused"
+            self.guard.record(request, principal, verdict, verdict.refusal.status, started)
+            return verdict.refusal
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
         if peer is not None:
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
         headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
         url = self.upstream_base + self.upstream_path + request.raw_path
-        response, info.bytes_out = await forward(
-            request, self.session, url, headers, body, self.limits
-        )
+        try:
+            response, info.bytes_out = await forward(
+                request, self.session, url, headers, body, self.limits, rewriter=verdict.rewriter
+            )
+        except SidecarError as exc:
+            self.guard.record(request, principal, verdict, exc.status, started)
+            raise
+        self.guard.record(request, principal, verdict, response.status, started)
         return response
 
     def _verified_peer(self, conn: ConnectionHandler, info: RequestInfo) -> SpiffeId:

@@ -1,0 +1,231 @@
+"""MCP-aware authorization end to end with the official MCP SDK client and a real MCP server:
+the reference scenario (roles from OAuth token claims on an OAuth ingress; an agent's SPIFFE ID
+through the mesh), filtered tools/list over SSE, JSON-RPC denials, rate limits, hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from mcp.shared.exceptions import MCPError
+
+from sidecar.config import parse_config
+from sidecar.demo import mcp_client
+from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.runtime import Sidecar
+from tests.proxy.issuer import Issuer
+from tests.proxy.mesh import WAIT, local_mesh
+
+REFERENCE_POLICY: dict[str, Any] = {
+    "default": "deny",
+    "rules": [
+        {"name": "admins-echo", "when": {"roles": ["admin"]}, "tools": ["echo"]},
+        {"name": "users-time", "when": {"roles": ["user"]}, "tools": ["get_time"]},
+        {
+            "name": "agents-add",
+            "when": {"spiffe_ids": ["spiffe://example.org/ns/agents/**"]},
+            "tools": ["add"],
+        },
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[McpServerHandle]:
+    handle = await serve_mcp("127.0.0.1", 0)
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def oauth_ingress(
+    server: McpServerHandle,
+) -> AsyncIterator[tuple[str, Issuer, io.StringIO]]:
+    """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress."""
+    issuer = await Issuer().start()
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}{MCP_PATH}"
+    log = io.StringIO()
+    sidecar = Sidecar(
+        parse_config(
+            {
+                "trust_domain": "example.org",
+                "admin": {"listen": "127.0.0.1:0"},
+                "inbound": {
+                    "listen": f"127.0.0.1:{port}",
+                    "upstream": f"http://127.0.0.1:{server.port}",
+                    "mtls": "off",
+                    "oauth": {"issuer": issuer.url, "audience": resource},
+                    "mcp_policy": REFERENCE_POLICY,
+                },
+            }
+        ),
+        access_stream=log,
+    )
+    await sidecar.start()
+    try:
+        yield resource, issuer, log
+    finally:
+        await sidecar.stop()
+        await issuer.close()
+
+
+def bearer(issuer: Issuer, resource: str, roles: list[str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.token(aud=resource, roles=roles)}"}
+
+
+@pytest.mark.parametrize(
+    ("roles", "visible", "allowed", "denied"),
+    [(["admin"], ["echo"], "echo", "get_time"), (["user"], ["get_time"], "get_time", "echo")],
+)
+async def test_roles_from_token_claims(
+    oauth_ingress: tuple[str, Issuer, io.StringIO],
+    server: McpServerHandle,
+    roles: list[str],
+    visible: list[str],
+    allowed: str,
+    denied: str,
+) -> None:
+    resource, issuer, log = oauth_ingress
+    headers = bearer(issuer, resource, roles)
+    assert await mcp_client.list_tool_names(resource, headers) == visible
+    arguments = {"text": "hi"} if allowed == "echo" else {}
+    result = await mcp_client.call_tool(resource, allowed, arguments, headers)
+    assert not result.is_error
+    with pytest.raises(MCPError, match="Forbidden by policy: no rule allows"):
+        await mcp_client.call_tool(resource, denied, {"text": "x"}, headers)
+    # tools/list was answered over SSE by the real server and filtered on the way.
+    lists = [r for r in server.requests if r.method == "POST" and r.status == 200]
+    assert any((r.content_type or "").startswith("text/event-stream") for r in lists)
+    audits = [json.loads(line) for line in log.getvalue().splitlines() if '"mcp_audit"' in line]
+    deny = [a for a in audits if a["decision"] == "deny"]
+    assert deny and deny[-1]["tool"] == denied and deny[-1]["rule"] is None
+    assert deny[-1]["principal"]["roles"] == roles
+
+
+async def test_denial_is_a_jsonrpc_error_naming_the_rule(
+    oauth_ingress: tuple[str, Issuer, io.StringIO], server: McpServerHandle
+) -> None:
+    resource, issuer, _ = oauth_ingress
+    headers = bearer(issuer, resource, ["user"])
+    raw = await mcp_client.post_raw(
+        resource,
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo"}},
+        headers,
+    )
+    assert raw.status == 403
+    body = json.loads(raw.body)
+    assert body["id"] == 7 and body["error"]["code"] == -32001
+    assert "no rule allows" in body["error"]["message"]
+    assert not any(r.method == "POST" for r in server.requests)  # never reached the server
+
+
+async def test_agent_spiffe_id_may_add_but_not_multiply(server: McpServerHandle) -> None:
+    async with local_mesh(
+        upstream_port=server.port, inbound={"mcp_policy": REFERENCE_POLICY}
+    ) as mesh:
+        url = f"{mesh.outbound_url}/math{MCP_PATH}"
+        assert await mcp_client.list_tool_names(url) == ["add"]
+        assert (await mcp_client.call_tool(url, "add", {"a": 2, "b": 3})).structured == {
+            "result": 5
+        }
+        with pytest.raises(MCPError, match="Forbidden by policy"):
+            await mcp_client.call_tool(url, "multiply", {"a": 6, "b": 7})
+        metrics = mesh.server.metrics.render()[0].decode()
+        assert (
+            'mcp_sidecar_mcp_requests_total{decision="deny",method="tools/call",tool="multiply"}'
+            in metrics
+        )
+
+
+async def test_rate_limit_returns_429_with_retry_after() -> None:
+    async with (
+        local_mesh(
+            inbound={"rate_limits": [{"per": "principal", "rate": "1/m", "burst": 3}]}
+        ) as mesh,
+        aiohttp.ClientSession() as client,
+    ):
+        statuses = []
+        for n in range(4):
+            async with client.post(
+                f"{mesh.outbound_url}/math/mcp",
+                json={"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "add"}},
+            ) as resp:
+                statuses.append(resp.status)
+                last = (resp.headers.get("Retry-After"), await resp.json())
+        assert statuses == [200, 200, 200, 429]
+        retry_after, body = last
+        assert retry_after is not None and int(retry_after) >= 1
+        assert body["error"]["code"] == -32029 and body["id"] == 3
+        assert len(mesh.upstream.requests) == 3
+
+
+async def test_policy_reload_during_load(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.yaml"
+
+    def write(policy: object) -> None:
+        staging = tmp_path / "policy.tmp"
+        staging.write_text(policy if isinstance(policy, str) else yaml.safe_dump(policy))
+        os.replace(staging, policy_file)  # atomic, like a ConfigMap update
+
+    write({"default": "deny", "rules": [{"name": "add-only", "tools": ["add"]}]})
+    inbound = {"mcp_policy": {"file": str(policy_file), "reload_interval": "50ms"}}
+    async with local_mesh(inbound=inbound) as mesh, aiohttp.ClientSession() as client:
+        url = f"{mesh.outbound_url}/math/mcp"
+        failures: list[int] = []
+        stop = asyncio.Event()
+
+        async def call(tool: str) -> int:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}
+            async with client.post(url, json=body) as resp:
+                await resp.read()
+                return resp.status
+
+        async def load() -> int:
+            count = 0
+            while not stop.is_set():
+                status = await call("add")
+                count += 1
+                if status != 200:
+                    failures.append(status)
+            return count
+
+        loader = asyncio.create_task(load())
+        assert await call("multiply") == 403
+        write({"default": "deny", "rules": [{"name": "math", "tools": ["add", "multiply"]}]})
+        await asyncio.wait_for(_until_status(call, "multiply", 200), WAIT)
+        errors_before = mesh.server.metrics.policy_reload_errors._value.get()
+        write("default: deny\nrules: [{name: broken, tools: 42}]\n")
+        await asyncio.wait_for(
+            _until(lambda: mesh.server.metrics.policy_reload_errors._value.get() > errors_before),
+            WAIT,
+        )
+        assert await call("multiply") == 200  # the old (valid) policy stayed in force
+        stop.set()
+        requests = await asyncio.wait_for(loader, WAIT)
+        assert requests > 0 and failures == []
+
+
+async def _until_status(call: Any, tool: str, status: int) -> None:
+    while await call(tool) != status:
+        await asyncio.sleep(0.02)
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():  # noqa: ASYNC110 - polls a metric value
+        await asyncio.sleep(0.02)
