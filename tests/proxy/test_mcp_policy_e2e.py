@@ -222,7 +222,7 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
 
 
 async def _until_status(call: Any, tool: str, status: int) -> None:
-    while await call(tool) != status:
+    while await call(tool) != status:  # noqa: ASYNC110 - polls the proxy until it reloads
         await asyncio.sleep(0.02)
 
 
