@@ -33,6 +33,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.identity.endpoint import grpc_target
+from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
+from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
 
@@ -49,6 +51,7 @@ __all__ = [
     "Limits",
     "ListenAddress",
     "LogConfig",
+    "McpPolicyConfig",
     "OAuthConfig",
     "OutboundConfig",
     "RouteConfig",
@@ -114,7 +117,10 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "allowed_origins",
         "forward_authorization",
         "limits",
+        "mcp_policy",
+        "rate_limits",
     ),
+    "inbound.mcp_policy.file": ("file", "reload_interval"),
     "inbound.jwt_svid": ("audiences", "bind_to_peer", "leeway", "algorithms"),
     "inbound.oauth": (
         "issuer",
@@ -151,10 +157,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
 }
 """Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
 
-UNSUPPORTED_KEYS: Mapping[str, str] = {
-    "inbound.mcp_policy": "per-tool MCP policy",
-    "inbound.rate_limits": "rate limiting",
-}
+UNSUPPORTED_KEYS: Mapping[str, str] = {}
 """Keys of features that are designed but not built yet -> what they would do. Using one is an
 error, never silently ignored (an ignored security policy is a silent allow). Remove a key from
 here, and add it to ``SCHEMA``, when its feature lands."""
@@ -317,6 +320,16 @@ class OAuthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class McpPolicyConfig:
+    """``inbound.mcp_policy``: the policy inline, or loaded from ``file`` (a mounted ConfigMap)
+    and reloaded when the file changes (polled every ``reload_interval``)."""
+
+    policy: Policy
+    file: str | None = None
+    reload_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig:
     """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server."""
 
@@ -334,6 +347,8 @@ class InboundConfig:
     limits: Limits = field(default_factory=Limits)
     jwt_svid: JwtSvidConfig | None = None
     oauth: OAuthConfig | None = None
+    mcp_policy: McpPolicyConfig | None = None
+    rate_limits: tuple[RateLimit, ...] = ()
     public_url: str | None = None
     """The listener's externally visible origin (``https://mcp.example.com``), normalised like
     ``allowed_origins``; set (by default to the origin of ``oauth.audience``) iff ``oauth``
@@ -1203,6 +1218,10 @@ class _Parser:
         origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
         forward_authorization = f.optional("forward_authorization", _boolean, False)
         limits = f.optional("limits", self.limits, Limits())
+        mcp_policy: McpPolicyConfig | None = f.optional("mcp_policy", self.mcp_policy, None)
+        rate_limits: tuple[RateLimit, ...] = f.optional(
+            "rate_limits", lambda v, p: self.delegate(parse_rate_limits, v, p), ()
+        )
         if "public_url" in f and "oauth" not in f:
             self.error(
                 _join(path, "public_url"),
@@ -1258,7 +1277,46 @@ class _Parser:
             jwt_svid=jwt_svid,
             oauth=oauth,
             public_url=public_url,
+            mcp_policy=mcp_policy,
+            rate_limits=rate_limits,
         )
+
+    # -- MCP policy
+
+    def delegate(self, parse: Callable[..., _T], value: object, path: str) -> _T:
+        """Run a parser of another module that raises ``ConfigErrors``; keep all its problems."""
+        try:
+            return parse(value, path=path)
+        except ConfigErrors as exc:
+            self.problems.extend(exc.problems)
+            raise _Failed from exc
+
+    def mcp_policy(self, value: object, path: str) -> McpPolicyConfig:
+        """Inline (``default:``/``rules:``) or ``{file: PATH, reload_interval: 2s}``."""
+        if value is None:  # "mcp_policy:" with everything under it commented out
+            raise ConfigError(
+                path,
+                "empty: give a policy (default: deny, rules: [...]) or {file: PATH}; an empty "
+                "policy would silently allow every call",
+            )
+        if not (isinstance(value, Mapping) and "file" in value):
+            return McpPolicyConfig(policy=self.delegate(parse_policy, value, path))
+        f = self.fields(value, path, "inbound.mcp_policy.file")
+        file = f.required(
+            "file",
+            lambda v, p: _string(v, p, "/etc/mcp-sidecar/policy.yaml"),
+            "path of the policy YAML file",
+        )
+        interval = f.optional("reload_interval", _timeout, 2.0)
+        if f.failed or file is None:
+            raise _Failed
+        try:
+            policy = load_policy_file(file)
+        except ConfigErrors as exc:
+            for problem in exc.problems:
+                self.error(_join(path, "file"), f"{file}: {problem}")
+            raise _Failed from exc
+        return McpPolicyConfig(policy=policy, file=file, reload_interval=interval)
 
     # -- token layer
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar import config as config_module
 from sidecar.config import (
     JWT_ALGORITHMS,
     ROOT,
@@ -28,6 +29,7 @@ from sidecar.config import (
     Limits,
     ListenAddress,
     LogConfig,
+    McpPolicyConfig,
     OAuthConfig,
     OutboundConfig,
     RouteConfig,
@@ -39,12 +41,23 @@ from sidecar.config import (
     problem_detail,
 )
 from sidecar.errors import ConfigError
+from sidecar.mcp.policy import (
+    CONSTRAINT_KEYS,
+    POLICY_KEYS,
+    RULE_KEYS,
+    WHEN_KEYS,
+    Policy,
+    load_policy_file,
+)
+from sidecar.mcp.ratelimit import RATE_LIMIT_KEYS, RateLimit
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs" / "configuration.md"
+POLICY_FILE_IN_DOCS = "/etc/mcp-sidecar/policy.yaml"
+"""The policy file the docs' file-form example loads (the test substitutes a real file)."""
 
 FULL = """\
 trust_domain: example.org
@@ -345,7 +358,9 @@ def test_federated_server_ids_and_allowlist_entries_are_fine() -> None:
     assert config.outbound.routes[0].server_spiffe_id.trust_domain == "partner.example"
 
 
-@pytest.mark.parametrize("name", ["inbound.yaml", "outbound.yaml", "oauth-ingress.yaml"])
+@pytest.mark.parametrize(
+    "name", ["inbound.yaml", "outbound.yaml", "oauth-ingress.yaml", "policy.yaml"]
+)
 def test_examples_pass(name: str) -> None:
     config = load_config(EXAMPLES / name)
     assert config.trust_domain == "example.org"
@@ -367,11 +382,42 @@ def test_examples_show_the_token_layer() -> None:
     )
 
 
-def test_yaml_blocks_in_the_docs_are_valid_complete_configs() -> None:
+def test_examples_show_the_policy_and_rate_limits() -> None:
+    inbound = load_config(EXAMPLES / "inbound.yaml").inbound
+    assert inbound is not None and inbound.mcp_policy is not None
+    assert inbound.mcp_policy.file is None
+    assert inbound.mcp_policy.policy.default == "deny"
+    assert [r.effect for r in inbound.mcp_policy.policy.rules] == ["allow", "allow", "deny"]
+    assert [r.per for r in inbound.rate_limits] == ["principal", "principal_tool"]
+    scenario = load_config(EXAMPLES / "policy.yaml").inbound
+    assert scenario is not None and scenario.mcp_policy is not None
+    assert scenario.jwt_svid is not None and scenario.oauth is not None  # agents + people
+    assert [r.name for r in scenario.mcp_policy.policy.rules] == [
+        "admins-echo",
+        "users-time",
+        "agents-add",
+        "agents-no-multiply",
+    ]
+
+
+def test_yaml_blocks_in_the_docs_are_valid(tmp_path: Path) -> None:
+    """Every ```yaml block is a complete config, or a policy file (``default:`` first) that the
+    next blocks' ``file: /etc/mcp-sidecar/policy.yaml`` loads."""
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.DOTALL)
     assert len(blocks) >= 2
+    policy_file = tmp_path / "policy.yaml"
+    file_forms = 0
     for block in blocks:
+        if block.startswith("default:"):
+            policy_file.write_text(block)
+            load_policy_file(policy_file)
+            continue
+        if POLICY_FILE_IN_DOCS in block:
+            assert policy_file.exists(), "show the policy file before the config loading it"
+            block = block.replace(POLICY_FILE_IN_DOCS, str(policy_file))
+            file_forms += 1
         load_config_text(block, source="docs/configuration.md")
+    assert file_forms >= 1, "the docs show no file-form inbound.mcp_policy"
 
 
 def test_every_key_is_documented() -> None:
@@ -383,6 +429,34 @@ def test_every_key_is_documented() -> None:
             assert section.replace("[]", "[i]") in docs or section in docs
     for key in UNSUPPORTED_KEYS:
         assert f"`{key.replace('[]', '[i]')}`" in docs
+    # the keys parsed by sidecar.mcp (policy documents, rate limits) have their tables too
+    for key in (*POLICY_KEYS, *RULE_KEYS, *WHEN_KEYS, *CONSTRAINT_KEYS, *RATE_LIMIT_KEYS):
+        assert f"| `{key}` |" in docs, f"{key} is not documented"
+    for section in (
+        "`inbound.mcp_policy`",
+        "`inbound.mcp_policy.rules[i]`",
+        "`inbound.mcp_policy.rules[i].when`",
+        "`inbound.mcp_policy.rules[i].arguments.NAME`",
+        "`inbound.rate_limits[i]`",
+        "## MCP policy and rate limits",
+    ):
+        assert section in docs
+    assert "not supported yet" not in docs.lower()
+
+
+def test_docs_state_the_error_codes_and_metrics() -> None:
+    docs = DOCS.read_text()
+    for text in (
+        "-32001",
+        "-32029",
+        "403",
+        "429",
+        "Retry-After",
+        "mcp_sidecar_mcp_requests_total",
+        "mcp_sidecar_policy_reload_errors_total",
+        "mcp-sidecar explain",
+    ):
+        assert text in docs, text
 
 
 def test_dataclasses_are_frozen() -> None:
@@ -401,6 +475,8 @@ def test_dataclasses_are_frozen() -> None:
         config.outbound.routes[0],
         tokens.jwt_svid,
         tokens.oauth,
+        McpPolicyConfig(policy=Policy("deny")),
+        RateLimit(rate=1.0, burst=1, per="principal"),
     ]
     for obj in objects:
         field = dataclasses.fields(obj)[0].name  # type: ignore[arg-type]
@@ -553,26 +629,360 @@ def test_non_string_and_odd_keys() -> None:
 # ----------------------------------------------------------------------- unsupported features
 
 
-@pytest.mark.parametrize("path", ["inbound.mcp_policy", "inbound.rate_limits"])
-def test_unsupported_feature_keys_are_errors(path: str) -> None:
-    data = _set(base(), path, {"anything": True})
-    reported_path, message = only(problems_of(data))
-    assert reported_path == path
-    assert message.startswith("not supported by this version yet")
+def test_no_designed_feature_is_unsupported_any_more() -> None:
+    assert dict(UNSUPPORTED_KEYS) == {}
+    assert {"mcp_policy", "rate_limits"} <= set(SCHEMA["inbound"])
+
+
+def test_unsupported_keys_are_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanism stays for the next designed-but-unbuilt feature."""
+    monkeypatch.setattr(config_module, "UNSUPPORTED_KEYS", {"inbound.future": "a future feature"})
+    reported_path, message = only(problems_of(_set(base(), "inbound.future", {"x": True})))
+    assert reported_path == "inbound.future"
+    assert message.startswith("not supported by this version yet (a future feature)")
     assert "silently allow" in message
 
 
-def test_unsupported_keys_constant_lists_the_designed_features() -> None:
-    assert set(UNSUPPORTED_KEYS) == {"inbound.mcp_policy", "inbound.rate_limits"}
+# --------------------------------------------------------------------- MCP policy, rate limits
+
+POLICY_YAML = """\
+trust_domain: example.org
+inbound:
+  listen: 0.0.0.0:8443
+  upstream: http://127.0.0.1:8000
+  allow_spiffe_ids: [spiffe://example.org/ns/agents/sa/*]
+  mcp_policy:
+    default: deny
+    rules:
+      - name: agents-add
+        when:
+          spiffe_ids: ["spiffe://example.org/ns/agents/**"]
+        tools: [add]
+        arguments:
+          a: {min: -1000, max: 1000}
+          b: {max: 1000, optional: true}
+      - name: agents-no-multiply
+        effect: deny
+        when:
+          spiffe_ids: ["spiffe://example.org/ns/agents/**"]
+        tools: [multiply]
+      - name: readers
+        when: {roles: [reader], scopes: [mcp:read], claims: {tenant: [acme, 7]}}
+        resources: ["file:///docs/*"]
+  rate_limits:
+    - {per: principal, rate: 10/s, burst: 20}
+    - {per: principal_tool, rate: 600/m, burst: 5, tools: ["search_*"]}
+    - {per: principal, rate: 0.5}
+"""
+
+POLICY_DOCUMENT = """\
+default: allow
+rules:
+  - name: no-shell
+    effect: deny
+    tools: ["shell*"]
+"""
 
 
-def test_unsupported_keys_are_refused_even_with_a_token_layer() -> None:
-    data = oauth_only()
-    data["inbound"]["mcp_policy"] = {"default": "deny", "rules": []}
-    data["inbound"]["rate_limits"] = []
-    problems = problems_of(data)
-    assert [path for path, _ in problems] == ["inbound.mcp_policy", "inbound.rate_limits"]
-    assert all(m.startswith("not supported by this version yet") for _, m in problems)
+def _file_form(path: Path, **extra: object) -> dict[str, Any]:
+    data = base()
+    data["inbound"]["mcp_policy"] = {"file": str(path), **extra}
+    return data
+
+
+def test_no_policy_and_no_rate_limits_by_default() -> None:
+    inbound = parse_config(base()).inbound
+    assert inbound is not None
+    assert (inbound.mcp_policy, inbound.rate_limits) == (None, ())
+
+
+def test_inline_policy_round_trips() -> None:
+    inbound = load_config_text(POLICY_YAML).inbound
+    assert inbound is not None and inbound.mcp_policy is not None
+    mcp_policy = inbound.mcp_policy
+    assert (mcp_policy.file, mcp_policy.reload_interval) == (None, 2.0)
+    policy = mcp_policy.policy
+    assert policy.default == "deny"
+    assert [r.name for r in policy.rules] == ["agents-add", "agents-no-multiply", "readers"]
+    assert [r.effect for r in policy.rules] == ["allow", "deny", "allow"]
+    add, multiply, readers = policy.rules
+    assert [str(g) for g in add.tools or ()] == ["add"]
+    assert add.methods == frozenset({"tools/call"})
+    assert [str(p) for p in add.when.spiffe_ids or ()] == ["spiffe://example.org/ns/agents/**"]
+    assert [(c.name, c.minimum, c.maximum, c.optional) for c in add.arguments] == [
+        ("a", -1000, 1000, False),
+        ("b", None, 1000, True),
+    ]
+    assert [str(g) for g in multiply.tools or ()] == ["multiply"]
+    assert readers.methods == frozenset(
+        {"resources/read", "resources/subscribe", "resources/unsubscribe"}
+    )
+    assert readers.when.roles == ("reader",)
+    assert readers.when.scopes == frozenset({"mcp:read"})
+    assert readers.when.claims == (("tenant", ("acme", 7)),)
+    hash(mcp_policy)
+
+
+def test_rate_limits_round_trip() -> None:
+    inbound = load_config_text(POLICY_YAML).inbound
+    assert inbound is not None
+    assert inbound.rate_limits == (
+        RateLimit(rate=10.0, burst=20, per="principal"),
+        RateLimit(rate=10.0, burst=5, per="principal_tool", tools=("search_*",)),
+        RateLimit(rate=0.5, burst=1, per="principal"),  # burst: one second's worth, at least 1
+    )
+
+
+def test_policy_and_rate_limits_work_with_every_token_layer() -> None:
+    for data in (oauth_only(), with_tokens()):
+        data["inbound"]["mcp_policy"] = {"default": "allow", "rules": []}
+        data["inbound"]["rate_limits"] = [{"per": "principal", "rate": "100/h"}]
+        inbound = parse_config(data).inbound
+        assert inbound is not None and inbound.mcp_policy is not None
+        assert inbound.mcp_policy.policy == Policy("allow")
+        assert inbound.rate_limits == (RateLimit(rate=100 / 3600, burst=1, per="principal"),)
+
+
+def test_policy_file_form(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY_DOCUMENT)
+    inbound = parse_config(_file_form(policy_file, reload_interval="500ms")).inbound
+    assert inbound is not None and inbound.mcp_policy is not None
+    assert inbound.mcp_policy.file == str(policy_file)
+    assert inbound.mcp_policy.reload_interval == 0.5
+    assert inbound.mcp_policy.policy == load_policy_file(policy_file)
+    assert inbound.mcp_policy.policy.default == "allow"
+    assert [r.name for r in inbound.mcp_policy.policy.rules] == ["no-shell"]
+    inbound = parse_config(_file_form(policy_file)).inbound
+    assert inbound is not None and inbound.mcp_policy is not None
+    assert inbound.mcp_policy.reload_interval == 2.0
+
+
+def test_policy_file_form_from_yaml_carries_line_numbers(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY_DOCUMENT.replace('["shell*"]', '[""]'))
+    text = POLICY_YAML.split("  mcp_policy:")[0] + (
+        f"  mcp_policy:\n    file: {policy_file}\n    reload_interval: 2s\n"
+    )
+    path, message = only(yaml_problems(text))
+    assert path == "inbound.mcp_policy.file"
+    assert message.startswith(f"{policy_file}: ")
+    assert "rules[0].tools[0]: expected a non-empty string" in message
+    assert message.endswith("(line 7)")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "cannot read the file: No such file or directory"),
+        ("default: deny\nrules: [\n", "invalid YAML at line 3"),
+        ("default: deny\ndefault: allow\n", "duplicate key"),
+        ("default: maybe\n", "default: expected 'deny' or 'allow'"),
+        ("default: deny\nrules:\n  - {name: a, tool: [x]}\n", "did you mean 'tools'?"),
+        ('default: deny\nrules:\n  - {name: a, tools: [""]}\n', "rules[0].tools[0]"),
+        (
+            "trust_domain: example.org\ndefault: deny\n",
+            "unknown key 'trust_domain'",  # a whole sidecar.yaml is not a policy file
+        ),
+    ],
+)
+def test_bad_policy_file_is_reported_under_the_file_key(
+    tmp_path: Path, content: str | None, fragment: str
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    if content is not None:
+        policy_file.write_text(content)
+    problems = problems_of(_file_form(policy_file))
+    assert problems
+    for path, message in problems:
+        assert path == "inbound.mcp_policy.file"
+        assert message.startswith(f"{policy_file}: ")
+    assert any(fragment in message for _, message in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "message"),
+    [
+        (
+            {"reload_intervl": "2s"},
+            "inbound.mcp_policy.reload_intervl",
+            "unknown key 'reload_intervl'; did you mean 'reload_interval'?",
+        ),
+        (
+            {"rules": []},
+            "inbound.mcp_policy.rules",
+            "unknown key 'rules'; expected one of: file, reload_interval",
+        ),
+        ({"reload_interval": "0s"}, "inbound.mcp_policy.reload_interval", "must be greater than 0"),
+        (
+            {"reload_interval": "soon"},
+            "inbound.mcp_policy.reload_interval",
+            "not a duration",
+        ),
+    ],
+)
+def test_file_form_keys(tmp_path: Path, extra: dict[str, Any], path: str, message: str) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY_DOCUMENT)
+    reported_path, reported = only(problems_of(_file_form(policy_file, **extra)))
+    assert reported_path == path
+    assert reported.startswith(message), reported
+
+
+@pytest.mark.parametrize("value", [3, None, ["/etc/policy.yaml"]])
+def test_file_must_be_a_path(value: object) -> None:
+    data = base()
+    data["inbound"]["mcp_policy"] = {"file": value}
+    path, message = only(problems_of(data))
+    assert path == "inbound.mcp_policy.file"
+    assert message.startswith("expected a string like /etc/mcp-sidecar/policy.yaml")
+
+
+@pytest.mark.parametrize(
+    ("rules", "path", "fragment"),
+    [
+        ([{"name": "a", "tools": [""]}], "inbound.mcp_policy.rules[0].tools[0]", "non-empty"),
+        (
+            [{"name": "a", "tools": ["x"]}, {"name": "b", "when": {"rols": ["admin"]}}],
+            "inbound.mcp_policy.rules[1].when.rols",
+            "did you mean 'roles'?",
+        ),
+        (
+            [{"name": "a", "when": {"spiffe_ids": ["spiffe://example.org/b*"]}}],
+            "inbound.mcp_policy.rules[0].when.spiffe_ids[0]",
+            "not a SPIFFE ID pattern",
+        ),
+        (
+            [{"name": "a", "methods": ["Tools/Call"]}],
+            "inbound.mcp_policy.rules[0].methods[0]",
+            "did you mean 'tools/call'?",
+        ),
+        (
+            [{"name": "a", "methods": ["tools/list"]}],
+            "inbound.mcp_policy.rules[0].methods[0]",
+            "always allowed",
+        ),
+        (
+            [{"name": "a", "tools": ["x"], "arguments": {"q": {"regex": "(a+)+"}}}],
+            "inbound.mcp_policy.rules[0].arguments.q.regex",
+            "backtrack catastrophically",
+        ),
+        (
+            [{"name": "a", "tools": ["x"], "arguments": {"n": {"min": 5, "max": 1}}}],
+            "inbound.mcp_policy.rules[0].arguments.n.min",
+            "greater than max",
+        ),
+        (
+            [{"name": "a", "tools": ["x"]}, {"name": "a", "tools": ["y"]}],
+            "inbound.mcp_policy.rules[1].name",
+            "duplicate rule name 'a'",
+        ),
+        ([{"name": "a", "effect": "block"}], "inbound.mcp_policy.rules[0].effect", "'allow'"),
+        ([{"tools": ["x"]}], "inbound.mcp_policy.rules[0].name", "required"),
+    ],
+)
+def test_bad_rule_reports_its_full_path(
+    rules: list[dict[str, Any]], path: str, fragment: str
+) -> None:
+    data = base()
+    data["inbound"]["mcp_policy"] = {"default": "deny", "rules": rules}
+    reported_path, message = only(problems_of(data))
+    assert reported_path == path
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "fragment"),
+    [
+        ({"rules": []}, "inbound.mcp_policy.default", "required ('deny' or 'allow')"),
+        ("deny", "inbound.mcp_policy", "expected a mapping with keys default, rules"),
+        ({"default": "deny", "rule": []}, "inbound.mcp_policy.rule", "did you mean 'rules'?"),
+        ({"default": "deny", "rules": {}}, "inbound.mcp_policy.rules", "expected a list of rules"),
+    ],
+)
+def test_bad_policy_document(value: object, path: str, fragment: str) -> None:
+    data = base()
+    data["inbound"]["mcp_policy"] = value
+    reported_path, message = only(problems_of(data))
+    assert reported_path == path
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "fragment"),
+    [
+        ("10/s", "inbound.rate_limits", "expected a list of rate limits"),
+        ([{"per": "principal", "rate": "10/x"}], "inbound.rate_limits[0].rate", "not a rate"),
+        ([{"per": "principal", "rate": 0}], "inbound.rate_limits[0].rate", "greater than 0"),
+        ([{"rate": 1}], "inbound.rate_limits[0].per", "required"),
+        ([{"per": "user", "rate": 1}], "inbound.rate_limits[0].per", "'principal'"),
+        ([{"per": "principal"}], "inbound.rate_limits[0].rate", "required"),
+        (
+            [{"per": "principal", "rate": 1}, {"per": "principal", "rate": 1, "burst": 0}],
+            "inbound.rate_limits[1].burst",
+            "whole number from 1",
+        ),
+        (
+            [{"per": "principal", "rate": 1, "tools": ["x"]}],
+            "inbound.rate_limits[0].tools",
+            "only with per: principal_tool",
+        ),
+        (
+            [{"per": "principal", "rate": 1, "brust": 2}],
+            "inbound.rate_limits[0].brust",
+            "did you mean 'burst'?",
+        ),
+    ],
+)
+def test_bad_rate_limit_reports_its_path(value: object, path: str, fragment: str) -> None:
+    reported_path, message = only(problems_of(with_change("inbound.rate_limits", value)))
+    assert reported_path == path
+    assert fragment in message
+
+
+def test_policy_and_rate_limit_problems_are_reported_with_the_others() -> None:
+    problems = yaml_problems(
+        """\
+        trust_domain: example.org
+        inbound:
+          listen: 0.0.0.0:8443
+          upstream: ftp://127.0.0.1:8000
+          allow_spiffe_ids: [spiffe://example.org/a]
+          mcp_policy:
+            default: deny
+            rules:
+              - name: a
+                tools: [add]
+                tools: [multiply]
+              - name: b
+                when: {rols: [admin]}
+                tools: [""]
+          rate_limits:
+            - {per: principal, rate: fast}
+        outbound:
+          listen: 127.0.0.1:15001
+          routes:
+            - {name: math, upstream: "http://m", server_spiffe_id: "spiffe://example.org/m"}
+        log: {level: loud}
+        """
+    )
+    paths = [path for path, _ in problems]
+    assert sorted(paths) == sorted(
+        [
+            "inbound.mcp_policy.rules[0].tools",  # duplicate YAML key
+            "inbound.upstream",
+            "inbound.mcp_policy.rules[1].when.rols",
+            "inbound.mcp_policy.rules[1].tools[0]",
+            "inbound.rate_limits[0].rate",
+            "outbound.routes[0].upstream",
+            "log.level",
+        ]
+    )
+    found = dict(problems)
+    assert found["inbound.mcp_policy.rules[0].tools"].startswith("duplicate key")
+    assert found["inbound.mcp_policy.rules[1].when.rols"].endswith("(line 13)")
+    assert found["inbound.mcp_policy.rules[1].tools[0]"].endswith("(line 14)")
+    assert found["inbound.rate_limits[0].rate"].endswith("(line 16)")
 
 
 # ------------------------------------------------------------------------------ inbound rules
@@ -719,8 +1129,8 @@ def test_bad_origins(value: str) -> None:
             "inbound",
             ["listen"],
             "expected a mapping with keys listen, upstream, public_url, mtls, "
-            "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits; "
-            "got list",
+            "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits, "
+            "mcp_policy, rate_limits; got list",
         ),
         ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
         ("outbound.routes", [], "at least one route is required"),
@@ -1862,3 +2272,16 @@ def _yaml_with_inbound_line(line: str) -> str:
         "  allow_spiffe_ids: [spiffe://example.org/a]\n"
         f"{line}\n"
     )
+
+
+def test_empty_mcp_policy_is_an_error_not_a_silent_allow() -> None:
+    with pytest.raises(ConfigErrors) as err:
+        load_config_text(
+            "trust_domain: example.org\n"
+            "inbound:\n"
+            "  listen: 0.0.0.0:8443\n"
+            "  upstream: http://127.0.0.1:8000\n"
+            "  allow_spiffe_ids: ['spiffe://example.org/ns/agents/**']\n"
+            "  mcp_policy:\n"
+        )
+    assert [p.path for p in err.value.problems] == ["inbound.mcp_policy"]
