@@ -1,6 +1,6 @@
 """Listening sockets: aiohttp's HTTP/1.1 server with TLS done by us, once per connection.
 
-We accept plain TCP and run ``loop.start_tls`` ourselves instead of handing asyncio an SSL
+We accept plain TCP and put the TLS layer on ourselves instead of handing asyncio an SSL
 context, because that is the only way to *see* handshake failures (asyncio swallows them) and to
 SPIFFE-verify the peer exactly once per connection, before the first request is parsed. The
 verdict is kept on the connection's protocol object: the HTTP handler only reads it.
@@ -14,6 +14,7 @@ bounded by ``keepalive_timeout``.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import hashlib
 import logging
 import ssl
@@ -68,6 +69,15 @@ class TlsPolicy:
     on_rejected: Callable[[PeerRejected], None] = field(default=lambda exc: None)
 
 
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """uvloop's (Cython) SSL protocol on a uvloop loop, asyncio's otherwise: same constructor."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop
+
+        return getattr(uvloop.loop, "SSLProtocol")  # noqa: B009 - absent from uvloop's stubs
+    return asyncio.sslproto.SSLProtocol
+
+
 class ConnectionHandler(RequestHandler):
     """aiohttp's request handler + TLS done by us, a per-connection peer verdict, head timeout."""
 
@@ -99,22 +109,35 @@ class ConnectionHandler(RequestHandler):
         if self._tls is None:
             self._start_http(transport)
             return
-        transport.pause_reading()  # type: ignore[attr-defined]
-        self._handshake_task = self._loop.create_task(self._handshake(transport))
+        # Put the TLS layer in place *synchronously*, as ``loop.start_tls`` would, but without
+        # its window between accept and the coroutine's first step: uvloop starts reading right
+        # after ``connection_made`` returns (ignoring a pause), and a ClientHello arriving in
+        # that window would otherwise be taken for decrypted data and the handshake would stall.
+        tls = self._tls
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        ssl_protocol = _ssl_protocol_class(self._loop)(
+            self._loop,
+            self,
+            tls.context(),
+            waiter,
+            server_side=True,
+            server_hostname=None,
+            call_connection_made=False,
+            ssl_handshake_timeout=tls.handshake_timeout,
+        )
+        transport.set_protocol(ssl_protocol)
+        ssl_protocol.connection_made(transport)
+        self._handshake_task = self._loop.create_task(
+            self._handshake(transport, ssl_protocol, waiter)
+        )
 
-    async def _handshake(self, raw: Any) -> None:
+    async def _handshake(self, raw: Any, ssl_protocol: Any, waiter: asyncio.Future[None]) -> None:
         assert self._tls is not None
         tls = self._tls
         try:
-            transport = await self._loop.start_tls(
-                raw,
-                self,
-                tls.context(),
-                server_side=True,
-                ssl_handshake_timeout=tls.handshake_timeout,
-            )
+            await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
         except asyncio.CancelledError:
-            raw.close()
+            raw.abort()
             raise
         except Exception as exc:
             reason = handshake_failure_reason(exc)
@@ -122,9 +145,7 @@ class ConnectionHandler(RequestHandler):
             tls.on_failure(reason)
             raw.abort()
             return
-        if transport is None:  # peer went away during the handshake
-            raw.close()
-            return
+        transport = ssl_protocol._get_app_transport()
         ssl_object = transport.get_extra_info("ssl_object")
         leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.peer_cert_sha256 = hashlib.sha256(leaf).hexdigest() if leaf else None
@@ -164,9 +185,8 @@ class ConnectionHandler(RequestHandler):
         super().eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        # A connection lost during the handshake resolves the waiter; ``_handshake`` records it.
         self._cancel_head_timer()
-        if self._handshake_task is not None and not self._handshake_task.done():
-            self._handshake_task.cancel()
         if self._http_started:
             super().connection_lost(exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -13,8 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.certfactory import CertFactory
+from sidecar.spiffe.ids import SpiffeId
+from tests.certfactory import CertFactory, IssuedCert
 from tests.proxy.mesh import AGENT, ROGUE, SERVER, TD, WAIT, Mesh, local_mesh, outbound_config
+from tests.tlsharness import client_context
 
 MCP_HEADERS = {
     "Mcp-Session-Id": "abc-123",
@@ -294,3 +297,33 @@ async def test_tls_handshake_failures_are_counted_by_reason(mesh: Mesh, tmp_path
         in text
     ), [line for line in text.splitlines() if "handshake" in line]
     assert mesh.upstream.requests == []
+
+
+def test_many_fresh_tls_handshakes_under_uvloop(tmp_path: Path) -> None:
+    """Regression: with uvloop a ClientHello arriving right after accept used to be taken for
+    decrypted data, stalling some handshakes. Clients in another thread (as in production, where
+    they are other processes) each make a fresh handshake; every one must complete."""
+    import socket
+    import uvloop
+
+    def blocking_requests(port: int, ctx: ssl.SSLContext, count: int) -> list[str]:
+        answers = []
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with ctx.wrap_socket(raw) as tls:
+                    tls.sendall(
+                        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                        b"Connection: close\r\n\r\n{}"
+                    )
+                    answers.append(tls.recv(12).decode())
+        return answers
+
+    async def scenario() -> list[str]:
+        async with local_mesh() as mesh:
+            chain, key = mesh.api.ca.issue_x509_svid(SpiffeId.parse(AGENT), dt.timedelta(hours=1))
+            ctx = client_context(tmp_path, IssuedCert(chain[0], key))
+            return await asyncio.to_thread(blocking_requests, mesh.inbound_port, ctx, 300)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        answers = runner.run(scenario())
+    assert answers == ["HTTP/1.1 200"] * 300
