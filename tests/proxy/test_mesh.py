@@ -304,18 +304,21 @@ def test_many_fresh_tls_handshakes_under_uvloop(tmp_path: Path) -> None:
     decrypted data, stalling some handshakes. Clients in another thread (as in production, where
     they are other processes) each make a fresh handshake; every one must complete."""
     import socket
+
     import uvloop
 
     def blocking_requests(port: int, ctx: ssl.SSLContext, count: int) -> list[str]:
         answers = []
         for _ in range(count):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                with ctx.wrap_socket(raw) as tls:
-                    tls.sendall(
-                        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-                        b"Connection: close\r\n\r\n{}"
-                    )
-                    answers.append(tls.recv(12).decode())
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                ctx.wrap_socket(raw) as tls,
+            ):
+                tls.sendall(
+                    b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                    b"Connection: close\r\n\r\n{}"
+                )
+                answers.append(tls.recv(12).decode())
         return answers
 
     async def scenario() -> list[str]:
