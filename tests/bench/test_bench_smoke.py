@@ -1,0 +1,107 @@
+"""The benchmark harness (``bench/``): a cheap end-to-end smoke run and its report rendering.
+
+No timing assertions (numbers on a shared machine are noise): only that ``python -m bench`` runs
+one variant end to end and produces its table, and that the report computes ratios to Envoy and
+appends to the results file without losing earlier runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.checks import Check
+from bench.load import LoadResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None or shutil.which("curl") is None,
+    reason="wrk or curl not installed (`make bench` installs them as root: apt-get install wrk)",
+)
+@pytest.mark.timeout(60)
+def test_one_short_run_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--variants",
+            "ours-mtls",
+            "--runs",
+            "keepalive",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--connections",
+            "2",
+            "--out",
+            str(out),
+            "--label",
+            "smoke",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "#### keepalive" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| ours-mtls | "))
+    assert row.split("|")[2].strip() not in ("0", "n/a")  # some requests went through the pair
+    assert "#### what each variant was verified to check" in done.stdout
+    text = out.read_text()
+    assert "## Optimization log" in text and "— smoke" in text
+
+
+def _measurement(variant: str, run: str, count: int, p99: float) -> report.Measurement:
+    result = LoadResult(count=count, seconds=1.0, p50_ms=1.0, p99_ms=p99, p999_ms=p99 * 2)
+    cpu = {"outbound": count / 2000, "inbound": count / 2000, "upstream": 0.01}
+    return report.Measurement(variant, run, result, cpu=cpu, peak_rss={"outbound": 50.0})
+
+
+def _report() -> report.Report:
+    return report.Report(
+        title="t",
+        command="python -m bench",
+        machine={"nproc": "2"},
+        versions={"python": "3"},
+        placement=["p"],
+        settings={"duration": "1 s"},
+        notes=[],
+        variants=["envoy-full", "ours-full"],
+        runs=["keepalive"],
+        measurements=[
+            _measurement("envoy-full", "keepalive", 8000, 4.0),
+            _measurement("ours-full", "keepalive", 4000, 2.0),
+        ],
+        idle_rss={"ours-full": {"outbound": 40.0, "inbound": 41.0}},
+        checks={"ours-full": [Check("forwards", False, "200", True)]},
+        connections=16,
+        sse_streams=16,
+        commit="abc",
+    )
+
+
+def test_report_ratios_and_results_file(tmp_path: Path) -> None:
+    rep = _report()
+    text = report.markdown(rep)
+    assert "| ours-full / envoy-full | **0.50x** | 0.50x |" in text
+    out = tmp_path / "RESULTS.md"
+    report.write_results(out, rep, "before", "2026-01-01 10:00")
+    report.write_results(out, rep, "after", "2026-01-01 11:00")
+    results = out.read_text()
+    assert results.count("## Optimization log") == 1
+    log = results[results.index(report.LOG_START) : results.index(report.LOG_END)]
+    assert "| before |" in log and "| after |" in log
+    assert log.index("| before |") < log.index("| after |")
+    assert results.count("### t") == 2
