@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sidecar import demo as demo_package
     from sidecar import inject, webhook
-    from sidecar.demo import mesh as mesh_demo
     from sidecar.identity import devserver
     from sidecar.mcp import explain
 
@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the local mesh demo (dev Workload API, MCP server, sidecars, MCP client)",
-        description=mesh_demo.__doc__,
+        description=demo_package.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    mesh_demo.configure_parser(demo)
-    demo.set_defaults(handler=mesh_demo.run_from_args)
+    demo_package.configure_parser(demo)
+    demo.set_defaults(handler=_demo)
 
     inject_cmd = commands.add_parser(
         "inject",
@@ -115,6 +115,14 @@ def _check_config(args: argparse.Namespace) -> int:
     for line in config.summary():
         print(f"  {line}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB) that a
+    # production sidecar (``run``) must not carry.
+    from sidecar.demo import mesh
+
+    return mesh.run_from_args(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,5 +1,28 @@
-"""Demo workloads for the local mesh demo and end-to-end tests.
+"""``mcp-sidecar demo``: a whole agentic mesh on this machine, exercised and explained.
 
-``mcp_server`` is a real MCP server and ``mcp_client`` a thin real MCP client, both built on the
-official MCP Python SDK and speaking Streamable HTTP only, so our sidecars can be put between them.
+Starts the embedded dev Workload API (stand-in for SPIRE) with three identities — an agent, the
+``math`` MCP server and a rogue workload — a real MCP server (official SDK) behind an inbound
+sidecar, and outbound sidecars for the agent and the rogue. The agent then lists and calls tools
+through the mesh with the official MCP client; the rogue is refused. Prints a short report and
+exits 0 when everything behaved as a mesh must. (The demo's code lives in ``sidecar.demo.mesh``,
+imported only when the demo runs.)
 """
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the mesh up after the report (Ctrl-C to stop) for curl / MCP Inspector",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the dev CA, sockets, configs and access logs go (default: a temp dir)",
+    )

@@ -1,11 +1,4 @@
-"""``mcp-sidecar demo``: a whole agentic mesh on this machine, exercised and explained.
-
-Starts the embedded dev Workload API (stand-in for SPIRE) with three identities — an agent, the
-``math`` MCP server and a rogue workload — a real MCP server (official SDK) behind an inbound
-sidecar, and outbound sidecars for the agent and the rogue. The agent then lists and calls tools
-through the mesh with the official MCP client; the rogue is refused. Prints a short report and
-exits 0 when everything behaved as a mesh must.
-"""
+"""The demo's implementation (what it does: ``sidecar.demo``'s docstring)."""
 
 from __future__ import annotations
 
@@ -39,20 +32,6 @@ IDENTITIES = {
 }
 AGENTS_ALLOWED = [f"spiffe://{TRUST_DOMAIN}/ns/agents/**"]
 STEP_TIMEOUT = 30.0
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--keep-running",
-        action="store_true",
-        help="leave the mesh up after the report (Ctrl-C to stop) for curl / MCP Inspector",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="where the dev CA, sockets, configs and access logs go (default: a temp dir)",
-    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:

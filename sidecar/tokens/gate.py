@@ -1,8 +1,11 @@
 """The inbound token layer as one object: which validator applies, keys, peer binding, challenge.
 
 mTLS answers "which workload is calling"; this answers "on whose behalf, for which audience".
-When both ``jwt_svid`` and ``oauth`` are configured, a token whose (unverified) ``iss`` equals the
-OAuth issuer is validated as an OAuth access token and every other token as a JWT-SVID — there
+Verified JWT-SVIDs are remembered until they expire or the JWT bundles change, so the
+signature of the JWT-SVID a peer sidecar presents on every request is checked once (the rules
+are fixed per listener); peer binding and cnf are still checked per request. When both
+``jwt_svid`` and ``oauth`` are configured, a token whose (unverified) ``iss`` equals the OAuth
+issuer is validated as an OAuth access token and every other token as a JWT-SVID — there
 is no fallback from one validator to the other. Pure apart from ``JwksCache``'s injected fetch.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +27,9 @@ from sidecar.tokens.metadata import WELL_KNOWN_PATH, protected_resource_metadata
 from sidecar.tokens.oauth import JwksCache, OAuthRules
 
 JwksMapping = Mapping[str, Mapping[str, Any]]
+MAX_CACHED_TOKENS = 4096
+"""Verified JWT-SVIDs remembered (token -> claims) until they expire or the bundles change: a
+sidecar presents the same cached JWT-SVID on every request, so its signature is checked once."""
 
 
 class TokenGate:
@@ -38,6 +45,7 @@ class TokenGate:
         self._jwt_bundles_source = jwt_bundles
         self._bundles_seen: JwksMapping | None = None
         self._bundles = JwtBundles()
+        self._verified: dict[str, VerifiedToken] = {}
         jwt_cfg, oauth = config.jwt_svid, config.oauth
         self.jwt_rules = (
             JwtSvidRules(jwt_cfg.audiences, jwt_cfg.algorithms, jwt_cfg.leeway) if jwt_cfg else None
@@ -107,14 +115,24 @@ class TokenGate:
         ):
             return await self.jwks.validate(token)
         assert self.jwt_rules is not None
-        return validate_jwt_svid(token, self._current_bundles(), self.jwt_rules)
+        bundles = self._current_bundles()
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at.timestamp() > time.time():
+            return cached
+        verified = validate_jwt_svid(token, bundles, self.jwt_rules)
+        if len(self._verified) >= MAX_CACHED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = verified
+        return verified
 
     def _current_bundles(self) -> JwtBundles:
-        """Parse the streamed JWT bundles once per Workload API update, not per request."""
+        """Parse the streamed JWT bundles once per Workload API update, not per request; a new
+        update also forgets every verified token (a key may have been removed)."""
         raw = self._jwt_bundles_source()
         if raw is not self._bundles_seen:
             self._bundles = JwtBundles.from_jwks(raw)
             self._bundles_seen = raw
+            self._verified.clear()
         return self._bundles
 
     async def close(self) -> None:
