@@ -52,6 +52,7 @@ HOP_BY_HOP = frozenset(
 # Framing and routing headers the proxy sets itself.
 _REWRITTEN = frozenset({"host", "content-length"})
 SSE_HEARTBEAT = b": keepalive\n\n"
+SMALL_BODY = 256 * 1024  # answered in one write when the upstream declared its length
 
 
 class RewriteError(Exception):
@@ -151,8 +152,16 @@ async def forward(
     """
     upstream = await _send(request, session, url, headers, body, limits, ssl)
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         body_rewriter = rewriter(upstream.content_type) if rewriter is not None else None
+        length = upstream.content_length
+        if (
+            body_rewriter is None
+            and length is not None
+            and length <= SMALL_BODY
+            and upstream.content_type != "text/event-stream"
+        ):
+            return await _small(upstream, limits, length)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         skip = HOP_BY_HOP | ({"content-length"} if body_rewriter is not None else set())
         for key, value in upstream.headers.items():
             if key.lower() not in skip:
@@ -176,6 +185,29 @@ async def forward(
         return response, sent
     finally:
         upstream.release()
+
+
+async def _small(
+    upstream: aiohttp.ClientResponse, limits: Limits, length: int
+) -> tuple[web.StreamResponse, int]:
+    """A small body of known length (the common MCP JSON answer) is read whole and answered in
+    one write, head and body together, instead of being streamed chunk by chunk."""
+    try:
+        async with asyncio.timeout(min(limits.idle_timeout, limits.total_timeout)):
+            data = await upstream.content.readexactly(length)
+    except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise UpstreamUnavailable(
+            f"upstream failed while sending its body: {exc!r}", reason="upstream_reset"
+        ) from exc
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"upstream body stalled for {limits.idle_timeout}s", reason="upstream_timeout"
+        ) from exc
+    response = web.Response(status=upstream.status, reason=upstream.reason, body=data)
+    for key, value in upstream.headers.items():
+        if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+            response.headers.add(key, value)
+    return response, len(data)
 
 
 async def _send(
