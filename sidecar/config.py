@@ -35,6 +35,9 @@ from sidecar.errors import ConfigError, SidecarError
 from sidecar.identity.endpoint import grpc_target
 from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
 from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
+from sidecar.schema import got as _got
+from sidecar.schema import join as _join
+from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
 
@@ -1866,38 +1869,3 @@ def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
     if exc.context and exc.problem and exc.context_mark is not None:
         message += f" ({exc.context} at line {exc.context_mark.line + 1})"
     return message
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
-
-
-def _join(path: str, key: str) -> str:
-    if not _PLAIN_KEY_RE.fullmatch(key):
-        return f"{path}[{_short(key)}]"
-    return f"{path}.{key}" if path else key
-
-
-def _short(text: str) -> str:
-    """Quote untrusted text for a message without echoing kilobytes of it."""
-    return repr(text if len(text) <= 80 else text[:77] + "...")
-
-
-def _got(value: object) -> str:
-    """Describe a value for a type error; containers by kind only (they may be huge)."""
-    if value is None:
-        return "null (empty value)"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}" if abs(value) < 10**20 else "a very large integer"
-    if isinstance(value, float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        return f"string {_short(value)}"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, list | tuple):
-        return "list"
-    return type(value).__name__

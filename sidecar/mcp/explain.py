@@ -24,7 +24,6 @@ from typing import Any, Final
 
 from sidecar.config import Config, ConfigErrors, InboundConfig, load_config, parse_config
 from sidecar.errors import ConfigError
-from sidecar.mcp._schema import load_yaml
 from sidecar.mcp.jsonrpc import JsonRpcError, parse_body
 from sidecar.mcp.policy import (
     ARGUMENT_METHODS,
@@ -34,6 +33,7 @@ from sidecar.mcp.policy import (
     decide_all,
     parse_policy,
 )
+from sidecar.schema import load_yaml
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
 from sidecar.tokens.claims import Principal, VerifiedToken, claim_strings, freeze, parse_scopes
 from sidecar.tokens.errors import TokenError, TokenLayer

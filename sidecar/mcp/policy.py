@@ -91,7 +91,8 @@ from typing import Any, Final, Literal, cast
 from urllib.parse import unquote
 
 from sidecar.errors import ConfigError
-from sidecar.mcp._schema import (
+from sidecar.mcp.jsonrpc import Kind, Message, Parsed
+from sidecar.schema import (
     Problems,
     got,
     join,
@@ -100,7 +101,6 @@ from sidecar.mcp._schema import (
     raise_config_errors,
     short,
 )
-from sidecar.mcp.jsonrpc import Kind, Message, Parsed
 from sidecar.spiffe.match import PatternError, SpiffeIdPattern
 from sidecar.tokens.claims import Principal
 

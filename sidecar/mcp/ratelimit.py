@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from sidecar.errors import ConfigError
-from sidecar.mcp._schema import Problems, got, join, short
 from sidecar.mcp.policy import Glob
+from sidecar.schema import Problems, got, join, short
 from sidecar.tokens.claims import Principal
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Validation helpers shared by ``policy`` and ``ratelimit`` (same conventions as ``config.py``).
+"""Validation helpers shared by ``config``, ``mcp.policy`` and ``mcp.ratelimit``.
 
 Every problem is collected (never stop at the first) as a ``ConfigError`` naming its key path;
 unknown keys get a "did you mean" suggestion. ``ConfigErrors`` lives in ``sidecar.config``, which
