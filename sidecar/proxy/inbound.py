@@ -104,6 +104,11 @@ class InboundProxy(ProxyHandler):
             self.guard.record(request, principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
+        if self.guard.policy is not None and request.method == "GET":
+            # A resumed stream would replay responses (e.g. a tools/list result) whose requests
+            # we never saw, so they could not be filtered: under a policy, fail closed and let
+            # the server start a fresh stream instead of replaying.
+            headers.popall("Last-Event-ID", None)
         if peer is not None:
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host

@@ -229,3 +229,17 @@ async def _until_status(call: Any, tool: str, status: int) -> None:
 async def _until(predicate: Any) -> None:
     while not predicate():  # noqa: ASYNC110 - polls a metric value
         await asyncio.sleep(0.02)
+
+
+async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
+    async with (
+        local_mesh(inbound={"mcp_policy": REFERENCE_POLICY}) as mesh,
+        aiohttp.ClientSession() as client,
+    ):
+        mesh.upstream.gate.set()
+        async with client.get(
+            f"{mesh.outbound_url}/math/sse", headers={"Last-Event-ID": "41"}
+        ) as resp:
+            assert resp.status == 200
+            await resp.read()
+        assert "last-event-id" not in mesh.upstream.requests[0].headers
