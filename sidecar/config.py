@@ -1181,21 +1181,7 @@ class _Parser:
         return limits
 
     def origins(self, value: object, path: str) -> tuple[str, ...]:
-        items = self.sequence(value, path, "origins like https://app.example.com")
-        origins: list[str] = []
-        failed = False
-        for index, item in enumerate(items):
-            try:
-                origin = _origin(item, f"{path}[{index}]")
-            except ConfigError as exc:
-                self.problems.append(exc)
-                failed = True
-                continue
-            if origin not in origins:
-                origins.append(origin)
-        if failed:
-            raise _Failed
-        return tuple(origins)
+        return self.strings(value, path, "origins like https://app.example.com", _origin)
 
     # -- inbound
 
