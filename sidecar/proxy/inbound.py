@@ -101,7 +101,7 @@ class InboundProxy(ProxyHandler):
         verdict = self.guard.inspect(request, principal, body)
         if verdict.refusal is not None:
             info.reason = "mcp_refused"
-            self.guard.record(request, principal, verdict, verdict.refusal.status, started)
+            self.guard.record(request, info.principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
         if self.guard.policy is not None and request.method == "GET":
@@ -119,9 +119,9 @@ class InboundProxy(ProxyHandler):
                 request, self.session, url, headers, body, self.limits, rewriter=verdict.rewriter
             )
         except SidecarError as exc:
-            self.guard.record(request, principal, verdict, exc.status, started)
+            self.guard.record(request, info.principal, verdict, exc.status, started)
             raise
-        self.guard.record(request, principal, verdict, response.status, started)
+        self.guard.record(request, info.principal, verdict, response.status, started)
         return response
 
     def _verified_peer(self, conn: ConnectionHandler, info: RequestInfo) -> SpiffeId:

@@ -8,7 +8,7 @@ upstream; an allowed one is forwarded unchanged, and list responses to it are fi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,14 +178,17 @@ class McpGuard:
     def record(
         self,
         request: web.BaseRequest,
-        principal: Principal,
+        who: Mapping[str, Any] | None,
         verdict: Verdict,
         status: int,
         started: float,
     ) -> None:
+        """Audit lines and metrics for the messages of one body; ``who`` is the principal as
+        already rendered for the access log (not rebuilt per request here)."""
+        if not verdict.audits:
+            return
         latency = (time.perf_counter() - started) * 1000
         session = mcp_session_id(request.headers)
-        who = principal.to_log()
         for message, decision, outcome in verdict.audits:
             if message.kind is Kind.RESPONSE:
                 continue
