@@ -1,0 +1,43 @@
+"""Framing checks of the forwarder on their own (defence in depth behind aiohttp's parser,
+which refuses these shapes itself in the C build: see test_http_hardening)."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+from sidecar.proxy.errors import BadRequest, Forbidden
+from sidecar.proxy.forward import check_framing, check_origin
+
+
+def request(*headers: tuple[str, str]) -> object:
+    return make_mocked_request("POST", "/mcp", headers=CIMultiDict(headers))
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ((("Content-Length", "2"), ("Content-Length", "2")), "duplicate_content_length"),
+        (
+            (("Content-Length", "2"), ("Transfer-Encoding", "chunked")),
+            "content_length_with_chunked",
+        ),
+    ],
+)
+def test_smuggling_shapes_are_refused(headers: tuple[tuple[str, str], ...], reason: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        check_framing(request(*headers))  # type: ignore[arg-type]
+    assert err.value.reason == reason and err.value.status == 400
+
+
+def test_plain_framing_passes() -> None:
+    check_framing(request(("Content-Length", "2")))  # type: ignore[arg-type]
+
+
+def test_origin_must_be_listed_when_a_list_is_set() -> None:
+    allowed = ("http://localhost:6274",)
+    with pytest.raises(Forbidden):
+        check_origin(request(("Origin", "http://evil.test")), allowed)  # type: ignore[arg-type]
+    check_origin(request(("Origin", "http://localhost:6274/")), allowed)  # type: ignore[arg-type]
+    check_origin(request(), allowed)  # type: ignore[arg-type]  # no Origin: not a browser
