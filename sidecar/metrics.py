@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -73,6 +73,7 @@ DURATION_BUCKETS: Final = (
     60.0,
 )
 
+MAX_CACHED_CHILDREN = 4096
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NOT_LABEL_CHAR = re.compile(r"[^a-z0-9]+")
 
@@ -151,6 +152,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._peer = _BoundedValues(peer_cap)
         self._reason = _BoundedValues(reason_cap)
+        # (direction, peer, status) -> the labelled children, so the request path skips
+        # prometheus-client's label validation and locking after the first request of a kind
+        self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any]] = {}
         self._serial: int | None = None
         self._unsubscribe: Callable[[], None] | None = None
         r = self.registry
@@ -264,11 +268,20 @@ class Metrics:
     ) -> None:
         """One finished request. ``peer``: inbound the client's SPIFFE ID, outbound the route's
         server ID (``None`` -> ``"none"``). Negative durations (clock steps) count as 0."""
-        d = direction_label(direction)
-        self.requests.labels(
-            direction=d, peer=self.peer_label(peer), status=status_label(status)
-        ).inc()
-        self.request_duration.labels(direction=d).observe(max(0.0, seconds))
+        key = (direction, peer, status)
+        children = self._request_children.get(key)
+        if children is None:
+            d = direction_label(direction)
+            children = (
+                self.requests.labels(
+                    direction=d, peer=self.peer_label(peer), status=status_label(status)
+                ),
+                self.request_duration.labels(direction=d),
+            )
+            if len(self._request_children) < MAX_CACHED_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(max(0.0, seconds))
 
     def tls_failure(self, direction: str, reason: object) -> None:
         self.tls_failures.labels(

@@ -26,12 +26,12 @@ from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.admin import build_admin_app, readiness, start_admin
+from sidecar.proxy.connection import Listener, ServerSettings, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
 from sidecar.proxy.mcp_guard import McpGuard
 from sidecar.proxy.outbound import OutboundProxy
 from sidecar.proxy.policy_reload import PolicyHolder
-from sidecar.proxy.server import Listener, TlsPolicy, start_listener
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.gate import TokenGate
@@ -193,9 +193,12 @@ class Sidecar:
             cfg.listen.host,
             cfg.listen.port,
             tls=tls,
-            header_timeout=limits.header_timeout,
-            keepalive_timeout=limits.keepalive_timeout,
-            max_header_size=limits.max_header_size,
+            settings=ServerSettings(
+                header_timeout=limits.header_timeout,
+                keepalive_timeout=limits.keepalive_timeout,
+                max_header_size=limits.max_header_size,
+                max_request_body=limits.max_request_body,
+            ),
         )
 
     def port(self, name: str) -> int:

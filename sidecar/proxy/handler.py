@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
@@ -17,6 +15,7 @@ from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
 from sidecar.proxy.errors import ProxyError
 from sidecar.proxy.forward import check_framing, check_origin, error_response
+from sidecar.proxy.messages import Request, Response
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the response
 
@@ -52,21 +51,22 @@ class ProxyHandler:
         self.metrics = metrics
         self.access_log = access_log
 
-    async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
+    async def proxy(self, request: Request, info: RequestInfo) -> Response:
         raise NotImplementedError
 
-    def refusal(self, exc: SidecarError, info: RequestInfo) -> web.StreamResponse:
+    def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
         """The JSON answer for a refusal; subclasses add headers (e.g. WWW-Authenticate)."""
         return error_response(exc, close=info.close_connection)
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         info = RequestInfo()
         status = CLIENT_CLOSED
+        streaming = False
         try:
             try:
-                check_framing(request)
-                check_origin(request, self.allowed_origins)
+                check_framing(request.headers)
+                check_origin(request.headers, self.allowed_origins)
                 response = await self.proxy(request, info)
             except SidecarError as exc:
                 info.reason = exc.reason
@@ -74,27 +74,75 @@ class ProxyHandler:
                     self.metrics.upstream_error(self.direction, exc.reason)
                 response = self.refusal(exc, info)
             status = response.status
+            if response.stream is not None:
+                # a streamed answer is logged when the engine is done with it (``release``),
+                # with what was really sent
+                response.stream = self._counted(response.stream, info)
+                response.release = self._on_release(
+                    response.release, request, info, status, started
+                )
+                streaming = True
+            else:
+                info.bytes_out = len(response.body)
             return response
         except asyncio.CancelledError:
             info.reason = "client_closed"
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe_request(self.direction, info.peer, status, elapsed)
-            self.access_log.log(
-                AccessRecord(
-                    direction=self.direction,
-                    peer=info.peer,
-                    method=request.method,
-                    path=request.raw_path,
-                    status=status,
-                    bytes_in=info.bytes_in,
-                    bytes_out=info.bytes_out,
-                    duration_ms=elapsed * 1000,
-                    mcp_session_id=mcp_session_id(request.headers),
-                    route=info.route,
-                    reason=info.reason,
-                    upstream=info.upstream,
-                    principal=info.principal,
-                )
+            if not streaming:
+                self._record(request, info, status, started)
+
+    @staticmethod
+    async def _counted(stream: AsyncIterator[bytes], info: RequestInfo) -> AsyncIterator[bytes]:
+        try:
+            async for piece in stream:
+                info.bytes_out += len(piece)
+                yield piece
+        except asyncio.CancelledError:
+            info.reason = info.reason or "client_closed"
+            raise
+        except Exception as exc:
+            info.reason = info.reason or getattr(exc, "reason", "upstream_reset")
+            raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _on_release(
+        self,
+        release: Callable[[], None] | None,
+        request: Request,
+        info: RequestInfo,
+        status: int,
+        started: float,
+    ) -> Callable[[], None]:
+        def done() -> None:
+            if release is not None:
+                release()
+            self._record(request, info, status, started)
+
+        return done
+
+    def _record(self, request: Request, info: RequestInfo, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(self.direction, info.peer, status, elapsed)
+        if not self.access_log.enabled:
+            return
+        self.access_log.log(
+            AccessRecord(
+                direction=self.direction,
+                peer=info.peer,
+                method=request.method,
+                path=request.raw_path,
+                status=status,
+                bytes_in=info.bytes_in,
+                bytes_out=info.bytes_out,
+                duration_ms=elapsed * 1000,
+                mcp_session_id=mcp_session_id(request.headers),
+                route=info.route,
+                reason=info.reason,
+                upstream=info.upstream,
+                principal=info.principal,
             )
+        )

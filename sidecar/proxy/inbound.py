@@ -1,7 +1,7 @@
 """Inbound: mTLS from other workloads' sidecars -> plain HTTP to the local MCP server.
 
 Order of checks (cheapest first, fail closed): TLS handshake + SPIFFE verification + allowlist
-(once per connection, in ``proxy.server``) -> framing/Origin -> token layer (JWT-SVID / OAuth,
+(once per connection, in ``proxy.connection``) -> framing/Origin -> token layer (JWT-SVID / OAuth,
 ``tokens.gate``) -> body size -> forward. A refused peer gets a 403 JSON body naming the reason,
 a missing or bad token a 401/403 with ``WWW-Authenticate``; not one byte reaches the upstream.
 With ``mtls: off`` the listener is plain HTTP and the OAuth layer is mandatory (config-checked).
@@ -12,19 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
 from sidecar.config import InboundConfig
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
-from sidecar.proxy.forward import forward, forwardable_headers, read_body
+from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.mcp_guard import McpGuard
-from sidecar.proxy.server import ConnectionHandler
+from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
+from sidecar.proxy.upstream import pool_for
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
@@ -58,24 +55,16 @@ class InboundProxy(ProxyHandler):
         self.our_id = our_id
         self.tokens = tokens
         self.guard = guard
-        upstream = URL(config.upstream)
-        self.upstream_base = str(upstream.with_path("").with_query(None)).rstrip("/")
-        self.upstream_host = upstream.raw_authority
-        self.upstream_path = upstream.raw_path.rstrip("/")
+        self.pool, self.upstream_host = pool_for(config.upstream, config.limits)
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
         )
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
 
     async def close(self) -> None:
-        await self.session.close()
+        self.pool.close()
         await self.tokens.close()
 
-    def refusal(self, exc: SidecarError, info: RequestInfo) -> web.StreamResponse:
+    def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
         response = super().refusal(exc, info)
         if isinstance(exc, TokenError):
             self.metrics.token_rejection(exc.layer, exc.reason)
@@ -83,19 +72,17 @@ class InboundProxy(ProxyHandler):
                 response.headers["WWW-Authenticate"] = self.tokens.challenge(exc)
         return response
 
-    async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
-        conn = request.protocol
-        if not isinstance(conn, ConnectionHandler):  # pragma: no cover - wiring error
-            raise Forbidden("connection was not accepted by a sidecar listener", reason="no_peer")
+    async def proxy(self, request: Request, info: RequestInfo) -> Response:
+        conn = request.conn
         peer = self._verified_peer(conn, info) if self.config.mtls == "required" else None
         if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
-            return web.json_response(self.tokens.metadata)
+            return json_response(self.tokens.metadata)
         principal = await self.tokens.authenticate(
             request.headers.getall("Authorization", []), peer, conn.peer_cert_sha256
         )
         info.principal = principal.to_log()
         info.upstream = self.config.upstream
-        body = await read_body(request, self.limits.max_request_body)
+        body = await request.read_body()
         info.bytes_in = len(body)
         started = time.perf_counter()
         verdict = self.guard.inspect(request, principal, body)
@@ -113,10 +100,15 @@ class InboundProxy(ProxyHandler):
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
         headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
-        url = self.upstream_base + self.upstream_path + request.raw_path
         try:
-            response, info.bytes_out = await forward(
-                request, self.session, url, headers, body, self.limits, rewriter=verdict.rewriter
+            response = await forward(
+                request,
+                self.pool,
+                request.raw_path,
+                headers,
+                body,
+                self.limits,
+                rewriter=verdict.rewriter,
             )
         except SidecarError as exc:
             self.guard.record(request, info.principal, verdict, exc.status, started)
@@ -124,7 +116,7 @@ class InboundProxy(ProxyHandler):
         self.guard.record(request, info.principal, verdict, response.status, started)
         return response
 
-    def _verified_peer(self, conn: ConnectionHandler, info: RequestInfo) -> SpiffeId:
+    def _verified_peer(self, conn: PeerInfo, info: RequestInfo) -> SpiffeId:
         """The connection's SPIFFE peer, verified and allowlisted at the handshake."""
         if conn.rejection is not None:
             info.peer = str(conn.rejection.peer) if conn.rejection.peer else None

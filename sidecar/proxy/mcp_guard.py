@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from sidecar.mcp.filter import FilterError, SseFilter, filter_json_body, pending_list_requests
 from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, Parsed, parse_body
 from sidecar.mcp.policy import (
@@ -29,6 +27,7 @@ from sidecar.mcp.ratelimit import RateLimiter, principal_key, rate_limited_respo
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AuditRecord, mcp_session_id
 from sidecar.proxy.forward import BodyRewriter, RewriteError
+from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.tokens.claims import Principal
 
@@ -74,7 +73,7 @@ class SseListRewriter:
 class Verdict:
     """What the guard decided for one request body."""
 
-    refusal: web.Response | None = None
+    refusal: Response | None = None
     rewriter: Callable[[str], BodyRewriter | None] | None = None
     audits: list[tuple[Message, Decision | None, str]] = field(default_factory=list)
 
@@ -97,7 +96,7 @@ class McpGuard:
     def active(self) -> bool:
         return self.policy is not None or self.limiter is not None
 
-    def inspect(self, request: web.BaseRequest, principal: Principal, body: bytes) -> Verdict:
+    def inspect(self, request: Request, principal: Principal, body: bytes) -> Verdict:
         if not self.active or request.method != "POST":
             return Verdict()
         try:
@@ -108,14 +107,14 @@ class McpGuard:
                 "id": None,
                 "error": {"code": exc.code, "message": exc.message},
             }
-            verdict = Verdict(refusal=web.json_response(error, status=400))
+            verdict = Verdict(refusal=json_response(error, status=400))
             self._audit_invalid(request, principal, exc)
             return verdict
         policy = self.policy.current if self.policy is not None else None
         decisions = decide_each(policy, principal, parsed) if policy is not None else None
         if decisions is not None and not all(d.allowed for d in decisions):
             answer = denial_body(parsed, decisions)
-            denied = web.json_response(
+            denied = json_response(
                 answer if answer is not None else {"error": "forbidden_by_policy"}, status=403
             )
             return Verdict(
@@ -134,7 +133,7 @@ class McpGuard:
         ]
         return Verdict(rewriter=self._rewriter(policy, principal, parsed), audits=audits)
 
-    def _rate_limit(self, principal: Principal, parsed: Parsed) -> web.Response | None:
+    def _rate_limit(self, principal: Principal, parsed: Parsed) -> Response | None:
         assert self.limiter is not None
         requests = [m for m in parsed.messages if m.kind is Kind.REQUEST]
         tools = [m.target if m.method == "tools/call" else None for m in requests]
@@ -145,7 +144,7 @@ class McpGuard:
             return None
         answers = [rate_limited_response(m.id, wait) for m in requests]
         body: Any = answers if parsed.batch else answers[0]
-        response = web.json_response(body, status=429)
+        response = json_response(body, status=429)
         response.headers["Retry-After"] = str(int(wait))
         return response
 
@@ -177,7 +176,7 @@ class McpGuard:
 
     def record(
         self,
-        request: web.BaseRequest,
+        request: Request,
         who: Mapping[str, Any] | None,
         verdict: Verdict,
         status: int,
@@ -209,9 +208,7 @@ class McpGuard:
                 )
             )
 
-    def _audit_invalid(
-        self, request: web.BaseRequest, principal: Principal, exc: JsonRpcError
-    ) -> None:
+    def _audit_invalid(self, request: Request, principal: Principal, exc: JsonRpcError) -> None:
         self.metrics.mcp_request("other", "none", "invalid")
         self.audit_log.log(
             AuditRecord(

@@ -10,37 +10,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
 from sidecar.config import OutboundConfig, RouteConfig
 from sidecar.identity.snapshot import JwtSvid
 from sidecar.identity.workload_api import WorkloadApiError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import JwtSvidUnavailable, NoRoute
-from sidecar.proxy.forward import UpstreamIdentityError, forward, forwardable_headers, read_body
+from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
+from sidecar.proxy.messages import Request, Response
 from sidecar.proxy.routing import select_route
+from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
-
-
-class SpiffeConnector(aiohttp.TCPConnector):
-    """A pooled connector that SPIFFE-verifies every new connection before it is used."""
-
-    def __init__(self, verify: Callable[[Any], object], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._verify = verify
-
-    async def _wrap_create_connection(self, *args: Any, req: Any, **kwargs: Any) -> tuple[Any, Any]:
-        transport, protocol = await super()._wrap_create_connection(*args, req=req, **kwargs)
-        try:
-            self._verify(transport.get_extra_info("ssl_object"))
-        except PeerRejected as exc:
-            transport.abort()
-            raise UpstreamIdentityError(req.connection_key, exc) from exc
-        return transport, protocol
 
 
 class OutboundProxy(ProxyHandler):
@@ -60,17 +41,15 @@ class OutboundProxy(ProxyHandler):
         self.config = config
         self.tls = tls
         self.jwt_svid = jwt_svid
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.pools: dict[str, UpstreamPool] = {}
         self.upstream_hosts: dict[str, str] = {}
         for route in config.routes:
-            self.sessions[route.name] = aiohttp.ClientSession(
-                connector=SpiffeConnector(
-                    self._verifier(route, on_identity_rejected), limit=0, keepalive_timeout=30
-                ),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            self.pools[route.name], self.upstream_hosts[route.name] = pool_for(
+                route.upstream,
+                config.limits,
+                context=tls.client_context,
+                verify=self._verifier(route, on_identity_rejected),
             )
-            self.upstream_hosts[route.name] = URL(route.upstream).raw_authority
 
     def _verifier(
         self, route: RouteConfig, on_rejected: Callable[[PeerRejected], None]
@@ -96,10 +75,10 @@ class OutboundProxy(ProxyHandler):
         return svid.token
 
     async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
+        for pool in self.pools.values():
+            pool.close()
 
-    async def proxy(self, request: web.BaseRequest, info: RequestInfo) -> web.StreamResponse:
+    async def proxy(self, request: Request, info: RequestInfo) -> Response:
         match = select_route(self.config.routes, request.headers.get("Host"), request.raw_path)
         if match is None:
             raise NoRoute(f"no route for {request.raw_path!r}")
@@ -107,20 +86,12 @@ class OutboundProxy(ProxyHandler):
         info.route = route.name
         info.peer = str(route.server_spiffe_id)
         info.upstream = route.upstream
-        body = await read_body(request, self.limits.max_request_body)
+        body = await request.read_body()
         info.bytes_in = len(body)
         headers = forwardable_headers(request.headers, drop=("x-forwarded-client-cert",))
         headers["Host"] = self.upstream_hosts[route.name]
         if route.jwt_svid_audience is not None:
             headers["Authorization"] = f"Bearer {await self._token(route.jwt_svid_audience)}"
-        url = route.upstream.rstrip("/") + match.upstream_path
-        response, info.bytes_out = await forward(
-            request,
-            self.sessions[route.name],
-            url,
-            headers,
-            body,
-            self.limits,
-            ssl=self.tls.client_context(),
+        return await forward(
+            request, self.pools[route.name], match.upstream_path, headers, body, self.limits
         )
-        return response

@@ -1,0 +1,668 @@
+"""Our HTTP/1.1 server engine: one ``HttpConnection`` protocol per accepted connection.
+
+Raw asyncio protocol instead of a web framework: the data path is parse head -> handler ->
+one write, with no per-request framework objects, which is most of what makes a Python proxy
+fast. TLS is put on by us, synchronously at accept, so that handshake failures are seen (and
+counted by reason) and the peer is SPIFFE-verified exactly once per connection, before the first
+request is parsed; the verdict stays on the connection for the handler to read.
+
+Requests on a connection are handled one at a time, in order (pipelined requests wait in the
+buffer). Deadlines, checked by one sweeper per listener rather than a timer per request: a
+request head must be complete within ``header_timeout`` of connecting or of its first byte, a
+request body may not go quiet for longer than that, and an idle keep-alive connection is closed
+after ``keepalive_timeout``. Malformed requests get a JSON 400/431/501/505 and the connection is
+closed; so does a request whose body was not completely read when its answer went out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import hashlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict
+
+from sidecar.http1.chunked import ChunkedDecoder
+from sidecar.http1.errors import HttpParseError
+from sidecar.http1.parse import (
+    HEAD_END,
+    Framing,
+    RequestHead,
+    parse_request_head,
+    serialize_headers,
+)
+from sidecar.proxy.errors import BadRequest, PayloadTooLarge
+from sidecar.proxy.messages import Request, Response, json_response
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import PeerRejected
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+MAX_HEAD_LINES = 100
+PIPELINE_LIMIT = 256 * 1024  # buffered bytes of requests waiting behind the current one
+LINGER = 2.0  # seconds to keep reading (and dropping) a refused body before closing
+
+# OpenSSL verify codes -> stable metric reasons.
+_VERIFY_REASONS = {
+    9: "certificate_not_yet_valid",
+    10: "certificate_expired",
+    18: "self_signed_certificate",
+    19: "self_signed_certificate_in_chain",
+    20: "unknown_ca",
+    21: "unknown_ca",
+    26: "unsupported_certificate_purpose",
+}
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A short label for why a TLS handshake failed (metric label, log field)."""
+    if isinstance(exc, TimeoutError):
+        return "handshake_timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_verify_failed")
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower()
+    if isinstance(exc, ConnectionError | ssl.SSLEOFError):
+        return "connection_closed"
+    return type(exc).__name__.lower()
+
+
+@dataclass
+class TlsPolicy:
+    """How a listener speaks TLS and judges peers (``verify`` raises ``PeerRejected``)."""
+
+    context: Callable[[], ssl.SSLContext]
+    verify: Callable[[Any], SpiffeId]
+    handshake_timeout: float = 10.0
+    on_failure: Callable[[str], None] = field(default=lambda reason: None)
+    on_rejected: Callable[[PeerRejected], None] = field(default=lambda exc: None)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    header_timeout: float
+    keepalive_timeout: float
+    max_header_size: int
+    max_request_body: int
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """uvloop's (Cython) SSL protocol on a uvloop loop, asyncio's otherwise: same constructor."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop
+
+        return getattr(uvloop.loop, "SSLProtocol")  # noqa: B009 - absent from uvloop's stubs
+    return asyncio.sslproto.SSLProtocol
+
+
+def error_body(status: int, reason: str, message: str) -> Response:
+    return json_response(
+        {"error": reason, "message": message, "status": status}, status=status, close=True
+    )
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: TLS (optional), head parsing, body collection, handler, answer."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._settings = server.settings
+        self._tls = server.tls
+        self.scheme = "https" if server.tls is not None else "http"
+        self.transport: asyncio.Transport | None = None
+        self._raw: asyncio.BaseTransport | None = None
+        self._started = False
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._buf = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._lost = False
+        self._paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        #: the monotonic time after which the sweeper closes this connection (0: no deadline)
+        self.deadline = 0.0
+        # the body of the request being handled
+        self._head: RequestHead | None = None
+        self._body = bytearray()
+        self._body_remaining = 0
+        self._chunked: ChunkedDecoder | None = None
+        self._body_done = True
+        self._body_error: BaseException | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._expect_continue = False
+        self._head_started = False
+        self._lingering = False
+        #: The verified peer of this connection (TLS listeners), or why it was refused.
+        self.peer: SpiffeId | None = None
+        self.rejection: PeerRejected | None = None
+        self.peer_cert_sha256: str | None = None
+
+    # -- connection lifecycle --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = transport
+        self._server.connections.add(self)
+        if self._tls is None:
+            self._start_http(transport)  # type: ignore[arg-type]  # uvloop's: not a subclass
+            return
+        # Put the TLS layer in place *synchronously*, as ``loop.start_tls`` would, but without
+        # its window between accept and the coroutine's first step: uvloop starts reading right
+        # after ``connection_made`` returns, and a ClientHello arriving in that window would
+        # otherwise be taken for decrypted data and the handshake would stall.
+        tls = self._tls
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        ssl_protocol = _ssl_protocol_class(self._loop)(
+            self._loop,
+            self,
+            tls.context(),
+            waiter,
+            server_side=True,
+            server_hostname=None,
+            call_connection_made=False,
+            ssl_handshake_timeout=tls.handshake_timeout,
+        )
+        transport.set_protocol(ssl_protocol)
+        ssl_protocol.connection_made(transport)
+        self._task = self._loop.create_task(self._handshake(transport, ssl_protocol, waiter))
+
+    async def _handshake(self, raw: Any, ssl_protocol: Any, waiter: asyncio.Future[None]) -> None:
+        assert self._tls is not None
+        tls = self._tls
+        try:
+            await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
+        except asyncio.CancelledError:
+            raw.abort()
+            raise
+        except Exception as exc:
+            reason = handshake_failure_reason(exc)
+            log.info("TLS handshake failed: %s (%s)", reason, exc)
+            tls.on_failure(reason)
+            raw.abort()
+            return
+        finally:
+            self._task = None
+        transport = ssl_protocol._get_app_transport()
+        ssl_object = transport.get_extra_info("ssl_object")
+        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.peer_cert_sha256 = hashlib.sha256(leaf).hexdigest() if leaf else None
+        try:
+            self.peer = tls.verify(ssl_object)
+        except PeerRejected as exc:
+            self.rejection = exc
+            tls.on_rejected(exc)
+        self._start_http(transport)
+
+    def _start_http(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._started = True
+        self.deadline = self._loop.time() + self._settings.header_timeout
+        self._head_started = True
+        if self._closing:
+            transport.close()
+            return
+        early, self._early = self._early, []
+        for chunk in early:
+            self.data_received(chunk)
+        if self._early_eof:
+            self.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._started:  # decrypted bytes that beat our handshake coroutine
+            self._early.append(data)
+            return
+        if not self._body_done:
+            self._feed_body(data)
+            return
+        self._buf += data
+        if self._head is None:
+            self._next_request()
+        elif len(self._buf) > PIPELINE_LIMIT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if not self._started:
+            self._early_eof = True
+            return None
+        if not self._body_done:
+            self._body_failed(ConnectionResetError("client closed the connection mid-body"))
+        if self._head is None and self.transport is not None:
+            self.transport.close()
+        else:
+            self._closing = True  # answer the request in flight, then close
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._closing = True
+        self._server.connections.discard(self)
+        if not self._body_done:
+            self._body_failed(ConnectionResetError("client went away"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("client went away"))
+        if self._task is not None:
+            self._task.cancel()  # the client is gone: so is the upstream exchange
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        buf = self._buf
+        end = buf.find(HEAD_END)
+        if end < 0:
+            if not buf:  # idle between requests
+                if self.deadline == 0.0:
+                    self.deadline = self._loop.time() + self._settings.keepalive_timeout
+            elif not self._head_started:  # first bytes of a new head: the head clock starts
+                self._head_started = True
+                self.deadline = self._loop.time() + self._settings.header_timeout
+            limit = self._settings.max_header_size
+            if len(buf) > limit * 4 or (buf.find(b"\r\n") < 0 and len(buf) > limit):
+                self._refuse(431, "header_too_large", "request head too large")
+            return
+        try:
+            head = parse_request_head(
+                bytes(buf[:end]),
+                max_field_size=self._settings.max_header_size,
+                max_headers=MAX_HEAD_LINES,
+            )
+        except HttpParseError as exc:
+            log.info("refused malformed request: %s", exc.message)
+            self._refuse(exc.status, exc.reason, exc.message)
+            return
+        del buf[: end + 4]
+        self.deadline = 0.0
+        self._head = head
+        self._head_started = False
+        self._expect_continue = head.expect_continue
+        self._body.clear()
+        self._body_error = None
+        if head.framing is Framing.LENGTH and head.length > 0:
+            self._body_done = False
+            self._body_remaining = head.length
+            if head.length > self._settings.max_request_body:
+                self._body_error = PayloadTooLarge(
+                    f"request body of {head.length} bytes exceeds the limit of "
+                    f"{self._settings.max_request_body}"
+                )
+        elif head.framing is Framing.CHUNKED:
+            self._body_done = False
+            self._chunked = ChunkedDecoder()
+        else:
+            self._body_done = True
+        request = Request(
+            head.method, head.target, head.version, head.headers, self.scheme, self, self._read_body
+        )
+        self._task = self._loop.create_task(self._handle(request, head))
+        if not self._body_done and buf:
+            rest = bytes(buf)
+            buf.clear()
+            self._feed_body(rest)
+
+    def _feed_body(self, data: bytes) -> None:
+        if self._body_error is not None:  # refused already: discard what is still coming
+            self._discard(data)
+            return
+        settings = self._settings
+        if self._chunked is not None:
+            try:
+                pieces, used = self._chunked.feed(data)
+            except HttpParseError as exc:
+                self._body_failed(exc)
+                return
+            for piece in pieces:
+                self._body += piece
+            if len(self._body) > settings.max_request_body:
+                self._body_failed(
+                    PayloadTooLarge(
+                        f"request body exceeds the limit of {settings.max_request_body} bytes"
+                    )
+                )
+                return
+            if self._chunked.done:
+                self._chunked = None
+                self._body_complete(data[used:])
+            else:
+                self.deadline = self._loop.time() + settings.header_timeout
+            return
+        remaining = self._body_remaining
+        if len(data) >= remaining:
+            self._body += data[:remaining]
+            self._body_remaining = 0
+            self._body_complete(data[remaining:])
+        else:
+            self._body += data
+            self._body_remaining = remaining - len(data)
+            self.deadline = self._loop.time() + settings.header_timeout
+
+    def _discard(self, data: bytes) -> None:
+        """Drop the rest of a refused body; once a lingering connection has seen all of it (or
+        the linger deadline passes, see ``expire``), it is closed."""
+        if self._chunked is None:
+            self._body_remaining = max(0, self._body_remaining - len(data))
+            if self._body_remaining == 0 and self._lingering and self.transport is not None:
+                self.transport.close()
+
+    def _body_complete(self, rest: bytes) -> None:
+        self._body_done = True
+        self.deadline = 0.0
+        if rest:
+            self._buf += rest
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _body_failed(self, exc: BaseException) -> None:
+        self._body_error = exc
+        self._closing = True
+        self.deadline = 0.0
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    async def _read_body(self) -> bytes:
+        if self._expect_continue and not self._body_done:
+            self._expect_continue = False
+            if self._body_error is None and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while True:
+            if isinstance(self._body_error, HttpParseError):
+                error = self._body_error
+                raise BadRequest(error.message, reason=error.reason)
+            if self._body_error is not None:
+                raise self._body_error
+            if self._body_done:
+                return bytes(self._body)
+            self._body_waiter = self._loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+
+    async def _handle(self, request: Request, head: RequestHead) -> None:
+        try:
+            try:
+                response = await self._server.handler(request)
+            except HttpParseError as exc:
+                response = error_body(exc.status, exc.reason, exc.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not leave the client hanging
+                log.error("error handling request", exc_info=exc)
+                response = error_body(500, "internal_error", "internal error")
+            await self._send(head, response)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # the answer broke off midway: a truncated body must not
+            # look complete, so the connection is aborted rather than closed
+            if self._lost:
+                log.debug("client went away mid-response (%s)", exc)
+            else:
+                log.info("answer failed mid-response (%r): aborting the client connection", exc)
+            self._abort()
+            return
+        finally:
+            self._task = None
+        self._finished(head, response)
+
+    def _finished(self, head: RequestHead, response: Response) -> None:
+        """After an answer: keep the connection for the next request, or close it."""
+        keep = (
+            head.keep_alive
+            and not response.close
+            and not self._closing
+            and self._body_done
+            and self._body_error is None
+            and not self._server.draining
+        )
+        self._head = None
+        self._body.clear()
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if not keep:
+            if self._body_done or (self._body_remaining == 0 and self._chunked is None):
+                transport.close()
+            else:
+                # Lingering close: the client may still be sending the body we refused; closing
+                # now would reset the connection and could destroy our answer in its buffers.
+                self._lingering = True
+                self._body_error = self._body_error or ConnectionResetError("answered early")
+                self.deadline = self._loop.time() + LINGER
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self.deadline = 0.0
+        self._next_request()
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """A malformed head: JSON error, then close (what follows cannot be trusted)."""
+        self._closing = True
+        self._buf.clear()
+        response = error_body(status, reason, message)
+        if self.transport is not None:
+            self.transport.write(_serialize(response, 1, close=True) + response.body)
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+        elif self._raw is not None:
+            self._raw.close()
+
+    def close_idle(self) -> bool:
+        """Close now if no request is in flight (drain); returns whether it was idle."""
+        if self._head is None and self._task is None:
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+            elif self._raw is not None:
+                self._raw.close()
+            return True
+        return False
+
+    def expire(self) -> None:
+        """The sweeper found the deadline passed: slow head, stalled body or idle too long."""
+        self.deadline = 0.0
+        if self._lingering:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._head is None:
+            log.info("closing connection: no complete request head in time (or idle)")
+        else:
+            log.info("closing connection: request body stalled")
+        if self._head is not None:
+            self._abort()
+        else:
+            self.close_idle()
+
+    # -- answering -------------------------------------------------------------------------
+
+    async def _send(self, head: RequestHead, response: Response) -> None:
+        try:
+            await self._write_response(head, response)
+        finally:
+            if response.stream is not None:
+                aclose = getattr(response.stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if response.release is not None:
+                response.release()
+
+    async def _write_response(self, head: RequestHead, response: Response) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            raise ConnectionResetError("client went away")
+        close = (
+            response.close
+            or self._closing
+            or not head.keep_alive
+            or not self._body_done  # answered before the body was read: linger, then close
+            or self._body_error is not None
+            or self._server.draining
+        )
+        no_body = head.method == "HEAD" or response.status in (204, 304)
+        stream = response.stream
+        if stream is None:
+            head_bytes = _serialize(
+                response,
+                head.version,
+                close=close,
+                length=None if response.status in (204, 304) else len(response.body),
+            )
+            transport.write(head_bytes if no_body else head_bytes + response.body)
+            return
+        chunked = response.content_length is None and head.version == 1 and not no_body
+        if response.content_length is None and not chunked and not no_body:
+            close = True  # HTTP/1.0 client: the end of the body is the end of the connection
+            response.close = True
+        transport.write(
+            _serialize(
+                response,
+                head.version,
+                close=close,
+                length=response.content_length,
+                chunked=chunked,
+            )
+        )
+        async for piece in stream:
+            if no_body or not piece:
+                continue
+            if chunked:
+                transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            else:
+                transport.write(piece)
+            if self._write_paused:
+                self._drain = self._loop.create_future()
+                await self._drain
+            if self._lost:
+                raise ConnectionResetError("client went away")
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+
+
+def _serialize(
+    response: Response,
+    version: int,
+    *,
+    close: bool,
+    length: int | None = None,
+    chunked: bool = False,
+) -> bytes:
+    headers = response.headers
+    if any(name.lower() in _FRAMING_HEADERS for name in headers):
+        headers = CIMultiDict(
+            (k, v) for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS
+        )
+    out = b"HTTP/1.1 %d %b\r\n" % (response.status, response.reason.encode("latin-1"))
+    out += serialize_headers(headers.items())
+    if length is not None:
+        out += b"Content-Length: %d\r\n" % length
+    elif chunked:
+        out += b"Transfer-Encoding: chunked\r\n"
+    if close:
+        out += b"Connection: close\r\n"
+    elif version == 0:
+        out += b"Connection: keep-alive\r\n"
+    return out + b"\r\n"
+
+
+class HttpServer:
+    """The connection factory of one listener: settings, the handler, live connections, drain."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ServerSettings,
+        tls: TlsPolicy | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.tls = tls
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        interval = min(settings.header_timeout, settings.keepalive_timeout) / 4
+        self._interval = max(0.02, min(1.0, interval))
+        self._sweeper = loop.create_task(self._sweep())
+
+    def __call__(self) -> HttpConnection:
+        return HttpConnection(self)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            now = self.loop.time()
+            for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
+                conn.expire()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now, let busy ones finish their answer (then they close), and
+        abort whatever is left after ``timeout``."""
+        self.draining = True
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            for conn in list(self.connections):
+                conn.close_idle()
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn._abort()
+            if conn._task is not None:
+                conn._task.cancel()
+        self._sweeper.cancel()
+
+
+@dataclass
+class Listener:
+    """A bound listening socket serving one handler; ``close`` drains in-flight requests."""
+
+    name: str
+    server: HttpServer
+    sockets: asyncio.Server
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets.sockets[0].getsockname()[1])
+
+    async def close(self, drain_timeout: float) -> None:
+        self.sockets.close()
+        await self.server.shutdown(drain_timeout)
+
+
+async def start_listener(
+    name: str,
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    tls: TlsPolicy | None,
+    settings: ServerSettings,
+) -> Listener:
+    loop = asyncio.get_running_loop()
+    server = HttpServer(handler, settings, tls, loop)
+    sockets = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
+    log.info("%s listening on %s:%s", name, host, sockets.sockets[0].getsockname()[1])
+    return Listener(name, server, sockets)

@@ -1,0 +1,481 @@
+"""Pooled HTTP/1.1 connections to one upstream, on raw asyncio protocols (no client framework).
+
+One exchange at a time per connection (no pipelining); idle connections are reused newest first
+and dropped when the upstream closed them, when idle longer than ``keepalive_timeout``, or — for
+TLS — when they were made with an older TLS context (after an SVID rotation new exchanges go over
+connections that present the new certificate). A TLS upstream is checked by ``verify`` right after
+the handshake, before a single byte of a request is written.
+
+Only a failure to connect is retried (once): a request that may have reached the upstream is
+never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict
+
+from sidecar.config import Limits
+from sidecar.http1.chunked import ChunkedDecoder
+from sidecar.http1.errors import HttpParseError
+from sidecar.http1.parse import (
+    HEAD_END,
+    Framing,
+    ResponseHead,
+    parse_response_head,
+    serialize_headers,
+)
+from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.tls.contexts import PeerRejected
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_HEAD = 256 * 1024
+HIGH_WATER = 256 * 1024  # buffered body bytes at which we stop reading from the upstream
+LOW_WATER = 64 * 1024
+
+
+class _Dead(Exception):
+    """The upstream connection ended or broke; ``before_head`` says whether a head had arrived."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """Parses one response at a time and hands its body over piece by piece."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.context: ssl.SSLContext | None = None
+        self.idle_since = 0.0
+        self.closed = False
+        self._method = "GET"
+        self._buf = bytearray()
+        self._head: ResponseHead | None = None
+        self._head_waiter: asyncio.Future[ResponseHead] | None = None
+        self._pieces: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._remaining = 0
+        self._chunked: ChunkedDecoder | None = None
+        self.body_done = False
+        self._error: BaseException | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an ``asyncio.Transport`` subclass, but has its methods
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            self._buf += data
+            self._parse_head()
+        elif not self.body_done:
+            self._feed_body(data)
+        elif data:
+            self._fail(UpstreamUnavailable("upstream sent bytes after its response"))
+
+    def eof_received(self) -> bool | None:
+        if (
+            self._head is not None
+            and not self.body_done
+            and self._head.framing is Framing.UNTIL_CLOSE
+        ):
+            self._finish_body()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head is not None and not self.body_done:
+            if self._head.framing is Framing.UNTIL_CLOSE and exc is None:
+                self._finish_body()
+            else:
+                self._fail(ConnectionResetError("upstream closed the connection mid-body"))
+        elif self._head is None:
+            self._fail(ConnectionResetError("upstream closed the connection"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _parse_head(self) -> None:
+        while self._head is None:
+            end = self._buf.find(HEAD_END)
+            if end < 0:
+                if len(self._buf) > MAX_RESPONSE_HEAD:
+                    self._fail(UpstreamUnavailable("upstream response head too large"))
+                return
+            try:
+                head = parse_response_head(bytes(self._buf[:end]), request_method=self._method)
+            except HttpParseError as exc:
+                self._fail(UpstreamUnavailable(f"malformed upstream response: {exc.message}"))
+                return
+            del self._buf[: end + 4]
+            if 100 <= head.status < 200:
+                if head.status == 101:
+                    self._fail(UpstreamUnavailable("upstream switched protocols unasked"))
+                    return
+                continue  # interim answer (100 Continue, 103 Early Hints): not forwarded
+            self._head = head
+            if head.framing is Framing.LENGTH:
+                self._remaining = head.length
+            elif head.framing is Framing.CHUNKED:
+                self._chunked = ChunkedDecoder()
+            rest = bytes(self._buf)
+            self._buf.clear()
+            if head.framing is Framing.NONE or (
+                head.framing is Framing.LENGTH and head.length == 0
+            ):
+                self.body_done = True
+            waiter = self._head_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(head)
+            if rest:
+                self.data_received(rest)
+
+    def _feed_body(self, data: bytes) -> None:
+        head = self._head
+        assert head is not None
+        if head.framing is Framing.LENGTH:
+            if len(data) >= self._remaining:
+                piece, extra = data[: self._remaining], data[self._remaining :]
+                self._push(piece)
+                self._remaining = 0
+                self._finish_body()
+                if extra:
+                    self._fail(UpstreamUnavailable("upstream sent bytes after its response"))
+                return
+            self._remaining -= len(data)
+            self._push(data)
+        elif head.framing is Framing.CHUNKED:
+            assert self._chunked is not None
+            try:
+                pieces, used = self._chunked.feed(data)
+            except HttpParseError as exc:
+                self._fail(UpstreamUnavailable(f"malformed chunked body: {exc.message}"))
+                return
+            for piece in pieces:
+                self._push(piece)
+            if self._chunked.done:
+                self._finish_body()
+                if used < len(data):
+                    self._fail(UpstreamUnavailable("upstream sent bytes after its response"))
+        else:
+            self._push(data)
+
+    def _push(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._pieces.append(piece)
+        self._buffered += len(piece)
+        if self._buffered >= HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _finish_body(self) -> None:
+        self.body_done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        for waiter in (self._head_waiter, self._body_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    # -- the exchange ----------------------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def begin(self, method: str) -> None:
+        """Reset for a new exchange (the previous one was completely read)."""
+        self._method = method
+        self._head = None
+        self._head_waiter = None
+        self._pieces.clear()
+        self._buffered = 0
+        self._chunked = None
+        self._remaining = 0
+        self.body_done = False
+
+    async def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._write_paused:  # a large request body: wait until the kernel took it
+            self._drain = self._loop.create_future()
+            await self._drain
+
+    async def read_head(self) -> ResponseHead:
+        if self._error is not None:
+            raise self._error
+        if self._head is not None:
+            return self._head
+        self._head_waiter = self._loop.create_future()
+        return await self._head_waiter
+
+    async def read_piece(self) -> bytes:
+        """The next piece of the body, ``b""`` at its end."""
+        while True:
+            if self._pieces:
+                piece = self._pieces.popleft()
+                self._buffered -= len(piece)
+                if self._paused and self._buffered <= LOW_WATER and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return piece
+            if self._error is not None:
+                raise self._error
+            if self.body_done:
+                return b""
+            self._body_waiter = self._loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+
+    def keep_alive(self) -> bool:
+        return self.body_done and self._head is not None and self._head.keep_alive
+
+
+class UpstreamResponse:
+    """The head of an upstream answer and its body, read with ``read``; ``release`` at the end
+    returns the connection to the pool (only when its body was completely read)."""
+
+    __slots__ = ("_conn", "_pool", "_released", "head")
+
+    def __init__(self, head: ResponseHead, conn: UpstreamConnection, pool: UpstreamPool) -> None:
+        self.head = head
+        self._conn = conn
+        self._pool = pool
+        self._released = False
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return self.head.headers
+
+    @property
+    def content_type(self) -> str:
+        return self.head.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+    @property
+    def content_length(self) -> int | None:
+        return self.head.length if self.head.framing is Framing.LENGTH else None
+
+    async def read(self) -> bytes:
+        return await self._conn.read_piece()
+
+    def release(self) -> None:
+        """Idempotent: the connection goes back (or is closed) exactly once."""
+        if not self._released:
+            self._released = True
+            self._pool.release(self._conn)
+
+
+class UpstreamPool:
+    """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        context: Callable[[], ssl.SSLContext] | None = None,
+        verify: Callable[[Any], object] | None = None,
+        connect_timeout: float = 5.0,
+        keepalive_timeout: float = 30.0,
+        max_idle: int = 256,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._context = context
+        self._verify = verify
+        self.connect_timeout = connect_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle = max_idle
+        self._idle: deque[UpstreamConnection] = deque()
+        self._busy: set[UpstreamConnection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        head_timeout: float,
+    ) -> UpstreamResponse:
+        """Send one request (body with Content-Length) and wait for the response head.
+
+        Raises ``UpstreamUnavailable`` / ``UpstreamTimeout`` with the reasons of the data path."""
+        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + serialize_headers(headers)
+        if body or method in ("POST", "PUT", "PATCH"):
+            head += b"Content-Length: %d\r\n" % len(body)
+        data = head + b"\r\n" + body
+        conn = await self._acquire()
+        try:
+            conn.begin(method)
+            async with asyncio.timeout(head_timeout):
+                await conn.send(data)
+                response_head = await conn.read_head()
+        except TimeoutError as exc:
+            self._discard(conn)
+            raise UpstreamTimeout(
+                f"upstream sent no response head within {head_timeout}s",
+                reason="upstream_timeout",
+            ) from exc
+        except UpstreamUnavailable:
+            self._discard(conn)
+            raise
+        except (ConnectionError, OSError) as exc:
+            self._discard(conn)
+            raise UpstreamUnavailable(f"upstream failed: {exc}", reason="upstream_reset") from exc
+        except BaseException:
+            self._discard(conn)
+            raise
+        return UpstreamResponse(response_head, conn, self)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Back to the idle list if the exchange completed cleanly, else closed."""
+        self._busy.discard(conn)
+        if conn.keep_alive() and conn.reusable and len(self._idle) < self.max_idle:
+            assert self._loop is not None
+            conn.idle_since = self._loop.time()
+            self._idle.append(conn)
+        else:
+            self._close(conn)
+
+    def _discard(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
+        self._close(conn)
+
+    @staticmethod
+    def _close(conn: UpstreamConnection) -> None:
+        conn.closed = True
+        if conn.transport is not None:
+            conn.transport.abort() if not conn.body_done else conn.transport.close()
+
+    async def _acquire(self) -> UpstreamConnection:
+        loop = self._loop = asyncio.get_running_loop()
+        context = self._context() if self._context is not None else None
+        now = loop.time()
+        while self._idle:
+            conn = self._idle.pop()
+            if (
+                conn.reusable
+                and conn.context is context
+                and now - conn.idle_since < self.keepalive_timeout
+            ):
+                self._busy.add(conn)
+                return conn
+            self._close(conn)
+        for attempt in (1, 2):
+            try:
+                conn = await self._connect(loop, context)
+            except UpstreamUnavailable as exc:
+                if exc.reason == "upstream_connect_failed" and attempt == 1:
+                    log.info("upstream connect failed (%s); retrying once", exc.message)
+                    continue
+                raise
+            self._busy.add(conn)
+            return conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, context: ssl.SSLContext | None
+    ) -> UpstreamConnection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(loop),
+                    self.host,
+                    self.port,
+                    ssl=context,
+                    server_hostname="" if context is not None else None,
+                    ssl_handshake_timeout=self.connect_timeout if context is not None else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"connecting to upstream timed out after {self.connect_timeout}s",
+                reason="upstream_connect_timeout",
+            ) from exc
+        except ssl.SSLError as exc:
+            raise UpstreamUnavailable(
+                f"TLS to upstream failed: {exc}", reason="upstream_tls_failed"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamUnavailable(
+                f"upstream connection failed: {exc}", reason="upstream_connect_failed"
+            ) from exc
+        conn.context = context
+        if context is not None and self._verify is not None:
+            assert conn.transport is not None
+            try:
+                self._verify(conn.transport.get_extra_info("ssl_object"))
+            except PeerRejected as exc:
+                conn.transport.abort()
+                raise UpstreamUnavailable(
+                    f"upstream identity rejected: {exc.message}",
+                    reason="upstream_identity_mismatch",
+                ) from exc
+        return conn
+
+    def close(self) -> None:
+        for conn in (*self._idle, *self._busy):
+            self._close(conn)
+        self._idle.clear()
+        self._busy.clear()
+
+
+def pool_for(
+    url: str,
+    limits: Limits,
+    *,
+    context: Callable[[], ssl.SSLContext] | None = None,
+    verify: Callable[[Any], object] | None = None,
+) -> tuple[UpstreamPool, str]:
+    """A pool for a configured ``scheme://host:port`` upstream, and its ``Host`` header value."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None  # normalised by the config
+    pool = UpstreamPool(
+        parts.hostname,
+        parts.port,
+        context=context,
+        verify=verify,
+        connect_timeout=limits.connect_timeout,
+    )
+    return pool, parts.netloc
