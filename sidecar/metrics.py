@@ -155,6 +155,7 @@ class Metrics:
         # (direction, peer, status) -> the labelled children, so the request path skips
         # prometheus-client's label validation and locking after the first request of a kind
         self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any]] = {}
+        self._mcp_children: dict[tuple[str | None, str | None, str], Any] = {}
         self._serial: int | None = None
         self._unsubscribe: Callable[[], None] | None = None
         r = self.registry
@@ -301,9 +302,15 @@ class Metrics:
     def mcp_request(self, method: str | None, tool: str | None, decision: str) -> None:
         """``method`` and ``tool`` must already be bounded by the caller (known names or
         ``"other"``)."""
-        self.mcp_requests.labels(
-            method=method or "none", tool=tool or "none", decision=self.reason_label(decision)
-        ).inc()
+        key = (method, tool, decision)
+        child = self._mcp_children.get(key)
+        if child is None:
+            child = self.mcp_requests.labels(
+                method=method or "none", tool=tool or "none", decision=self.reason_label(decision)
+            )
+            if len(self._mcp_children) < MAX_CACHED_CHILDREN:
+                self._mcp_children[key] = child
+        child.inc()
 
     def token_rejection(self, layer: str, reason: object) -> None:
         self.token_rejections.labels(

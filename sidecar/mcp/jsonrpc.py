@@ -89,7 +89,10 @@ def parse_body(body: bytes) -> Parsed:
         raise JsonRpcError("JSON nested too deeply", code=-32700) from exc
     except ValueError as exc:
         raise JsonRpcError(f"not JSON: {exc}", code=-32700) from exc
-    _check_depth_and_strings(data, 0)
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        # Only a ``\u`` escape can smuggle a lone surrogate into valid UTF-8 text, and the
+        # nesting depth cannot exceed the number of brackets: without either, nothing to walk.
+        _check_depth_and_strings(data, 0)
     if isinstance(data, list):
         if not data:
             raise JsonRpcError("empty batch")

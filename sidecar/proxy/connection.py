@@ -572,7 +572,12 @@ def _serialize(
     chunked: bool = False,
 ) -> bytes:
     headers = response.headers
-    if any(name.lower() in _FRAMING_HEADERS for name in headers):
+    if (
+        "Content-Length" in headers
+        or "Transfer-Encoding" in headers
+        or "Connection" in headers
+        or "Keep-Alive" in headers
+    ):  # framing is ours alone
         headers = CIMultiDict(
             (k, v) for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS
         )

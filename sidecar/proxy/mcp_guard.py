@@ -194,6 +194,8 @@ class McpGuard:
             self.metrics.mcp_request(
                 self._method_label(message.method), self._tool_label(message), outcome
             )
+            if not self.audit_log.enabled:
+                continue
             self.audit_log.log(
                 AuditRecord(
                     principal=who,
