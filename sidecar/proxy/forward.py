@@ -44,6 +44,7 @@ HOP_BY_HOP = frozenset(
 )
 # Framing and routing headers the proxy sets itself.
 _REWRITTEN = frozenset({"host", "content-length"})
+_NOT_FORWARDED = tuple(HOP_BY_HOP | _REWRITTEN)
 _NOT_FORWARDED_BACK = HOP_BY_HOP | {"content-length"}
 SSE_HEARTBEAT = b": keepalive\n\n"
 SMALL_BODY = 256 * 1024  # answered in one write when the upstream declared its length
@@ -83,14 +84,16 @@ def check_origin(headers: CIMultiDict[str], allowed: tuple[str, ...]) -> None:
 
 def forwardable_headers(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """Copy end-to-end headers: no hop-by-hop ones (incl. those named in ``Connection``)."""
-    skip = HOP_BY_HOP | _REWRITTEN | {d.lower() for d in drop}
+    out = headers.copy()
     if "Connection" in headers:
-        skip |= {
-            token.strip().lower()
-            for value in headers.getall("Connection")
-            for token in value.split(",")
-        }
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in skip)
+        for value in headers.getall("Connection"):
+            for token in value.split(","):
+                out.popall(token.strip(), None)
+    for name in _NOT_FORWARDED:
+        out.popall(name, None)
+    for name in drop:
+        out.popall(name, None)
+    return out
 
 
 def error_response(exc: SidecarError, *, close: bool = False) -> Response:
@@ -154,10 +157,10 @@ async def forward(
 async def _read_small(upstream: UpstreamResponse, limits: Limits) -> bytes:
     """A small body of known length (the common MCP JSON answer) is read whole and answered in
     one write, head and body together."""
-    first = await upstream.read()  # usually the whole body, already buffered
-    if not first:
-        return first
-    pieces = [first]
+    whole = upstream.take_body()  # usually the whole body has arrived with the head
+    if whole is not None:
+        return whole
+    pieces: list[bytes] = []
     try:
         async with asyncio.timeout(min(limits.idle_timeout, limits.total_timeout)):
             while piece := await upstream.read():

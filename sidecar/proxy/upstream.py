@@ -276,6 +276,16 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._body_waiter = None
 
+    def take_body(self) -> bytes | None:
+        """The whole body at once if it has completely arrived (the common small answer),
+        else ``None``: the caller then reads it piece by piece."""
+        if not self.body_done or self._error is not None:
+            return None
+        data = b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered = 0
+        return data
+
     def keep_alive(self) -> bool:
         return self.body_done and self._head is not None and self._head.keep_alive
 
@@ -310,6 +320,9 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         return await self._conn.read_piece()
+
+    def take_body(self) -> bytes | None:
+        return self._conn.take_body()
 
     def release(self) -> None:
         """Idempotent: the connection goes back (or is closed) exactly once."""
@@ -405,7 +418,9 @@ class UpstreamPool:
             conn.transport.abort() if not conn.body_done else conn.transport.close()
 
     async def _acquire(self) -> UpstreamConnection:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         context = self._context() if self._context is not None else None
         now = loop.time()
         while self._idle:
