@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiohttp import web
-
 from sidecar.config import Config, InboundConfig
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
@@ -25,7 +23,7 @@ from sidecar.mcp.policy import Policy, load_policy_file
 from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
-from sidecar.proxy.admin import build_admin_app, readiness, start_admin
+from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
 from sidecar.proxy.connection import Listener, ServerSettings, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
@@ -62,7 +60,7 @@ class Sidecar:
         self.admin_port: int | None = None
         self.fetcher = JsonFetcher()
         self.policy: PolicyHolder[Policy] | None = None
-        self._admin: web.AppRunner | None = None
+        self._admin: Listener | None = None
         self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
         self._stopped = False
@@ -104,7 +102,7 @@ class Sidecar:
         """Start admin and source, wait for an SVID (forever unless ``svid_timeout``), listen."""
         admin = self.config.admin
         self._admin, self.admin_port = await start_admin(
-            build_admin_app(self.metrics, self.ready), admin.listen.host, admin.listen.port
+            build_admin_handler(self.metrics, self.ready), admin.listen.host, admin.listen.port
         )
         self.metrics.set_ready_function(lambda: self.ready()[0])
         if self.source is not None:
@@ -221,7 +219,7 @@ class Sidecar:
             await self.source.close()
         await self.fetcher.close()
         if self._admin is not None:
-            await self._admin.cleanup()
+            await self._admin.close(0.0)
 
 
 async def serve(config: Config) -> int:

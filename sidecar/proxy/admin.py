@@ -10,17 +10,22 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 from sidecar.metrics import IdentitySource, Metrics
+from sidecar.proxy.connection import Listener, ServerSettings, start_listener
+from sidecar.proxy.messages import Request, Response, json_response
 
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 Clock = Callable[[], dt.datetime]
+AdminHandler = Callable[[Request], Awaitable[Response]]
 
-METRICS_KEY = web.AppKey("metrics", Metrics)
-READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready")
+ADMIN_SETTINGS = ServerSettings(
+    header_timeout=10.0, keepalive_timeout=60.0, max_header_size=16 * 1024, max_request_body=0
+)
+_ALLOWED = "GET, HEAD"
 
 
 def _utc_now() -> dt.datetime:
@@ -43,78 +48,55 @@ def readiness(source: IdentitySource, *, clock: Clock = _utc_now) -> ReadyCheck:
     return check
 
 
-def _error(status: int, error: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": error, "message": message, "status": status}, status=status, headers=headers
-    )
+def _error(status: int, error: str, message: str) -> Response:
+    return json_response({"error": error, "message": message, "status": status}, status=status)
 
 
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed as exc:
-        return _error(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed on {request.path}",
-            Allow=", ".join(sorted(exc.allowed_methods)),
-        )
-    except web.HTTPNotFound:
-        return _error(404, "not_found", f"no admin endpoint at {request.path}")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    try:
-        ok, reason = request.app[READY_KEY]()
-    except Exception:  # a broken check means "not ready", never a 500
-        log.exception("readiness check failed")
-        ok, reason = False, "readiness_check_failed"
-    if ok:
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not_ready", "reason": reason}, status=503)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS_KEY].render(request.headers.get("Accept"))
-    return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-def build_admin_app(metrics: Metrics, ready: ReadyCheck) -> web.Application:
-    """The admin application. ``ready`` answers ``(ready, reason)``; see ``readiness``.
+def build_admin_handler(metrics: Metrics, ready: ReadyCheck) -> AdminHandler:
+    """The admin endpoints. ``ready`` answers ``(ready, reason)``; see ``readiness``.
 
     It does not bind ``metrics``' ready gauge to ``ready``: call
     ``metrics.set_ready_function(lambda: ready()[0])`` for the two to agree.
     """
-    app = web.Application(middlewares=[_json_errors])
-    app[METRICS_KEY] = metrics
-    app[READY_KEY] = ready
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    return app
+
+    def readyz() -> Response:
+        try:
+            ok, reason = ready()
+        except Exception:  # a broken check means "not ready", never a 500
+            log.exception("readiness check failed")
+            ok, reason = False, "readiness_check_failed"
+        if ok:
+            return json_response({"status": "ready"})
+        return json_response({"status": "not_ready", "reason": reason}, status=503)
+
+    def exposition(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("Accept"))
+        return Response(200, CIMultiDict({"Content-Type": content_type}), body)
+
+    endpoints: dict[str, Callable[[Request], Response]] = {
+        "/healthz": lambda request: json_response({"status": "ok"}),
+        "/readyz": lambda request: readyz(),
+        "/metrics": exposition,
+    }
+
+    async def handle(request: Request) -> Response:
+        endpoint = endpoints.get(request.path)
+        if endpoint is None:
+            return _error(404, "not_found", f"no admin endpoint at {request.path}")
+        if request.method not in ("GET", "HEAD"):
+            response = _error(
+                405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+            )
+            response.headers["Allow"] = _ALLOWED
+            return response
+        return endpoint(request)
+
+    return handle
 
 
-async def start_admin(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port`` (``0``: any free port); returns the runner (call
-    ``await runner.cleanup()`` to stop) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, int(bound)
+async def start_admin(handler: AdminHandler, host: str, port: int) -> tuple[Listener, int]:
+    """Serve the admin endpoints on ``host:port`` (``0``: any free port), plain HTTP, on the
+    data path's engine; returns the listener (``await listener.close(0)`` to stop) and the
+    bound port."""
+    listener = await start_listener("admin", handler, host, port, tls=None, settings=ADMIN_SETTINGS)
+    return listener, listener.port

@@ -224,6 +224,9 @@ class HttpConnection(asyncio.Protocol):
         if not self._body_done:
             self._feed_body(data)
             return
+        if self._head is None and not self._buf:
+            self._next_request(data)  # the common case: a whole head in one read, no copying
+            return
         self._buf += data
         if self._head is None:
             self._next_request()
@@ -265,9 +268,16 @@ class HttpConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _next_request(self) -> None:
+    def _next_request(self, data: bytes | None = None) -> None:
+        """Start the next request if its head is complete: from ``data`` (fresh bytes, nothing
+        buffered) or else from the buffer."""
         buf = self._buf
-        end = buf.find(HEAD_END)
+        if data is not None:
+            end = data.find(HEAD_END)
+            if end < 0:
+                buf += data
+        else:
+            end = buf.find(HEAD_END)
         if end < 0:
             if not buf:  # idle between requests
                 if self.deadline == 0.0:
@@ -279,9 +289,12 @@ class HttpConnection(asyncio.Protocol):
             if len(buf) > limit * 4 or (buf.find(b"\r\n") < 0 and len(buf) > limit):
                 self._refuse(431, "header_too_large", "request head too large")
             return
+        if data is None:
+            data = bytes(buf)
+            buf.clear()
         try:
             head = parse_request_head(
-                bytes(buf[:end]),
+                data[:end],
                 max_field_size=self._settings.max_header_size,
                 max_headers=MAX_HEAD_LINES,
             )
@@ -289,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
             log.info("refused malformed request: %s", exc.message)
             self._refuse(exc.status, exc.reason, exc.message)
             return
-        del buf[: end + 4]
+        rest = data[end + 4 :]
         self.deadline = 0.0
         self._head = head
         self._head_started = False
@@ -313,10 +326,11 @@ class HttpConnection(asyncio.Protocol):
             head.method, head.target, head.version, head.headers, self.scheme, self, self._read_body
         )
         self._task = self._loop.create_task(self._handle(request, head))
-        if not self._body_done and buf:
-            rest = bytes(buf)
-            buf.clear()
-            self._feed_body(rest)
+        if rest:
+            if self._body_done:
+                buf += rest  # a pipelined request: it waits for this one's answer
+            else:
+                self._feed_body(rest)
 
     def _feed_body(self, data: bytes) -> None:
         if self._body_error is not None:  # refused already: discard what is still coming
@@ -409,7 +423,10 @@ class HttpConnection(asyncio.Protocol):
             except Exception as exc:  # a bug must not leave the client hanging
                 log.error("error handling request", exc_info=exc)
                 response = error_body(500, "internal_error", "internal error")
-            await self._send(head, response)
+            if response.stream is None and response.release is None:
+                self._write_whole(head, response)  # the common case: one write, no await
+            else:
+                await self._send(head, response)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # the answer broke off midway: a truncated body must not
@@ -511,11 +528,8 @@ class HttpConnection(asyncio.Protocol):
             if response.release is not None:
                 response.release()
 
-    async def _write_response(self, head: RequestHead, response: Response) -> None:
-        transport = self.transport
-        if transport is None or self._lost:
-            raise ConnectionResetError("client went away")
-        close = (
+    def _must_close(self, head: RequestHead, response: Response) -> bool:
+        return (
             response.close
             or self._closing
             or not head.keep_alive
@@ -523,17 +537,34 @@ class HttpConnection(asyncio.Protocol):
             or self._body_error is not None
             or self._server.draining
         )
+
+    def _write_whole(self, head: RequestHead, response: Response) -> None:
+        """A complete answer (no stream): head and body in one write."""
+        transport = self.transport
+        if transport is None or self._lost:
+            raise ConnectionResetError("client went away")
+        no_length = response.status in (204, 304)
+        head_bytes = _serialize(
+            response,
+            head.version,
+            close=self._must_close(head, response),
+            length=None if no_length else len(response.body),
+        )
+        if head.method == "HEAD" or no_length:
+            transport.write(head_bytes)
+        else:
+            transport.write(head_bytes + response.body)
+
+    async def _write_response(self, head: RequestHead, response: Response) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            raise ConnectionResetError("client went away")
+        if response.stream is None:
+            self._write_whole(head, response)
+            return
+        close = self._must_close(head, response)
         no_body = head.method == "HEAD" or response.status in (204, 304)
         stream = response.stream
-        if stream is None:
-            head_bytes = _serialize(
-                response,
-                head.version,
-                close=close,
-                length=None if response.status in (204, 304) else len(response.body),
-            )
-            transport.write(head_bytes if no_body else head_bytes + response.body)
-            return
         chunked = response.content_length is None and head.version == 1 and not no_body
         if response.content_length is None and not chunked and not no_body:
             close = True  # HTTP/1.0 client: the end of the body is the end of the connection

@@ -1,5 +1,7 @@
 """Fetching small JSON documents (JWKS, OIDC discovery) for the token layer, asynchronously.
 
+aiohttp's client is imported on the first fetch, so a sidecar without OAuth never loads it.
+
 Bounded in time and size, redirects refused, only http(s); errors are raised as ``FetchError``
 so the caller (``tokens.oauth.JwksCache``) can keep its last good keys.
 """
@@ -7,11 +9,12 @@ so the caller (``tokens.oauth.JwksCache``) can keep its last good keys.
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from sidecar.errors import SidecarError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 
@@ -25,7 +28,7 @@ class JsonFetcher:
     """``await fetcher(url)`` -> parsed JSON; one pooled session for the process."""
 
     def __init__(self, *, timeout: float = 5.0, max_bytes: int = MAX_DOCUMENT_BYTES) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0
@@ -33,8 +36,12 @@ class JsonFetcher:
     async def __call__(self, url: str) -> Any:
         if not url.startswith(("https://", "http://")):
             raise FetchError(f"refusing to fetch {url!r}: not an http(s) URL")
+        import aiohttp  # only sidecars that fetch keys pay for the HTTP client (memory)
+
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
         self.fetches += 1
         try:
             async with self._session.get(

@@ -161,35 +161,38 @@ async def _read_small(upstream: UpstreamResponse, limits: Limits) -> bytes:
     if whole is not None:
         return whole
     pieces: list[bytes] = []
+    wait = min(limits.idle_timeout, limits.total_timeout)
     try:
-        async with asyncio.timeout(min(limits.idle_timeout, limits.total_timeout)):
-            while piece := await upstream.read():
-                pieces.append(piece)
+        while piece := await upstream.read(wait):
+            pieces.append(piece)
     except (ConnectionError, UpstreamUnavailable) as exc:
         raise UpstreamUnavailable(
             f"upstream failed while sending its body: {exc!r}", reason="upstream_reset"
         ) from exc
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"upstream body stalled for {limits.idle_timeout}s", reason="upstream_timeout"
-        ) from exc
+    if piece is None:
+        raise UpstreamTimeout(f"upstream body stalled for {wait}s", reason="upstream_timeout")
     return b"".join(pieces)
 
 
 async def _body(
     upstream: UpstreamResponse, limits: Limits, rewriter: BodyRewriter | None
 ) -> AsyncIterator[bytes]:
+    """A non-SSE body: each silence bounded by ``idle_timeout``, the whole by ``total_timeout``
+    (a timer per read, no timeout scopes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.total_timeout
     try:
-        async with asyncio.timeout(limits.total_timeout):
-            while True:
-                async with asyncio.timeout(limits.idle_timeout):
-                    chunk = await upstream.read()
-                if not chunk:
-                    break
-                if rewriter is not None:
-                    chunk = rewriter.feed(chunk)
-                if chunk:
-                    yield chunk
+        while True:
+            left = deadline - loop.time()
+            chunk = await upstream.read(max(0.0, min(limits.idle_timeout, left)))
+            if chunk is None:
+                raise UpstreamTimeout("upstream body stalled", reason="upstream_timeout")
+            if not chunk:
+                break
+            if rewriter is not None:
+                chunk = rewriter.feed(chunk)
+            if chunk:
+                yield chunk
         if rewriter is not None and (tail := rewriter.finish()):
             yield tail
     finally:
@@ -202,20 +205,14 @@ async def _sse_body(
     """An SSE stream: no idle/total timeout; a heartbeat comment after ``heartbeat`` seconds of
     upstream silence, only between events."""
     at_boundary = True
-    pending: asyncio.Task[bytes] | None = None
+    wait = heartbeat if heartbeat > 0 else None
     try:
         while True:
-            if heartbeat > 0:
-                if pending is None:
-                    pending = asyncio.ensure_future(upstream.read())
-                done, _ = await asyncio.wait((pending,), timeout=heartbeat)
-                if not done:
-                    if at_boundary:
-                        yield SSE_HEARTBEAT
-                    continue
-                chunk, pending = pending.result(), None
-            else:
-                chunk = await upstream.read()
+            chunk = await upstream.read(wait)
+            if chunk is None:  # quiet for ``heartbeat`` seconds
+                if at_boundary:
+                    yield SSE_HEARTBEAT
+                continue
             if not chunk:
                 break
             if rewriter is not None:
@@ -227,6 +224,4 @@ async def _sse_body(
         if rewriter is not None and (tail := rewriter.finish()):
             yield tail
     finally:
-        if pending is not None:
-            pending.cancel()
         upstream.release()

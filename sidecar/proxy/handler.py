@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
@@ -16,11 +15,12 @@ from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
 from sidecar.proxy.errors import ProxyError
 from sidecar.proxy.forward import check_framing, check_origin, error_response
 from sidecar.proxy.messages import Request, Response
+from sidecar.tokens.claims import Principal
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the response
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestInfo:
     """Facts gathered while handling one request, for the log line and metrics."""
 
@@ -31,7 +31,8 @@ class RequestInfo:
     bytes_in: int = 0
     bytes_out: int = 0
     close_connection: bool = False
-    principal: Mapping[str, Any] | None = None
+    principal: Principal | None = None
+    """Rendered for the log only when a line is written (``Principal.to_log``)."""
 
 
 class ProxyHandler:
@@ -143,6 +144,6 @@ class ProxyHandler:
                 route=info.route,
                 reason=info.reason,
                 upstream=info.upstream,
-                principal=info.principal,
+                principal=info.principal.to_log() if info.principal is not None else None,
             )
         )

@@ -80,7 +80,7 @@ class InboundProxy(ProxyHandler):
         principal = await self.tokens.authenticate(
             request.headers.getall("Authorization", []), peer, conn.peer_cert_sha256
         )
-        info.principal = principal.to_log()
+        info.principal = principal
         info.upstream = self.config.upstream
         body = await request.read_body()
         info.bytes_in = len(body)
@@ -88,7 +88,7 @@ class InboundProxy(ProxyHandler):
         verdict = self.guard.inspect(request, principal, body)
         if verdict.refusal is not None:
             info.reason = "mcp_refused"
-            self.guard.record(request, info.principal, verdict, verdict.refusal.status, started)
+            self.guard.record(request, principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
         if self.guard.policy is not None and request.method == "GET":
@@ -111,9 +111,9 @@ class InboundProxy(ProxyHandler):
                 rewriter=verdict.rewriter,
             )
         except SidecarError as exc:
-            self.guard.record(request, info.principal, verdict, exc.status, started)
+            self.guard.record(request, principal, verdict, exc.status, started)
             raise
-        self.guard.record(request, info.principal, verdict, response.status, started)
+        self.guard.record(request, principal, verdict, response.status, started)
         return response
 
     def _verified_peer(self, conn: PeerInfo, info: RequestInfo) -> SpiffeId:

@@ -177,17 +177,18 @@ class McpGuard:
     def record(
         self,
         request: Request,
-        who: Mapping[str, Any] | None,
+        principal: Principal,
         verdict: Verdict,
         status: int,
         started: float,
     ) -> None:
-        """Audit lines and metrics for the messages of one body; ``who`` is the principal as
-        already rendered for the access log (not rebuilt per request here)."""
+        """Audit lines and metrics for the messages of one body (the principal is rendered for
+        the audit log only when that log is on)."""
         if not verdict.audits:
             return
         latency = (time.perf_counter() - started) * 1000
         session = mcp_session_id(request.headers)
+        who: Mapping[str, Any] | None = None
         for message, decision, outcome in verdict.audits:
             if message.kind is Kind.RESPONSE:
                 continue
@@ -196,6 +197,8 @@ class McpGuard:
             )
             if not self.audit_log.enabled:
                 continue
+            if who is None:
+                who = principal.to_log()
             self.audit_log.log(
                 AuditRecord(
                     principal=who,

@@ -13,7 +13,6 @@ never sent twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections import deque
@@ -44,12 +43,16 @@ LOW_WATER = 64 * 1024
 
 
 SMALL_WRITE = 64 * 1024  # a request this small is taken by the kernel at once: no drain wait
-_NO_SCOPE = contextlib.nullcontext()
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+def _quiet(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -84,8 +87,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:
-            self._buf += data
-            self._parse_head()
+            if self._buf:  # the rest of a head that came in pieces
+                self._buf += data
+                data = bytes(self._buf)
+                self._buf.clear()
+            self._take_head(data)
         elif not self.body_done:
             self._feed_body(data)
         elif data:
@@ -123,40 +129,40 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- parsing ---------------------------------------------------------------------------
 
-    def _parse_head(self) -> None:
-        while self._head is None:
-            end = self._buf.find(HEAD_END)
+    def _take_head(self, data: bytes) -> None:
+        while True:
+            end = data.find(HEAD_END)
             if end < 0:
-                if len(self._buf) > MAX_RESPONSE_HEAD:
+                if len(data) > MAX_RESPONSE_HEAD:
                     self._fail(UpstreamUnavailable("upstream response head too large"))
+                else:
+                    self._buf += data
                 return
             try:
-                head = parse_response_head(bytes(self._buf[:end]), request_method=self._method)
+                head = parse_response_head(data[:end], request_method=self._method)
             except HttpParseError as exc:
                 self._fail(UpstreamUnavailable(f"malformed upstream response: {exc.message}"))
                 return
-            del self._buf[: end + 4]
+            data = data[end + 4 :]
             if 100 <= head.status < 200:
                 if head.status == 101:
                     self._fail(UpstreamUnavailable("upstream switched protocols unasked"))
                     return
                 continue  # interim answer (100 Continue, 103 Early Hints): not forwarded
-            self._head = head
-            if head.framing is Framing.LENGTH:
-                self._remaining = head.length
-            elif head.framing is Framing.CHUNKED:
-                self._chunked = ChunkedDecoder()
-            rest = bytes(self._buf)
-            self._buf.clear()
-            if head.framing is Framing.NONE or (
-                head.framing is Framing.LENGTH and head.length == 0
-            ):
-                self.body_done = True
-            waiter = self._head_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(head)
-            if rest:
-                self.data_received(rest)
+            break
+        self._head = head
+        if head.framing is Framing.LENGTH:
+            self._remaining = head.length
+            self.body_done = head.length == 0
+        elif head.framing is Framing.CHUNKED:
+            self._chunked = ChunkedDecoder()
+        elif head.framing is Framing.NONE:
+            self.body_done = True
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(head)
+        if data:
+            self.data_received(data)
 
     def _feed_body(self, data: bytes) -> None:
         head = self._head
@@ -256,8 +262,9 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    async def read_piece(self) -> bytes:
-        """The next piece of the body, ``b""`` at its end."""
+    async def read_piece(self, timeout: float | None = None) -> bytes | None:
+        """The next piece of the body, ``b""`` at its end, ``None`` if nothing came within
+        ``timeout`` seconds (nothing is lost: the next call goes on where this one stopped)."""
         while True:
             if self._pieces:
                 piece = self._pieces.popleft()
@@ -270,11 +277,17 @@ class UpstreamConnection(asyncio.Protocol):
                 raise self._error
             if self.body_done:
                 return b""
-            self._body_waiter = self._loop.create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._body_waiter = waiter
+            timer = None if timeout is None else self._loop.call_later(timeout, _quiet, waiter)
             try:
-                await self._body_waiter
+                await waiter
             finally:
                 self._body_waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if timer is not None and not self._pieces and not self.body_done and not self._error:
+                return None
 
     def take_body(self) -> bytes | None:
         """The whole body at once if it has completely arrived (the common small answer),
@@ -318,8 +331,9 @@ class UpstreamResponse:
     def content_length(self) -> int | None:
         return self.head.length if self.head.framing is Framing.LENGTH else None
 
-    async def read(self) -> bytes:
-        return await self._conn.read_piece()
+    async def read(self, timeout: float | None = None) -> bytes | None:
+        """The next body piece; ``b""`` at the end; ``None`` after ``timeout`` s of silence."""
+        return await self._conn.read_piece(timeout)
 
     def take_body(self) -> bytes | None:
         return self._conn.take_body()
@@ -372,14 +386,21 @@ class UpstreamPool:
         if body or method in ("POST", "PUT", "PATCH"):
             head += b"Content-Length: %d\r\n" % len(body)
         data = head + b"\r\n" + body
-        conn = await self._acquire()
+        conn = self._take_idle()
+        if conn is None:
+            conn = await self._open()
         try:
             conn.begin(method)
-            loop = conn.loop
-            started = loop.time()
-            async with asyncio.timeout(head_timeout) if len(data) > SMALL_WRITE else _NO_SCOPE:
-                await conn.send(data)
-            response_head = await conn.read_head(max(0.0, head_timeout - (loop.time() - started)))
+            if len(data) > SMALL_WRITE:  # may have to wait for the kernel to take it
+                loop = conn.loop
+                started = loop.time()
+                async with asyncio.timeout(head_timeout):
+                    await conn.send(data)
+                head_timeout = max(0.0, head_timeout - (loop.time() - started))
+            else:
+                assert conn.transport is not None
+                conn.transport.write(data)
+            response_head = await conn.read_head(head_timeout)
         except TimeoutError as exc:
             self._discard(conn)
             raise UpstreamTimeout(
@@ -417,7 +438,9 @@ class UpstreamPool:
         if conn.transport is not None:
             conn.transport.abort() if not conn.body_done else conn.transport.close()
 
-    async def _acquire(self) -> UpstreamConnection:
+    def _take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still good for the current TLS
+        context, or None (stale ones are closed on the way)."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -433,6 +456,13 @@ class UpstreamPool:
                 self._busy.add(conn)
                 return conn
             self._close(conn)
+        return None
+
+    async def _open(self) -> UpstreamConnection:
+        """A new connection (TLS handshake and identity check included); a refused connect is
+        retried once, since nothing can have been sent."""
+        loop = asyncio.get_running_loop()
+        context = self._context() if self._context is not None else None
         for attempt in (1, 2):
             try:
                 conn = await self._connect(loop, context)

@@ -45,7 +45,8 @@ class TokenGate:
         self._jwt_bundles_source = jwt_bundles
         self._bundles_seen: JwksMapping | None = None
         self._bundles = JwtBundles()
-        self._verified: dict[str, VerifiedToken] = {}
+        #: token -> (verified token, its expiry as a POSIX timestamp)
+        self._verified: dict[str, tuple[VerifiedToken, float]] = {}
         jwt_cfg, oauth = config.jwt_svid, config.oauth
         self.jwt_rules = (
             JwtSvidRules(jwt_cfg.audiences, jwt_cfg.algorithms, jwt_cfg.leeway) if jwt_cfg else None
@@ -117,12 +118,12 @@ class TokenGate:
         assert self.jwt_rules is not None
         bundles = self._current_bundles()
         cached = self._verified.get(token)
-        if cached is not None and cached.expires_at.timestamp() > time.time():
-            return cached
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         verified = validate_jwt_svid(token, bundles, self.jwt_rules)
         if len(self._verified) >= MAX_CACHED_TOKENS:
             self._verified.clear()
-        self._verified[token] = verified
+        self._verified[token] = (verified, verified.expires_at.timestamp())
         return verified
 
     def _current_bundles(self) -> JwtBundles:

@@ -7,13 +7,11 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.identity.devca import DevCA
 from sidecar.identity.snapshot import X509Snapshot, X509Svid
 from sidecar.metrics import Metrics
-from sidecar.proxy.admin import build_admin_app, readiness, start_admin
+from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
 from sidecar.spiffe.ids import SpiffeId
 
 TD = "example.org"
@@ -38,24 +36,25 @@ def state() -> State:
 
 
 @pytest.fixture
-async def client(state: State) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def client(state: State) -> AsyncIterator[aiohttp.ClientSession]:
     metrics = Metrics()
     metrics.observe_request("inbound", str(AGENT), 200, 0.01)
-    app = build_admin_app(metrics, state)
-    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
-        yield c
+    listener, port = await start_admin(build_admin_handler(metrics, state), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
+            yield session
+    finally:
+        await listener.close(0.0)
 
 
-async def test_healthz(client: TestClient[web.Request, web.Application]) -> None:
+async def test_healthz(client: aiohttp.ClientSession) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 200
     assert resp.content_type == "application/json"
     assert await resp.json() == {"status": "ok"}
 
 
-async def test_readyz_ready_and_not_ready(
-    client: TestClient[web.Request, web.Application], state: State
-) -> None:
+async def test_readyz_ready_and_not_ready(client: aiohttp.ClientSession, state: State) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
     assert await resp.json() == {"status": "ready"}
@@ -67,7 +66,7 @@ async def test_readyz_ready_and_not_ready(
 
 
 async def test_readyz_broken_check_is_not_ready(
-    client: TestClient[web.Request, web.Application], state: State
+    client: aiohttp.ClientSession, state: State
 ) -> None:
     state.broken = True
     resp = await client.get("/readyz")
@@ -75,7 +74,7 @@ async def test_readyz_broken_check_is_not_ready(
     assert await resp.json() == {"status": "not_ready", "reason": "readiness_check_failed"}
 
 
-async def test_metrics_exposition(client: TestClient[web.Request, web.Application]) -> None:
+async def test_metrics_exposition(client: aiohttp.ClientSession) -> None:
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
@@ -93,9 +92,7 @@ async def test_metrics_exposition(client: TestClient[web.Request, web.Applicatio
 
 
 @pytest.mark.parametrize("path", ["/", "/nope", "/metrics/x", "/healthz/../../etc/passwd"])
-async def test_unknown_path_is_json_404(
-    client: TestClient[web.Request, web.Application], path: str
-) -> None:
+async def test_unknown_path_is_json_404(client: aiohttp.ClientSession, path: str) -> None:
     resp = await client.get(path)
     assert resp.status == 404
     assert resp.content_type == "application/json"
@@ -105,9 +102,7 @@ async def test_unknown_path_is_json_404(
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
-async def test_wrong_method_is_json_405(
-    client: TestClient[web.Request, web.Application], method: str
-) -> None:
+async def test_wrong_method_is_json_405(client: aiohttp.ClientSession, method: str) -> None:
     resp = await client.request(method, "/metrics")
     assert resp.status == 405
     assert resp.content_type == "application/json"
@@ -115,13 +110,14 @@ async def test_wrong_method_is_json_405(
     assert "GET" in resp.headers["Allow"]
 
 
-async def test_head_is_allowed(client: TestClient[web.Request, web.Application]) -> None:
+async def test_head_is_allowed(client: aiohttp.ClientSession) -> None:
     resp = await client.head("/healthz")
     assert resp.status == 200
+    assert await resp.read() == b""  # headers only
 
 
 async def test_start_admin_binds_a_free_port(state: State) -> None:
-    runner, port = await start_admin(build_admin_app(Metrics(), state), "127.0.0.1", 0)
+    listener, port = await start_admin(build_admin_handler(Metrics(), state), "127.0.0.1", 0)
     try:
         assert port > 0
         async with (
@@ -131,7 +127,7 @@ async def test_start_admin_binds_a_free_port(state: State) -> None:
             assert resp.status == 200
             assert await resp.json() == {"status": "ok"}
     finally:
-        await runner.cleanup()
+        await listener.close(0.0)
 
 
 class FakeSource:
