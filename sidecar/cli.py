@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import demo as demo_package
-    from sidecar import inject, webhook
+    from sidecar import inject, webhook_cli
     from sidecar.identity import devserver
     from sidecar.mcp import explain
 
@@ -87,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     webhook_cmd = commands.add_parser(
         "webhook",
         help="run the mutating admission webhook that injects the sidecar (HTTPS)",
-        description=webhook.__doc__,
+        description=webhook_cli.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    webhook.configure_parser(webhook_cmd)
-    webhook_cmd.set_defaults(handler=webhook.run_from_args)
+    webhook_cli.configure_parser(webhook_cmd)
+    webhook_cmd.set_defaults(handler=webhook_cli.run_from_args)
     return parser
 
 

@@ -31,7 +31,6 @@ One JSON line per admission decision goes to stdout.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -39,7 +38,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import ssl
 import sys
 from collections.abc import Mapping
@@ -49,23 +47,20 @@ from typing import Any, Final, TextIO
 from aiohttp import web
 
 from sidecar.inject import (
-    DEFAULT_CONFIG_MAP,
-    DEFAULT_IMAGE,
     InjectionError,
     InjectOptions,
     Skip,
     plan_injection,
 )
+from sidecar.webhook_cli import DEFAULT_RELOAD_INTERVAL
 
 log = logging.getLogger(__name__)
 
 ADMISSION_API_VERSION: Final = "admission.k8s.io/v1"
 INJECT_PATH: Final = "/inject"
-DEFAULT_LISTEN: Final = "0.0.0.0:9443"
 MAX_BODY: Final = 4 * 1024 * 1024
 """Kubernetes objects are at most ~1.5 MiB in etcd; an AdmissionReview holds the object twice at
 most (object, oldObject)."""
-DEFAULT_RELOAD_INTERVAL: Final = 30.0
 
 # ---------------------------------------------------------------------------- AdmissionReview
 
@@ -383,72 +378,6 @@ async def start_webhook(
     return running
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help="HTTPS address (default: %(default)s)"
-    )
-    parser.add_argument("--tls-cert", required=True, metavar="FILE", help="certificate (PEM)")
-    parser.add_argument("--tls-key", required=True, metavar="FILE", help="private key (PEM)")
-    parser.add_argument(
-        "--image", default=DEFAULT_IMAGE, help="sidecar image to inject (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--config-map",
-        default=DEFAULT_CONFIG_MAP,
-        metavar="NAME",
-        help="ConfigMap for pods without a mcp-sidecar.io/config-map annotation "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--reload-interval",
-        type=float,
-        default=DEFAULT_RELOAD_INTERVAL,
-        metavar="SECONDS",
-        help="how often to check the TLS files for a new certificate; 0 = never "
-        "(default: %(default)s)",
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        host, port = parse_listen(args.listen)
-    except ValueError as exc:
-        print(f"--listen: {exc}", file=sys.stderr)
-        return 1
-    options = InjectOptions(image=args.image, config_map=args.config_map)
-
-    async def serve() -> int:
-        try:
-            running = await start_webhook(
-                options,
-                cert_file=args.tls_cert,
-                key_file=args.tls_key,
-                host=host,
-                port=port,
-                reload_interval=args.reload_interval,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            print(f"cannot start the webhook: {exc}", file=sys.stderr)
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "mcp-sidecar webhook listening on https://%s:%d%s", host, running.port, INJECT_PATH
-        )
-        try:
-            await stop.wait()
-        finally:
-            await running.close()
-        return 0
-
-    return asyncio.run(serve())
-
-
 __all__ = [
     "ADMISSION_API_VERSION",
     "INJECT_PATH",
@@ -456,9 +385,7 @@ __all__ = [
     "Decision",
     "RunningWebhook",
     "build_app",
-    "configure_parser",
     "invalid_review",
     "review_response",
-    "run_from_args",
     "start_webhook",
 ]
