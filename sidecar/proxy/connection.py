@@ -179,6 +179,7 @@ class HttpConnection(asyncio.Protocol):
     async def _handshake(self, raw: Any, ssl_protocol: Any, waiter: asyncio.Future[None]) -> None:
         assert self._tls is not None
         tls = self._tls
+        started = self._loop.time()
         try:
             await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
         except asyncio.CancelledError:
@@ -186,6 +187,11 @@ class HttpConnection(asyncio.Protocol):
             raise
         except Exception as exc:
             reason = handshake_failure_reason(exc)
+            if (
+                isinstance(exc, ConnectionAbortedError)
+                and self._loop.time() - started >= tls.handshake_timeout
+            ):  # the SSL protocol's own handshake timer fired (it aborts with this error)
+                reason = "handshake_timeout"
             log.info("TLS handshake failed: %s (%s)", reason, exc)
             tls.on_failure(reason)
             raw.abort()
@@ -201,6 +207,11 @@ class HttpConnection(asyncio.Protocol):
         except PeerRejected as exc:
             self.rejection = exc
             tls.on_rejected(exc)
+        except Exception:  # a verifier bug: fail closed, never serve an unjudged peer
+            log.exception("peer verification failed unexpectedly; closing the connection")
+            tls.on_failure("verify_error")
+            raw.abort()
+            return
         self._start_http(transport)
 
     def _start_http(self, transport: asyncio.Transport) -> None:
@@ -306,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self._head = head
         self._head_started = False
-        self._expect_continue = head.expect_continue
+        self._expect_continue = head.expect_continue and head.version == 1  # never to 1.0
         self._body.clear()
         self._body_error = None
         if head.framing is Framing.LENGTH and head.length > 0:
@@ -331,6 +342,8 @@ class HttpConnection(asyncio.Protocol):
                 buf += rest  # a pipelined request: it waits for this one's answer
             else:
                 self._feed_body(rest)
+        if not self._body_done and self.deadline == 0.0:  # the body's first bytes are due
+            self.deadline = self._loop.time() + self._settings.header_timeout
 
     def _feed_body(self, data: bytes) -> None:
         if self._body_error is not None:  # refused already: discard what is still coming
