@@ -279,6 +279,25 @@ def _keep_alive(connection: list[str] | None, version: int) -> bool:
     return "close" not in tokens and (version == 1 or "keep-alive" in tokens)
 
 
+def _declared_framing(
+    headers: CIMultiDict[str], version: int, kind: str
+) -> tuple[Framing, int] | None:
+    """CHUNKED or LENGTH as the message's headers declare it (None: neither is declared);
+    every ambiguous combination is refused rather than guessed."""
+    transfer_encoding = headers.getall("transfer-encoding", None)
+    content_length = headers.getall("content-length", None)
+    if transfer_encoding is not None:
+        if content_length is not None:
+            _refuse("both Content-Length and Transfer-Encoding", "content_length_with_chunked")
+        if not version:
+            _refuse(f"Transfer-Encoding in an HTTP/1.0 {kind}", "bad_transfer_encoding")
+        _check_transfer_encoding(transfer_encoding)
+        return Framing.CHUNKED, 0
+    if content_length is not None:
+        return Framing.LENGTH, _content_length(content_length)
+    return None
+
+
 def parse_request_head(
     head: bytes, *, max_field_size: int = 8190, max_headers: int = 100
 ) -> RequestHead:
@@ -305,19 +324,7 @@ def parse_request_head(
     elif len(hosts) > 1:
         _refuse("more than one Host header", "duplicate_host")
 
-    transfer_encoding = getall("transfer-encoding", None)
-    content_length = getall("content-length", None)
-    if transfer_encoding is not None:
-        if content_length is not None:
-            _refuse("both Content-Length and Transfer-Encoding", "content_length_with_chunked")
-        if not version:
-            _refuse("Transfer-Encoding in an HTTP/1.0 request", "bad_transfer_encoding")
-        _check_transfer_encoding(transfer_encoding)
-        framing, length = Framing.CHUNKED, 0
-    elif content_length is not None:
-        framing, length = Framing.LENGTH, _content_length(content_length)
-    else:
-        framing, length = Framing.NONE, 0
+    framing, length = _declared_framing(headers, version, "request") or (Framing.NONE, 0)
 
     keep_alive = _keep_alive(getall("connection", None), version)
 
@@ -353,17 +360,9 @@ def parse_response_head(
     if request_method == "HEAD" or status < 200 or status in _BODYLESS_STATUSES:
         framing = Framing.NONE
     else:
-        transfer_encoding = getall("transfer-encoding", None)
-        content_length = getall("content-length", None)
-        if transfer_encoding is not None:
-            if content_length is not None:
-                _refuse("both Content-Length and Transfer-Encoding", "content_length_with_chunked")
-            if not version:
-                _refuse("Transfer-Encoding in an HTTP/1.0 response", "bad_transfer_encoding")
-            _check_transfer_encoding(transfer_encoding)
-            framing = Framing.CHUNKED
-        elif content_length is not None:
-            framing, length = Framing.LENGTH, _content_length(content_length)
+        declared = _declared_framing(headers, version, "response")
+        if declared is not None:
+            framing, length = declared
         else:
             framing, keep_alive = Framing.UNTIL_CLOSE, False
 

@@ -37,6 +37,7 @@ from sidecar.http1.parse import (
     serialize_headers,
 )
 from sidecar.proxy.errors import BadRequest, PayloadTooLarge
+from sidecar.proxy.flow import WriteFlow
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected
@@ -109,7 +110,7 @@ def error_body(status: int, reason: str, message: str) -> Response:
     )
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlow, asyncio.Protocol):
     """One client connection: TLS (optional), head parsing, body collection, handler, answer."""
 
     def __init__(self, server: HttpServer) -> None:
@@ -128,8 +129,6 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._lost = False
         self._paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         #: the monotonic time after which the sweeper closes this connection (0: no deadline)
         self.deadline = 0.0
         # the body of the request being handled
@@ -254,7 +253,9 @@ class HttpConnection(asyncio.Protocol):
         if self._head is None and self.transport is not None:
             self.transport.close()
         else:
-            self._closing = True  # answer the request in flight, then close
+            # Returning None closes the transport: a half-closed client is taken for gone, so
+            # the request in flight is cancelled (as aiohttp does; HTTP clients don't half-close)
+            self._closing = True
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -263,19 +264,9 @@ class HttpConnection(asyncio.Protocol):
         self._server.connections.discard(self)
         if not self._body_done:
             self._body_failed(ConnectionResetError("client went away"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("client went away"))
+        self.drain_lost("client went away")
         if self._task is not None:
             self._task.cancel()  # the client is gone: so is the upstream exchange
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
 
     # -- requests --------------------------------------------------------------------------
 
@@ -342,7 +333,8 @@ class HttpConnection(asyncio.Protocol):
                 buf += rest  # a pipelined request: it waits for this one's answer
             else:
                 self._feed_body(rest)
-        if not self._body_done and self.deadline == 0.0:  # the body's first bytes are due
+        if not self._body_done and self.deadline == 0.0 and not self._expect_continue:
+            # the body's first bytes are due (after a 100 Continue: from when it is sent)
             self.deadline = self._loop.time() + self._settings.header_timeout
 
     def _feed_body(self, data: bytes) -> None:
@@ -411,6 +403,8 @@ class HttpConnection(asyncio.Protocol):
             self._expect_continue = False
             if self._body_error is None and self.transport is not None:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if self.deadline == 0.0:
+                    self.deadline = self._loop.time() + self._settings.header_timeout
         while True:
             if isinstance(self._body_error, HttpParseError):
                 error = self._body_error
@@ -533,6 +527,9 @@ class HttpConnection(asyncio.Protocol):
     async def _send(self, head: RequestHead, response: Response) -> None:
         try:
             await self._write_response(head, response)
+        except BaseException as exc:
+            response.failed = exc
+            raise
         finally:
             if response.stream is not None:
                 aclose = getattr(response.stream, "aclose", None)
@@ -598,9 +595,8 @@ class HttpConnection(asyncio.Protocol):
                 transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
             else:
                 transport.write(piece)
-            if self._write_paused:
-                self._drain = self._loop.create_future()
-                await self._drain
+            response.sent += len(piece)
+            await self.drain()
             if self._lost:
                 raise ConnectionResetError("client went away")
         if chunked:

@@ -177,16 +177,20 @@ async def _read_small(upstream: UpstreamResponse, limits: Limits) -> bytes:
 async def _body(
     upstream: UpstreamResponse, limits: Limits, rewriter: BodyRewriter | None
 ) -> AsyncIterator[bytes]:
-    """A non-SSE body: each silence bounded by ``idle_timeout``, the whole by ``total_timeout``
-    (a timer per read, no timeout scopes)."""
+    """A non-SSE body: each silence bounded by ``idle_timeout``; ``total_timeout`` is checked
+    at every piece and every silence (so a silent body overruns it by ``idle_timeout`` at most)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.total_timeout
+    wait = min(limits.idle_timeout, limits.total_timeout)
     try:
         while True:
-            left = deadline - loop.time()
-            chunk = await upstream.read(max(0.0, min(limits.idle_timeout, left)))
+            chunk = await upstream.read(wait)
             if chunk is None:
                 raise UpstreamTimeout("upstream body stalled", reason="upstream_timeout")
+            if loop.time() > deadline:
+                raise UpstreamTimeout(
+                    "upstream body exceeded total_timeout", reason="upstream_timeout"
+                )
             if not chunk:
                 break
             if rewriter is not None:

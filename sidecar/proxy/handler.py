@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.config import Limits
@@ -78,10 +78,7 @@ class ProxyHandler:
             if response.stream is not None:
                 # a streamed answer is logged when the engine is done with it (``release``),
                 # with what was really sent
-                response.stream = self._counted(response.stream, info)
-                response.release = self._on_release(
-                    response.release, request, info, status, started
-                )
+                response.release = self._on_release(response, request, info, started)
                 streaming = True
             else:
                 info.bytes_out = len(response.body)
@@ -93,35 +90,23 @@ class ProxyHandler:
             if not streaming:
                 self._record(request, info, status, started)
 
-    @staticmethod
-    async def _counted(stream: AsyncIterator[bytes], info: RequestInfo) -> AsyncIterator[bytes]:
-        try:
-            async for piece in stream:
-                info.bytes_out += len(piece)
-                yield piece
-        except asyncio.CancelledError:
-            info.reason = info.reason or "client_closed"
-            raise
-        except Exception as exc:
-            info.reason = info.reason or getattr(exc, "reason", "upstream_reset")
-            raise
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
     def _on_release(
-        self,
-        release: Callable[[], None] | None,
-        request: Request,
-        info: RequestInfo,
-        status: int,
-        started: float,
+        self, response: Response, request: Request, info: RequestInfo, started: float
     ) -> Callable[[], None]:
+        release = response.release
+
         def done() -> None:
             if release is not None:
                 release()
-            self._record(request, info, status, started)
+            info.bytes_out = response.sent
+            failed = response.failed
+            if failed is not None and info.reason is None:
+                info.reason = getattr(failed, "reason", None) or (
+                    "client_closed"
+                    if isinstance(failed, asyncio.CancelledError | ConnectionError)
+                    else "upstream_reset"
+                )
+            self._record(request, info, response.status, started)
 
         return done
 

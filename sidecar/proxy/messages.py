@@ -70,9 +70,11 @@ class Response:
         "body",
         "close",
         "content_length",
+        "failed",
         "headers",
         "reason",
         "release",
+        "sent",
         "status",
         "stream",
     )
@@ -99,6 +101,9 @@ class Response:
         #: called by the engine once the stream is over or will not be sent (frees resources
         #: an unstarted stream would otherwise hold, e.g. a pooled upstream connection)
         self.release = release
+        #: set by the engine while streaming: body bytes written, and what broke the stream
+        self.sent = 0
+        self.failed: BaseException | None = None
 
     def force_close(self) -> None:
         self.close = True

@@ -33,6 +33,7 @@ from sidecar.http1.parse import (
     serialize_headers,
 )
 from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.proxy.flow import WriteFlow
 from sidecar.tls.contexts import PeerRejected
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,7 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-def _quiet(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(WriteFlow, asyncio.Protocol):
     """Parses one response at a time and hands its body over piece by piece."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -76,8 +72,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked: ChunkedDecoder | None = None
         self.body_done = False
         self._error: BaseException | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self._last_data = 0.0
+        self._quiet = False
+        self._quiet_after = 0.0
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -115,17 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(ConnectionResetError("upstream closed the connection mid-body"))
         elif self._head is None:
             self._fail(ConnectionResetError("upstream closed the connection"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("upstream closed the connection"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
+        self.drain_lost("upstream closed the connection")
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -151,6 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
                 continue  # interim answer (100 Continue, 103 Early Hints): not forwarded
             break
         self._head = head
+        self._last_data = self._loop.time()
         if head.framing is Framing.LENGTH:
             self._remaining = head.length
             self.body_done = head.length == 0
@@ -185,8 +174,8 @@ class UpstreamConnection(asyncio.Protocol):
             except HttpParseError as exc:
                 self._fail(UpstreamUnavailable(f"malformed chunked body: {exc.message}"))
                 return
-            for piece in pieces:
-                self._push(piece)
+            if pieces:  # several chunks in one read go on as one piece (one write downstream)
+                self._push(pieces[0] if len(pieces) == 1 else b"".join(pieces))
             if self._chunked.done:
                 self._finish_body()
                 if used < len(data):
@@ -197,6 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _push(self, piece: bytes) -> None:
         if not piece:
             return
+        self._last_data = self._loop.time()
         self._pieces.append(piece)
         self._buffered += len(piece)
         if self._buffered >= HIGH_WATER and not self._paused and self.transport is not None:
@@ -243,9 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
-        if self._write_paused:  # a large request body: wait until the kernel took it
-            self._drain = self._loop.create_future()
-            await self._drain
+        await self.drain()  # a large request body: wait until the kernel took it
 
     async def read_head(self, timeout: float) -> ResponseHead:
         """The response head, or ``TimeoutError`` after ``timeout`` seconds (a timer handle on
@@ -267,7 +255,11 @@ class UpstreamConnection(asyncio.Protocol):
         ``timeout`` seconds (nothing is lost: the next call goes on where this one stopped)."""
         while True:
             if self._pieces:
-                piece = self._pieces.popleft()
+                if len(self._pieces) == 1:
+                    piece = self._pieces.popleft()
+                else:  # everything that arrived since the last read, in one piece
+                    piece = b"".join(self._pieces)
+                    self._pieces.clear()
                 self._buffered -= len(piece)
                 if self._paused and self._buffered <= LOW_WATER and self.transport is not None:
                     self._paused = False
@@ -279,15 +271,37 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._body_waiter = waiter
-            timer = None if timeout is None else self._loop.call_later(timeout, _quiet, waiter)
+            if timeout is not None and self._quiet_timer is None:
+                self._quiet_after = timeout
+                self._quiet_timer = self._loop.call_at(self._last_data + timeout, self._check_quiet)
             try:
                 await waiter
             finally:
                 self._body_waiter = None
-                if timer is not None:
-                    timer.cancel()
-            if timer is not None and not self._pieces and not self.body_done and not self._error:
-                return None
+            if self._quiet:
+                self._quiet = False
+                if not self._pieces and not self.body_done and self._error is None:
+                    self._last_data = self._loop.time()  # the next silence counts from now
+                    return None
+
+    def _check_quiet(self) -> None:
+        """One timer per exchange, not per read: it fires at most once per quiet period and
+        wakes a waiting reader only if nothing arrived for ``_quiet_after`` seconds."""
+        self._quiet_timer = None
+        waiter = self._body_waiter
+        if waiter is None or waiter.done():
+            return  # nobody waiting: the next wait re-arms it from the last data
+        due = self._last_data + self._quiet_after
+        if self._loop.time() >= due:
+            self._quiet = True
+            waiter.set_result(None)
+        else:
+            self._quiet_timer = self._loop.call_at(due, self._check_quiet)
+
+    def stop_timers(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
 
     def take_body(self) -> bytes | None:
         """The whole body at once if it has completely arrived (the common small answer),
@@ -421,6 +435,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Back to the idle list if the exchange completed cleanly, else closed."""
         self._busy.discard(conn)
+        conn.stop_timers()
         if conn.keep_alive() and conn.reusable and len(self._idle) < self.max_idle:
             assert self._loop is not None
             conn.idle_since = self._loop.time()
@@ -434,6 +449,7 @@ class UpstreamPool:
 
     @staticmethod
     def _close(conn: UpstreamConnection) -> None:
+        conn.stop_timers()
         conn.closed = True
         if conn.transport is not None:
             conn.transport.abort() if not conn.body_done else conn.transport.close()

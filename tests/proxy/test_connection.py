@@ -386,6 +386,23 @@ async def test_expect_continue_gets_100_before_the_final_answer() -> None:
         assert answer.json()["body"] == "hello"
 
 
+async def test_expect_continue_client_waiting_for_100_is_not_cut() -> None:
+    async def slow_then_read(request: Request) -> Response:
+        await asyncio.sleep(0.6)  # e.g. validating a token, before looking at the body
+        return await echo(request)
+
+    async with (
+        serving(slow_then_read, header_timeout=0.3, keepalive_timeout=60) as listener,
+        client(listener.port) as c,
+    ):
+        await c.send(get("/ask", "Content-Length: 5", "Expect: 100-continue", method="POST"))
+        interim = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await c.send(b"hello")
+        answer = await c.response()
+        assert answer.json()["body"] == "hello"
+
+
 async def test_expect_continue_is_not_answered_when_the_body_is_refused() -> None:
     async with serving(echo, max_request_body=10) as listener, client(listener.port) as c:
         await c.send(get("/ask", "Content-Length: 50", "Expect: 100-continue", method="POST"))
