@@ -82,7 +82,7 @@ def parse_body(body: bytes) -> Parsed:
     if text.startswith("\ufeff"):
         raise JsonRpcError("body starts with a byte-order mark", code=-32700)
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+        data = _DECODER.decode(text)
     except JsonRpcError:
         raise
     except RecursionError as exc:
@@ -113,6 +113,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise JsonRpcError(f"{name} is not valid JSON", code=-32700)
+
+
+# One decoder for every body (``json.loads`` with hooks builds a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
 
 
 def _check_depth_and_strings(value: Any, depth: int) -> None:

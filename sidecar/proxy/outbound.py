@@ -7,6 +7,7 @@ wrong server never receives a single byte of the request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from sidecar.proxy.messages import Request, Response
 from sidecar.proxy.routing import select_route
 from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
+
+HEADER_REUSE = 1.0  # seconds an Authorization header is reused before asking the source again
 
 
 class OutboundProxy(ProxyHandler):
@@ -41,6 +44,7 @@ class OutboundProxy(ProxyHandler):
         self.config = config
         self.tls = tls
         self.jwt_svid = jwt_svid
+        self._headers: dict[str, tuple[str, float]] = {}  # audience -> (header, reuse until)
         self.pools: dict[str, UpstreamPool] = {}
         self.upstream_hosts: dict[str, str] = {}
         for route in config.routes:
@@ -63,16 +67,25 @@ class OutboundProxy(ProxyHandler):
 
         return verify
 
-    async def _token(self, audience: str) -> str:
-        """Our JWT-SVID for ``audience`` (cached by the source, refreshed before expiry); it
-        replaces whatever Authorization header the local agent sent."""
+    async def _authorization(self, audience: str) -> str:
+        """``Bearer <our JWT-SVID for audience>``; it replaces whatever Authorization header the
+        local agent sent. The source caches and refreshes the SVID; the header is reused for up
+        to ``HEADER_REUSE`` seconds (never past the SVID's expiry), so the request path does not
+        ask the source every time."""
+        cached = self._headers.get(audience)
+        now = time.time()
+        if cached is not None and now < cached[1]:
+            return cached[0]
         if self.jwt_svid is None:  # pragma: no cover - wiring error
             raise JwtSvidUnavailable("no Workload API source for JWT-SVIDs")
         try:
             svid = await self.jwt_svid(audience)
         except WorkloadApiError as exc:
             raise JwtSvidUnavailable(exc.message) from exc
-        return svid.token
+        header = f"Bearer {svid.token}"
+        until = min(now + HEADER_REUSE, svid.expiry.timestamp() - HEADER_REUSE)
+        self._headers[audience] = (header, until)
+        return header
 
     async def close(self) -> None:
         for pool in self.pools.values():
@@ -91,7 +104,7 @@ class OutboundProxy(ProxyHandler):
         headers = forwardable_headers(request.headers, drop=("x-forwarded-client-cert",))
         headers["Host"] = self.upstream_hosts[route.name]
         if route.jwt_svid_audience is not None:
-            headers["Authorization"] = f"Bearer {await self._token(route.jwt_svid_audience)}"
+            headers["Authorization"] = await self._authorization(route.jwt_svid_audience)
         return await forward(
             request, self.pools[route.name], match.upstream_path, headers, body, self.limits
         )
