@@ -3,9 +3,18 @@ agent's own Authorization header."""
 
 from __future__ import annotations
 
+import datetime as dt
+from types import SimpleNamespace
+
 import aiohttp
 import jwt
 
+from sidecar.config import parse_config
+from sidecar.identity.snapshot import JwtSvid
+from sidecar.metrics import Metrics
+from sidecar.proxy.accesslog import AccessLogger
+from sidecar.proxy.outbound import OutboundProxy
+from sidecar.spiffe.ids import SpiffeId
 from tests.proxy.mesh import AGENT, local_mesh
 
 AUDIENCE = "spiffe://example.org/ns/mcp/sa/math"
@@ -39,3 +48,64 @@ async def test_upstream_sees_a_cached_jwt_svid_for_the_route_audience() -> None:
         )
         assert claims["sub"] == AGENT
         assert mesh.api.jwt_svids_issued[AGENT] == 1
+
+
+class CountingSource:
+    """A JWT-SVID source that counts fetches and hands out SVIDs expiring ``ttl`` from now."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.fetches = 0
+
+    async def __call__(self, audience: str) -> JwtSvid:
+        self.fetches += 1
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.ttl)
+        return JwtSvid(f"token-{self.fetches}", SpiffeId.parse(AGENT), (audience,), expiry)
+
+
+def outbound(source: CountingSource) -> OutboundProxy:
+    config = parse_config(
+        {
+            "trust_domain": "example.org",
+            "workload_api": "unix:///tmp/unused.sock",
+            "outbound": {
+                "listen": "127.0.0.1:0",
+                "routes": [
+                    {
+                        "name": "math",
+                        "path_prefix": "/math",
+                        "upstream": "https://127.0.0.1:1",
+                        "server_spiffe_id": AUDIENCE,
+                        "jwt_svid_audience": AUDIENCE,
+                    }
+                ],
+            },
+        }
+    )
+    assert config.outbound is not None
+    tls = SimpleNamespace(client_context=lambda: None)  # never connects in these tests
+    return OutboundProxy(
+        config.outbound,
+        tls,
+        Metrics(),
+        AccessLogger(enabled=False),
+        jwt_svid=source,  # type: ignore[arg-type]
+    )
+
+
+async def test_authorization_header_is_reused_briefly() -> None:
+    source = CountingSource(ttl=3600)
+    proxy = outbound(source)
+    first = await proxy._authorization(AUDIENCE)
+    assert await proxy._authorization(AUDIENCE) == first == "Bearer token-1"
+    assert source.fetches == 1
+
+
+async def test_authorization_header_is_never_reused_near_the_svid_expiry() -> None:
+    # An SVID that expires within the reuse window is asked for again on every request, so an
+    # expired token is never sent from the header cache.
+    source = CountingSource(ttl=0.5)
+    proxy = outbound(source)
+    await proxy._authorization(AUDIENCE)
+    assert await proxy._authorization(AUDIENCE) == "Bearer token-2"
+    assert source.fetches == 2
