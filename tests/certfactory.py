@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ class LeafOptions(TypedDict, total=False):
     """
 
     dns_names: Sequence[str]
+    ip_addresses: Sequence[str]
     san_critical: bool
     subject: x509.Name
     ca: bool | None
@@ -292,6 +294,7 @@ def _leaf(
         subject=o.get("subject", _name("leaf")),
         uris=_uris(uris),
         dns_names=o.get("dns_names", ()),
+        ip_addresses=o.get("ip_addresses", ()),
         san_critical=o.get("san_critical", False),
         ca=o.get("ca", False),
         path_length=o.get("path_length"),
@@ -327,6 +330,7 @@ def _build(
     key_type: KeyType,
     extra_extensions: Sequence[tuple[x509.ExtensionType, bool]],
     authority_key_id: bool = True,
+    ip_addresses: Sequence[str] = (),
 ) -> IssuedCert:
     key = key or new_key(key_type)
     now = utcnow()
@@ -357,6 +361,7 @@ def _build(
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
     names += [x509.DNSName(d) for d in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=san_critical)
     for extension, critical in extra_extensions:

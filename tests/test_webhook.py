@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import datetime as dt
 import io
-import ipaddress
 import json
 import os
 import signal
@@ -30,13 +28,12 @@ import aiohttp
 import jsonpatch
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.cli import main
 from sidecar.inject import STATUS_ANNOTATION, InjectOptions, load_documents
 from sidecar.webhook import ADMISSION_API_VERSION, RunningWebhook, review_response, start_webhook
+from tests.certfactory import CertFactory, IssuedCert
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -50,86 +47,30 @@ OPTIONS = InjectOptions()
 
 @dataclass
 class Pki:
-    ca_pem: bytes
-    ca_key: ec.EllipticCurvePrivateKey
-    ca_cert: x509.Certificate
+    """A CA and serving certificates for the webhook (SAN localhost and 127.0.0.1)."""
+
+    ca: IssuedCert
 
     @classmethod
     def create(cls) -> Pki:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test webhook CA")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(cert.public_bytes(serialization.Encoding.PEM), key, cert)
+        return cls(CertFactory.root(uri=None, common_name="test webhook CA"))
 
     def issue(self, directory: Path, common_name: str = "localhost") -> tuple[Path, Path, int]:
-        """Write a serving certificate (SAN localhost, 127.0.0.1); returns cert, key, serial."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        serial = x509.random_serial_number()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()),
-                False,
-            )
-            .sign(self.ca_key, hashes.SHA256())
+        """Write a serving certificate; returns cert, key, serial."""
+        leaf = self.ca.issue_leaf(
+            None,
+            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+            dns_names=["localhost"],
+            ip_addresses=["127.0.0.1"],
+            eku=[ExtendedKeyUsageOID.SERVER_AUTH],
         )
         cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return cert_file, key_file, serial
+        cert_file.write_text(leaf.pem())
+        key_file.write_text(leaf.key_pem())
+        return cert_file, key_file, leaf.cert.serial_number
 
     def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=self.ca_pem.decode())
-        return context
+        return ssl.create_default_context(cadata=self.ca.pem())
 
 
 @pytest.fixture(scope="module")
