@@ -27,6 +27,7 @@ from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
 
 XFCC = "X-Forwarded-Client-Cert"
+LOCAL_IDLE_REUSE = 4.0  # seconds an idle connection to the local MCP server is reused
 
 
 def xfcc_value(our_id: SpiffeId, peer: SpiffeId, cert_sha256: str | None) -> str:
@@ -55,7 +56,11 @@ class InboundProxy(ProxyHandler):
         self.our_id = our_id
         self.tokens = tokens
         self.guard = guard
-        self.pool, self.upstream_host = pool_for(config.upstream, config.limits)
+        # Idle connections to the local MCP server are dropped before common servers drop them
+        # (uvicorn: 5 s), so a request rarely meets a connection the server is just closing.
+        self.pool, self.upstream_host = pool_for(
+            config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
+        )
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
         )

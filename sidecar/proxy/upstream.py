@@ -543,6 +543,7 @@ def pool_for(
     *,
     context: Callable[[], ssl.SSLContext] | None = None,
     verify: Callable[[Any], object] | None = None,
+    keepalive_timeout: float = 30.0,
 ) -> tuple[UpstreamPool, str]:
     """A pool for a configured ``scheme://host:port`` upstream, and its ``Host`` header value."""
     parts = urlsplit(url)
@@ -553,5 +554,6 @@ def pool_for(
         context=context,
         verify=verify,
         connect_timeout=limits.connect_timeout,
+        keepalive_timeout=keepalive_timeout,
     )
     return pool, parts.netloc
