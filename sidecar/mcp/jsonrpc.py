@@ -103,11 +103,15 @@ def parse_body(body: bytes) -> Parsed:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise JsonRpcError(f"duplicate key {key[:64]!r}", code=-32700, reason="duplicate_key")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # some key came twice: name the first repeat
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonRpcError(
+                    f"duplicate key {key[:64]!r}", code=-32700, reason="duplicate_key"
+                )
+            seen.add(key)
     return result
 
 
