@@ -41,8 +41,8 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
 def mcp_session_id(headers: Mapping[str, str]) -> str | None:
     """The ``Mcp-Session-Id`` header of a request or response, or ``None``.
 
-    Pass a case-insensitive mapping (aiohttp's ``CIMultiDictProxy``); for a plain ``dict`` the
-    canonical and the lowercase spelling are tried.
+    Pass a case-insensitive mapping (a ``CIMultiDict``, as the engine parses them); for a plain
+    ``dict`` the canonical and the lowercase spelling are tried.
     """
     value = headers.get(MCP_SESSION_HEADER)
     if value is None:
