@@ -40,6 +40,7 @@ from sidecar.schema import join as _join
 from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
+from sidecar.tokens.jose import ALLOWED_ALGORITHMS
 
 __all__ = [
     "JWT_ALGORITHMS",
@@ -89,18 +90,9 @@ LIMIT_KEYS = (
 )
 ROUTE_SCHEMA = "outbound.routes[]"
 
-JWT_ALGORITHMS: tuple[str, ...] = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "PS256",
-    "PS384",
-    "PS512",
-)
-"""The JWS algorithms a token may be signed with (asymmetric only: never ``none`` or HS*)."""
+JWT_ALGORITHMS: tuple[str, ...] = ALLOWED_ALGORITHMS
+"""The JWS algorithms a token may be signed with: the token layer's own list (asymmetric only,
+never ``none`` or HS*), so config and validators cannot disagree."""
 MAX_LEEWAY = 300.0
 """Upper bound of ``leeway`` (seconds): clock skew beyond 5 minutes is a broken clock."""
 RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
