@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from sidecar.metrics import IdentitySource, Metrics
 from sidecar.proxy.connection import Listener, ServerSettings, start_listener
-from sidecar.proxy.messages import Request, Response, json_response
+from sidecar.proxy.messages import Request, Response, json_error, json_response
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ def readiness(source: IdentitySource, *, clock: Clock = _utc_now) -> ReadyCheck:
     return check
 
 
-def _error(status: int, error: str, message: str) -> Response:
-    return json_response({"error": error, "message": message, "status": status}, status=status)
-
-
 def build_admin_handler(metrics: Metrics, ready: ReadyCheck) -> AdminHandler:
     """The admin endpoints. ``ready`` answers ``(ready, reason)``; see ``readiness``.
 
@@ -82,9 +78,9 @@ def build_admin_handler(metrics: Metrics, ready: ReadyCheck) -> AdminHandler:
     async def handle(request: Request) -> Response:
         endpoint = endpoints.get(request.path)
         if endpoint is None:
-            return _error(404, "not_found", f"no admin endpoint at {request.path}")
+            return json_error(404, "not_found", f"no admin endpoint at {request.path}")
         if request.method not in ("GET", "HEAD"):
-            response = _error(
+            response = json_error(
                 405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
             )
             response.headers["Allow"] = _ALLOWED

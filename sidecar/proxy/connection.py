@@ -38,7 +38,7 @@ from sidecar.http1.parse import (
 )
 from sidecar.proxy.errors import BadRequest, PayloadTooLarge
 from sidecar.proxy.flow import WriteFlow
-from sidecar.proxy.messages import Request, Response, json_response
+from sidecar.proxy.messages import Request, Response, json_error
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected
 
@@ -102,12 +102,6 @@ def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
 
         return getattr(uvloop.loop, "SSLProtocol")  # noqa: B009 - absent from uvloop's stubs
     return asyncio.sslproto.SSLProtocol
-
-
-def error_body(status: int, reason: str, message: str) -> Response:
-    return json_response(
-        {"error": reason, "message": message, "status": status}, status=status, close=True
-    )
 
 
 class HttpConnection(WriteFlow, asyncio.Protocol):
@@ -424,12 +418,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             try:
                 response = await self._server.handler(request)
             except HttpParseError as exc:
-                response = error_body(exc.status, exc.reason, exc.message)
+                response = json_error(exc.status, exc.reason, exc.message, close=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not leave the client hanging
                 log.error("error handling request", exc_info=exc)
-                response = error_body(500, "internal_error", "internal error")
+                response = json_error(500, "internal_error", "internal error", close=True)
             if response.stream is None and response.release is None:
                 self._write_whole(head, response)  # the common case: one write, no await
             else:
@@ -483,7 +477,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         """A malformed head: JSON error, then close (what follows cannot be trusted)."""
         self._closing = True
         self._buf.clear()
-        response = error_body(status, reason, message)
+        response = json_error(status, reason, message, close=True)
         if self.transport is not None:
             self.transport.write(_serialize(response, 1, close=True) + response.body)
             self.transport.close()

@@ -105,11 +105,14 @@ class Response:
         self.sent = 0
         self.failed: BaseException | None = None
 
-    def force_close(self) -> None:
-        self.close = True
-
 
 def json_response(data: Any, *, status: int = 200, close: bool = False) -> Response:
     """A JSON answer (refusals, JSON-RPC errors, metadata documents)."""
     body = json.dumps(data, separators=(",", ":")).encode()
     return Response(status, CIMultiDict(((("Content-Type", JSON_TYPE)),)), body, close=close)
+
+
+def json_error(status: int, reason: str, message: str, *, close: bool = False) -> Response:
+    """A refusal in the shape every answer of ours uses (``SidecarError.to_json``'s)."""
+    body = {"error": reason, "message": message, "status": status}
+    return json_response(body, status=status, close=close)
