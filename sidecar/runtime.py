@@ -25,7 +25,7 @@ from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
-from sidecar.proxy.connection import Listener, ServerSettings, TlsPolicy, start_listener
+from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
 from sidecar.proxy.mcp_guard import McpGuard
@@ -185,19 +185,13 @@ class Sidecar:
         return record
 
     async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
-        limits = cfg.limits
         return await start_listener(
             name,
             handler,
             cfg.listen.host,
             cfg.listen.port,
             tls=tls,
-            settings=ServerSettings(
-                header_timeout=limits.header_timeout,
-                keepalive_timeout=limits.keepalive_timeout,
-                max_header_size=limits.max_header_size,
-                max_request_body=limits.max_request_body,
-            ),
+            limits=cfg.limits,
         )
 
     def port(self, name: str) -> int:

@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from multidict import CIMultiDict
 
+from sidecar.config import Limits
 from sidecar.metrics import IdentitySource, Metrics
-from sidecar.proxy.connection import Listener, ServerSettings, start_listener
+from sidecar.proxy.connection import Listener, start_listener
 from sidecar.proxy.messages import Request, Response, json_error, json_response
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ ReadyCheck = Callable[[], tuple[bool, str]]
 Clock = Callable[[], dt.datetime]
 AdminHandler = Callable[[Request], Awaitable[Response]]
 
-ADMIN_SETTINGS = ServerSettings(
+ADMIN_LIMITS = Limits(
     header_timeout=10.0, keepalive_timeout=60.0, max_header_size=16 * 1024, max_request_body=0
 )
 _ALLOWED = "GET, HEAD"
@@ -94,5 +95,5 @@ async def start_admin(handler: AdminHandler, host: str, port: int) -> tuple[List
     """Serve the admin endpoints on ``host:port`` (``0``: any free port), plain HTTP, on the
     data path's engine; returns the listener (``await listener.close(0)`` to stop) and the
     bound port."""
-    listener = await start_listener("admin", handler, host, port, tls=None, settings=ADMIN_SETTINGS)
+    listener = await start_listener("admin", handler, host, port, tls=None, limits=ADMIN_LIMITS)
     return listener, listener.port

@@ -27,6 +27,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from sidecar.config import Limits
 from sidecar.http1.chunked import ChunkedDecoder
 from sidecar.http1.errors import HttpParseError
 from sidecar.http1.parse import (
@@ -85,14 +86,6 @@ class TlsPolicy:
     handshake_timeout: float = 10.0
     on_failure: Callable[[str], None] = field(default=lambda reason: None)
     on_rejected: Callable[[PeerRejected], None] = field(default=lambda exc: None)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    header_timeout: float
-    keepalive_timeout: float
-    max_header_size: int
-    max_request_body: int
 
 
 def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
@@ -634,7 +627,7 @@ class HttpServer:
     def __init__(
         self,
         handler: Handler,
-        settings: ServerSettings,
+        settings: Limits,
         tls: TlsPolicy | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -698,10 +691,10 @@ async def start_listener(
     port: int,
     *,
     tls: TlsPolicy | None,
-    settings: ServerSettings,
+    limits: Limits,
 ) -> Listener:
     loop = asyncio.get_running_loop()
-    server = HttpServer(handler, settings, tls, loop)
+    server = HttpServer(handler, limits, tls, loop)
     sockets = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     log.info("%s listening on %s:%s", name, host, sockets.sockets[0].getsockname()[1])
     return Listener(name, server, sockets)

@@ -21,7 +21,8 @@ import pytest
 from cryptography import x509
 from multidict import CIMultiDict
 
-from sidecar.proxy.connection import Listener, ServerSettings, TlsPolicy, start_listener
+from sidecar.config import Limits
+from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
 from sidecar.proxy.errors import ProxyError
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.spiffe.ids import SpiffeId
@@ -35,7 +36,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 # -- server side ------------------------------------------------------------------------------
 
 
-def settings(**overrides: Any) -> ServerSettings:
+def settings(**overrides: Any) -> Limits:
     values: dict[str, Any] = {
         "header_timeout": 30.0,
         "keepalive_timeout": 30.0,
@@ -43,7 +44,7 @@ def settings(**overrides: Any) -> ServerSettings:
         "max_request_body": 1 << 20,
     }
     values.update(overrides)
-    return ServerSettings(**values)
+    return Limits(**values)
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +52,7 @@ async def serving(
     handler: Handler, *, tls: TlsPolicy | None = None, **overrides: Any
 ) -> AsyncIterator[Listener]:
     listener = await start_listener(
-        "test", handler, "127.0.0.1", 0, tls=tls, settings=settings(**overrides)
+        "test", handler, "127.0.0.1", 0, tls=tls, limits=settings(**overrides)
     )
     try:
         yield listener
