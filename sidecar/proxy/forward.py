@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
-from sidecar.proxy.errors import BadRequest, Forbidden, UpstreamTimeout, UpstreamUnavailable
+from sidecar.proxy.errors import Forbidden, UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.proxy.upstream import UpstreamPool, UpstreamResponse
 
@@ -60,17 +60,6 @@ class BodyRewriter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self) -> bytes: ...
-
-
-def check_framing(headers: CIMultiDict[str]) -> None:
-    """Refuse request-smuggling shapes outright, whatever the HTTP parser tolerated."""
-    lengths = headers.getall("Content-Length", [])
-    if len(lengths) > 1:
-        raise BadRequest("duplicate Content-Length header", reason="duplicate_content_length")
-    if lengths and "Transfer-Encoding" in headers:
-        raise BadRequest(
-            "both Content-Length and Transfer-Encoding", reason="content_length_with_chunked"
-        )
 
 
 def check_origin(headers: CIMultiDict[str], allowed: tuple[str, ...]) -> None:

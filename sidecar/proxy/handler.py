@@ -1,5 +1,6 @@
-"""What every proxied request goes through, in either direction: framing and Origin checks,
-one JSON error body per refusal, one access-log line and one metrics observation per request."""
+"""What every proxied request goes through, in either direction: the Origin check (framing was
+refused by the parser already), one JSON error body per refusal, one access-log line and one
+metrics observation per request."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
 from sidecar.proxy.errors import ProxyError
-from sidecar.proxy.forward import check_framing, check_origin, error_response
+from sidecar.proxy.forward import check_origin, error_response
 from sidecar.proxy.messages import Request, Response
 from sidecar.tokens.claims import Principal
 
@@ -66,7 +67,6 @@ class ProxyHandler:
         streaming = False
         try:
             try:
-                check_framing(request.headers)
                 check_origin(request.headers, self.allowed_origins)
                 response = await self.proxy(request, info)
             except SidecarError as exc:
