@@ -176,6 +176,43 @@ def tls_context(chain: Path, key: Path, validation: dict[str, Any]) -> dict[str,
     }
 
 
+def upstream_tls_socket(chain: Path, key: Path, bundle: Path, server_id: str) -> dict[str, Any]:
+    """mTLS to an upstream that must present exactly ``server_id`` as its URI SAN."""
+    validation = {
+        "trusted_ca": {"filename": str(bundle)},
+        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": server_id}}],
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": tls_context(chain, key, validation),
+        },
+    }
+
+
+def spiffe_downstream_tls_socket(
+    chain: Path, key: Path, bundle: Path, trust_domain: str
+) -> dict[str, Any]:
+    """mTLS listener: a client certificate is required and verified by Envoy's SPIFFE validator
+    against ``bundle`` for ``trust_domain``."""
+    validator = {
+        "name": "envoy.tls.cert_validator.spiffe",
+        "typed_config": {
+            "@type": SPIFFE_VALIDATOR,
+            "trust_domains": [{"name": trust_domain, "trust_bundle": {"filename": str(bundle)}}],
+        },
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "require_client_certificate": True,
+            "common_tls_context": tls_context(chain, key, {"custom_validator_config": validator}),
+        },
+    }
+
+
 def bootstrap(admin_port: int, listener: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     return {
         "admin": {"address": address(admin_port)},
@@ -221,22 +258,7 @@ def egress_bootstrap(
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ]
-    tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": UPSTREAM_TLS,
-            "common_tls_context": tls_context(
-                ids.agent.chain,
-                ids.agent.key,
-                {
-                    "trusted_ca": {"filename": str(ids.bundle)},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "URI", "matcher": {"exact": SERVER_ID}}
-                    ],
-                },
-            ),
-        },
-    }
+    tls = upstream_tls_socket(ids.agent.chain, ids.agent.key, ids.bundle, SERVER_ID)
     listener = {
         "name": "egress",
         "stat_prefix": "egress",
@@ -326,31 +348,7 @@ def ingress_bootstrap(
     jwt_cache: int,
     access_log: Path | None,
 ) -> dict[str, Any]:
-    tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": DOWNSTREAM_TLS,
-            "require_client_certificate": True,
-            "common_tls_context": tls_context(
-                ids.server.chain,
-                ids.server.key,
-                {
-                    "custom_validator_config": {
-                        "name": "envoy.tls.cert_validator.spiffe",
-                        "typed_config": {
-                            "@type": SPIFFE_VALIDATOR,
-                            "trust_domains": [
-                                {
-                                    "name": TRUST_DOMAIN,
-                                    "trust_bundle": {"filename": str(ids.bundle)},
-                                }
-                            ],
-                        },
-                    }
-                },
-            ),
-        },
-    }
+    tls = spiffe_downstream_tls_socket(ids.server.chain, ids.server.key, ids.bundle, TRUST_DOMAIN)
     allowlist = {
         "name": "envoy.filters.network.rbac",
         "typed_config": {

@@ -28,15 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from bench.envoy import (
-    DOWNSTREAM_TLS,
-    SPIFFE_VALIDATOR,
-    UPSTREAM_TLS,
     address,
     bootstrap,
     http_manager,
     locate,
+    spiffe_downstream_tls_socket,
     static_cluster,
-    tls_context,
+    upstream_tls_socket,
 )
 
 WAIT = 30.0  # bound on every wait: start-up, readiness, shutdown
@@ -112,22 +110,7 @@ def _forwarding_manager(name: str, cluster: str, **extra: Any) -> dict[str, Any]
 def egress_bootstrap(files: TlsFiles, peer_port: int, peer_spiffe_id: str) -> dict[str, Any]:
     """Envoy as the client-side proxy: listener ``egress`` (plain HTTP) -> mTLS to ``peer_port``,
     presenting ``files.chain`` and accepting only a server whose URI SAN is ``peer_spiffe_id``."""
-    tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": UPSTREAM_TLS,
-            "common_tls_context": tls_context(
-                files.chain,
-                files.key,
-                {
-                    "trusted_ca": {"filename": str(files.bundle)},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "URI", "matcher": {"exact": peer_spiffe_id}}
-                    ],
-                },
-            ),
-        },
-    }
+    tls = upstream_tls_socket(files.chain, files.key, files.bundle, peer_spiffe_id)
     listener = {
         "name": "egress",
         "stat_prefix": "egress",
@@ -141,31 +124,7 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
     """Envoy as the server-side proxy: listener ``ingress`` (mTLS, client certificate required,
     verified by ``envoy.tls.cert_validator.spiffe`` against ``files.bundle`` for
     ``trust_domain``) -> plain HTTP to ``upstream_port`` with XFCC ``SANITIZE_SET`` + ``URI``."""
-    tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": DOWNSTREAM_TLS,
-            "require_client_certificate": True,
-            "common_tls_context": tls_context(
-                files.chain,
-                files.key,
-                {
-                    "custom_validator_config": {
-                        "name": "envoy.tls.cert_validator.spiffe",
-                        "typed_config": {
-                            "@type": SPIFFE_VALIDATOR,
-                            "trust_domains": [
-                                {
-                                    "name": trust_domain,
-                                    "trust_bundle": {"filename": str(files.bundle)},
-                                }
-                            ],
-                        },
-                    }
-                },
-            ),
-        },
-    }
+    tls = spiffe_downstream_tls_socket(files.chain, files.key, files.bundle, trust_domain)
     manager = _forwarding_manager(
         "ingress",
         "upstream",
