@@ -437,14 +437,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
     def _finished(self, head: RequestHead, response: Response) -> None:
         """After an answer: keep the connection for the next request, or close it."""
-        keep = (
-            head.keep_alive
-            and not response.close
-            and not self._closing
-            and self._body_done
-            and self._body_error is None
-            and not self._server.draining
-        )
+        keep = not self._must_close(head, response)
         self._head = None
         self._body.clear()
         transport = self.transport
@@ -502,12 +495,10 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return
         if self._head is None:
             log.info("closing connection: no complete request head in time (or idle)")
+            self.close_idle()
         else:
             log.info("closing connection: request body stalled")
-        if self._head is not None:
             self._abort()
-        else:
-            self.close_idle()
 
     # -- answering -------------------------------------------------------------------------
 
