@@ -421,13 +421,10 @@ class UpstreamPool:
                 f"upstream sent no response head within {head_timeout}s",
                 reason="upstream_timeout",
             ) from exc
-        except UpstreamUnavailable:
-            self._discard(conn)
-            raise
         except (ConnectionError, OSError) as exc:
             self._discard(conn)
             raise UpstreamUnavailable(f"upstream failed: {exc}", reason="upstream_reset") from exc
-        except BaseException:
+        except BaseException:  # our own refusals (malformed answer...) and cancellation
             self._discard(conn)
             raise
         return UpstreamResponse(response_head, conn, self)
