@@ -21,7 +21,8 @@ import json
 import math
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -32,10 +33,47 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
     """``2025-06-18T12:34:56.789Z``: RFC 3339, UTC, millisecond precision (default: now).
     A naive ``moment`` is taken to be UTC."""
     if moment is None:
-        moment = dt.datetime.now(dt.UTC)
-    elif moment.tzinfo is None:
+        return _now()
+    if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_second: list[Any] = [None, ""]  # [the whole second last formatted, its text up to the seconds]
+
+
+def _now() -> str:
+    """Now as ``rfc3339`` writes it; every log line asks, so the date and time up to the second
+    are formatted once per second and only the milliseconds per call."""
+    now = time.time()
+    second = int(now)
+    micros = round((now - second) * 1_000_000)  # as datetime rounds a timestamp
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _second
+    if cached[0] != second:
+        text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached[0], cached[1] = second, text  # a racing thread writes the same pair
+    return f"{cached[1]}.{micros // 1000:03d}Z"
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+    default=str)``, with the (C) encoder built once instead of on every call, as ``dumps`` does
+    whenever it is given options. No circular-reference check: log records are flat data."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython without the _json accelerator
+        encoder = json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
+        )
+        return encoder.encode
+    iterencode = make(
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(iterencode(value, 0))
+
+
+_to_json = _json_encoder()
 
 
 def mcp_session_id(headers: Mapping[str, str]) -> str | None:
@@ -95,9 +133,7 @@ class AccessRecord:
 
     def to_json(self) -> str:
         """One line of compact JSON, ASCII only, no newline."""
-        return json.dumps(
-            self.to_dict(), separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
-        )
+        return _to_json(self.to_dict())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,9 +166,7 @@ class AuditRecord:
             "latency_ms": round(self.latency_ms, 3) if math.isfinite(self.latency_ms) else None,
             "mcp_session_id": self.mcp_session_id,
         }
-        return json.dumps(
-            data, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
-        )
+        return _to_json(data)
 
 
 class LogRecord(Protocol):

@@ -7,9 +7,13 @@ import io
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from sidecar.proxy import accesslog
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id, rfc3339
+from sidecar.spiffe.ids import SpiffeId
 
 
 def record(**overrides: object) -> AccessRecord:
@@ -163,3 +167,39 @@ def test_record_is_frozen() -> None:
     rec = record()
     with pytest.raises(AttributeError):
         rec.status = 500  # type: ignore[misc]
+
+
+# Values a log line can hold: scalars, nested lists and string-keyed dicts, and objects that
+# only ``default=str`` can render.
+_log_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.builds(SpiffeId.parse, st.just("spiffe://example.org/ns/a/sa/b")),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), _log_values, max_size=6))
+def test_encoder_writes_what_json_dumps_writes(data: dict[str, object]) -> None:
+    expected = json.dumps(
+        data, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
+    )
+    assert accesslog._to_json(data) == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), [float("-inf")]])
+def test_encoder_refuses_non_finite_numbers(bad: object) -> None:
+    with pytest.raises(ValueError):
+        accesslog._to_json({"x": bad})
+
+
+def test_now_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1750250096.789999, 1750250096.001, 1750250097.5, 1750250097.9999996, 1750250098.25]
+    monkeypatch.setattr(accesslog.time, "time", lambda: clock.pop(0))
+    expected = [dt.datetime.fromtimestamp(t, dt.UTC) for t in clock]
+    assert [rfc3339() for _ in range(5)] == [rfc3339(moment) for moment in expected]
+    assert expected[3].second == 58  # rounded up into the next second, as datetime does
