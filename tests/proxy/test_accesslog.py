@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import json
@@ -203,3 +204,67 @@ def test_now_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> No
     expected = [dt.datetime.fromtimestamp(t, dt.UTC) for t in clock]
     assert [rfc3339() for _ in range(5)] == [rfc3339(moment) for moment in expected]
     assert expected[3].second == 58  # rounded up into the next second, as datetime does
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+async def test_lines_of_one_loop_turn_are_flushed_together() -> None:
+    out = CountingStream()
+    logger = AccessLogger(out)
+    for index in range(3):
+        logger.log(record(path=f"/{index}"))
+    assert out.flushes == 0  # not one flush per line...
+    await asyncio.sleep(0)
+    assert out.flushes == 1  # ...but one at the end of the turn
+    assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/0", "/1", "/2"]
+    logger.log(record())
+    await asyncio.sleep(0)
+    assert out.flushes == 2 and logger.written == 4 and logger.errors == 0
+
+
+def test_outside_a_loop_every_line_is_flushed() -> None:
+    out = CountingStream()
+    logger = AccessLogger(out)
+    logger.log(record())
+    logger.log(record())
+    assert out.flushes == 2
+
+
+async def test_a_failing_deferred_flush_is_counted() -> None:
+    class Unflushable(io.StringIO):
+        def flush(self) -> None:
+            raise OSError("disk full")
+
+    logger = AccessLogger(Unflushable())
+    logger.log(record())
+    await asyncio.sleep(0)
+    assert logger.errors == 1
+
+
+def test_a_flush_left_pending_by_a_stopped_loop_does_not_stall_the_next_loop() -> None:
+    out = CountingStream()
+    logger = AccessLogger(out)
+
+    async def log_then_stop() -> None:
+        logger.log(record())
+        asyncio.get_running_loop().stop()  # the loop ends with this turn, before the flush
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_then_stop())
+    loop.close()
+    flushes = out.flushes
+
+    async def log_and_turn() -> None:
+        logger.log(record())
+        await asyncio.sleep(0)
+
+    asyncio.run(log_and_turn())
+    assert out.flushes > flushes
