@@ -386,6 +386,8 @@ class Rule:
 
     def arguments_hold(self, arguments: Mapping[str, Any] | None) -> bool:
         """Allow rule: every constraint true. Deny rule: no constraint false."""
+        if not self.arguments:
+            return True
         results = [c.evaluate(arguments) for c in self.arguments]
         if self.effect == "allow":
             return all(r is True for r in results)

@@ -186,8 +186,10 @@ class McpGuard:
         the audit log only when that log is on)."""
         if not verdict.audits:
             return
-        latency = (time.perf_counter() - started) * 1000
-        session = mcp_session_id(request.headers)
+        auditing = self.audit_log.enabled
+        if auditing:
+            latency = (time.perf_counter() - started) * 1000
+            session = mcp_session_id(request.headers)
         who: Mapping[str, Any] | None = None
         for message, decision, outcome in verdict.audits:
             if message.kind is Kind.RESPONSE:
@@ -195,7 +197,7 @@ class McpGuard:
             self.metrics.mcp_request(
                 self._method_label(message.method), self._tool_label(message), outcome
             )
-            if not self.audit_log.enabled:
+            if not auditing:
                 continue
             if who is None:
                 who = principal.to_log()
