@@ -21,6 +21,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -217,11 +218,16 @@ def _chunked_length(buf: bytearray, pos: int) -> int | None:
         pos += size + 2
 
 
-async def serve(host: str, port: int, response_size: int) -> None:
+def serve_protocol(response_size: int) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory of the upstream (also run in-process by ``bench.inproc``)."""
     response = tool_result(response_size)
+    return lambda: _Http(response)
+
+
+async def serve(host: str, port: int, response_size: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _Http(response), host, port, reuse_address=True, backlog=4096
+        serve_protocol(response_size), host, port, reuse_address=True, backlog=4096
     )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

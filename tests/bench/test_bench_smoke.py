@@ -7,6 +7,7 @@ appends to the results file without losing earlier runs.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,23 @@ def test_report_ratios_and_results_file(tmp_path: Path) -> None:
     assert "| before |" in log and "| after |" in log
     assert log.index("| before |") < log.index("| after |")
     assert results.count("### t") == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("extra", [[], ["--variant", "mtls", "--access-log"]])
+def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
+    """``python -m bench.inproc``: the pair in one process; it raises unless every request is
+    answered 200 through the checks, and prints the CPU figure."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.inproc", "--requests", "300", "--warmup", "50", *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    variant = "ours-mtls, access logs on" if extra else "ours-full"
+    assert re.fullmatch(
+        rf"{re.escape(variant)}: \d+\.\d µs CPU per request \(median of 3: .*\)\n", done.stdout
+    ), done.stdout
