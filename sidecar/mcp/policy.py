@@ -284,7 +284,12 @@ class PrincipalMatch:
     def matches(self, principal: Principal) -> bool:
         if self.spiffe_ids is not None:
             sid = principal.spiffe_id
-            if sid is None or not any(p.matches(sid) for p in self.spiffe_ids):
+            if sid is None:
+                return False
+            for pattern in self.spiffe_ids:
+                if pattern.matches(sid):
+                    break
+            else:
                 return False
         if self.sub is not None and principal.sub not in self.sub:
             return False
@@ -382,7 +387,10 @@ class Rule:
         if target is None:
             return False
         loose = self.effect == "deny"
-        return any(g.matches(target, loose=loose) for g in globs)
+        for glob in globs:  # noqa: SIM110 - no generator object per request
+            if glob.matches(target, loose=loose):
+                return True
+        return False
 
     def arguments_hold(self, arguments: Mapping[str, Any] | None) -> bool:
         """Allow rule: every constraint true. Deny rule: no constraint false."""
@@ -412,6 +420,14 @@ class Decision:
 
 
 ALWAYS = Decision(True, None, "always_allowed")
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_decision(allowed: bool, rule: str) -> Decision:
+    """A rule's verdict (immutable, so one object per rule serves every request)."""
+    return Decision(allowed, rule, f"rule:{rule}")
+
+
 LISTED = Decision(True, None, "list_filtered")
 
 
@@ -440,10 +456,10 @@ def decide(policy: Policy, principal: Principal, message: Message) -> Decision:
         if not rule.arguments_hold(message.arguments):
             continue
         if rule.effect == "deny":
-            return Decision(False, rule.name, f"rule:{rule.name}")
+            return _rule_decision(False, rule.name)
         first_allow = rule
     if first_allow is not None:
-        return Decision(True, first_allow.name, f"rule:{first_allow.name}")
+        return _rule_decision(True, first_allow.name)
     if policy.default == "allow":
         return Decision(True, None, "default")
     return Decision(False, None, "no rule allows")

@@ -95,7 +95,10 @@ class SpiffeIdPattern:
         have, need = len(actual), len(self.segments)
         if (have <= need) if self.rest else (have != need):
             return False
-        return all(p in (ONE, a) for p, a in zip(self.segments, actual, strict=False))
+        for wanted, segment in zip(self.segments, actual, strict=False):
+            if wanted != segment and wanted != ONE:
+                return False
+        return True
 
     def __str__(self) -> str:
         return self.text
