@@ -215,6 +215,7 @@ class Sidecar:
         await self.fetcher.close()
         if self._admin is not None:
             await self._admin.close(0.0)
+        self.access_log.flush_pending()
 
 
 def freeze_startup_objects() -> int:

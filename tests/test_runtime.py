@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,48 @@ async def test_svid_of_another_trust_domain_is_not_adopted() -> None:
                 assert sidecar.listeners == {}
             finally:
                 await sidecar.stop()
+
+
+async def test_stop_flushes_access_log_lines_still_waiting_for_their_interval() -> None:
+    with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as tmp:
+        sock = f"unix://{tmp}/agent.sock"
+        ca = DevCA.load_or_create(Path(tmp) / "state", "example.org")
+        config = parse_config(
+            {
+                "trust_domain": "example.org",
+                "workload_api": sock,
+                "admin": {"listen": "127.0.0.1:0"},
+                "outbound": {
+                    "listen": "127.0.0.1:0",
+                    "routes": [
+                        {
+                            "name": "math",
+                            "upstream": "https://127.0.0.1:9",  # refused: a quick 502
+                            "server_spiffe_id": "spiffe://example.org/ns/mcp/sa/math",
+                        }
+                    ],
+                },
+            }
+        )
+        raw = io.BytesIO()
+        buffered = io.TextIOWrapper(raw, encoding="utf-8")  # holds lines until flushed
+        async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
+            sidecar = Sidecar(config, access_stream=buffered)
+            sidecar.access_log.flush_interval = 3600.0
+            try:
+                await sidecar.start(svid_timeout=15)
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", sidecar.port("outbound")
+                )
+                writer.write(b"GET /math/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                answer = await asyncio.wait_for(reader.read(), 15)
+                writer.close()
+                assert answer.startswith(b"HTTP/1.1 502 ")
+                assert raw.getvalue() == b""  # logged, still in the stream's buffer
+            finally:
+                await sidecar.stop()
+            line = json.loads(raw.getvalue().decode())
+            assert (line["direction"], line["status"]) == ("outbound", 502)
 
 
 def test_startup_objects_are_frozen_out_of_the_collectors_sight() -> None:

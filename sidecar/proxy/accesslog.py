@@ -40,6 +40,8 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+FLUSH_INTERVAL = 0.05  # seconds a logged line may wait in the stream's buffer
+
 _second: list[Any] = [None, ""]  # [the whole second last formatted, its text up to the seconds]
 
 
@@ -178,17 +180,26 @@ class AccessLogger:
     """Writes ``AccessRecord`` lines to ``stream`` (``None``: ``sys.stdout`` at write time).
 
     ``enabled`` may be flipped at any time. ``flush`` (default on) gets lines to a piped stdout
-    promptly: inside an event loop, every line logged during one turn of the loop (a burst of
-    requests) goes out in one flush at the end of that turn, not in one write per line; outside a
-    loop, after every line. ``written`` and ``errors`` count lines written and lines (or
-    flushes) lost; ``log`` never raises.
+    promptly without a write per line: inside an event loop, the lines logged within
+    ``flush_interval`` seconds of a first unflushed one go out together (and whenever the
+    stream's buffer fills), as Envoy's file access log does with its flush interval; outside a
+    loop, after every line. A process killed outright can lose that interval's lines;
+    ``flush_pending`` (the runtime calls it on the way out) and exit flush the rest.
+    ``written`` and ``errors`` count lines written and lines (or flushes) lost; ``log`` never
+    raises.
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, enabled: bool = True, flush: bool = True
+        self,
+        stream: TextIO | None = None,
+        *,
+        enabled: bool = True,
+        flush: bool = True,
+        flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.enabled = enabled
         self.flush = flush
+        self.flush_interval = flush_interval
         self.written = 0
         self.errors = 0
         self._stream = stream
@@ -209,12 +220,12 @@ class AccessLogger:
                 stream = self.stream
                 stream.write(line)
                 if self.flush:
-                    self._flush_soon(stream)
+                    self._flush_later(stream)
             self.written += 1
         except Exception:  # logging must never break the request path
             self.errors += 1
 
-    def _flush_soon(self, stream: TextIO) -> None:
+    def _flush_later(self, stream: TextIO) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -222,11 +233,12 @@ class AccessLogger:
             return
         if self._flush_loop is not loop:  # (a loop that stopped with a flush pending: not this)
             self._flush_loop = loop
-            loop.call_soon(self._flush_all)
+            loop.call_later(self.flush_interval, self.flush_pending)
         if stream not in self._unflushed:
             self._unflushed.append(stream)
 
-    def _flush_all(self) -> None:
+    def flush_pending(self) -> None:
+        """Flush every stream written to since the last flush."""
         with self._lock:
             streams, self._unflushed, self._flush_loop = self._unflushed, [], None
             for stream in streams:

@@ -206,6 +206,12 @@ def test_now_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> No
     assert expected[3].second == 58  # rounded up into the next second, as datetime does
 
 
+async def loop_turns(count: int = 3) -> None:
+    """Let the loop run a few times round (a zero-delay timer fires on the turn after next)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
@@ -216,18 +222,29 @@ class CountingStream(io.StringIO):
         super().flush()
 
 
-async def test_lines_of_one_loop_turn_are_flushed_together() -> None:
+async def test_lines_within_the_flush_interval_are_flushed_together() -> None:
     out = CountingStream()
-    logger = AccessLogger(out)
+    logger = AccessLogger(out, flush_interval=0.0)
     for index in range(3):
         logger.log(record(path=f"/{index}"))
     assert out.flushes == 0  # not one flush per line...
-    await asyncio.sleep(0)
-    assert out.flushes == 1  # ...but one at the end of the turn
+    await loop_turns()
+    assert out.flushes == 1  # ...but one when the interval is over
     assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/0", "/1", "/2"]
     logger.log(record())
-    await asyncio.sleep(0)
+    await loop_turns()
     assert out.flushes == 2 and logger.written == 4 and logger.errors == 0
+
+
+async def test_flush_pending_flushes_before_the_interval_is_over() -> None:
+    out = CountingStream()
+    logger = AccessLogger(out, flush_interval=3600.0)
+    logger.log(record())
+    await asyncio.sleep(0)
+    assert out.flushes == 0  # waiting for the interval
+    logger.flush_pending()
+    assert out.flushes == 1
+    assert AccessLogger().flush_interval == accesslog.FLUSH_INTERVAL
 
 
 def test_outside_a_loop_every_line_is_flushed() -> None:
@@ -243,15 +260,15 @@ async def test_a_failing_deferred_flush_is_counted() -> None:
         def flush(self) -> None:
             raise OSError("disk full")
 
-    logger = AccessLogger(Unflushable())
+    logger = AccessLogger(Unflushable(), flush_interval=0.0)
     logger.log(record())
-    await asyncio.sleep(0)
+    await loop_turns()
     assert logger.errors == 1
 
 
 def test_a_flush_left_pending_by_a_stopped_loop_does_not_stall_the_next_loop() -> None:
     out = CountingStream()
-    logger = AccessLogger(out)
+    logger = AccessLogger(out, flush_interval=0.0)
 
     async def log_then_stop() -> None:
         logger.log(record())
@@ -264,7 +281,7 @@ def test_a_flush_left_pending_by_a_stopped_loop_does_not_stall_the_next_loop() -
 
     async def log_and_turn() -> None:
         logger.log(record())
-        await asyncio.sleep(0)
+        await loop_turns()
 
     asyncio.run(log_and_turn())
     assert out.flushes > flushes
