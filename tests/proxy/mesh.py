@@ -38,6 +38,12 @@ class Mesh:
     agent_log: io.StringIO
     extra: list[Sidecar] = field(default_factory=list)
 
+    def server_lines(self) -> list[str]:
+        return log_lines(self.server, self.server_log)
+
+    def agent_lines(self) -> list[str]:
+        return log_lines(self.agent, self.agent_log)
+
     @property
     def outbound_url(self) -> str:
         return f"http://127.0.0.1:{self.agent.port('outbound')}"
@@ -52,6 +58,13 @@ class Mesh:
         await sidecar.start(svid_timeout=WAIT)
         self.extra.append(sidecar)
         return sidecar
+
+
+def log_lines(sidecar: Sidecar, stream: io.StringIO) -> list[str]:
+    """The access and audit lines ``sidecar`` has logged into ``stream`` so far (the lines it
+    holds for its next flush are written first)."""
+    sidecar.access_log.flush_pending()
+    return stream.getvalue().splitlines()
 
 
 def inbound_config(socket: str, upstream_port: int, **inbound: Any) -> dict[str, Any]:

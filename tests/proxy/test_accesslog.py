@@ -215,35 +215,51 @@ async def loop_turns(count: int = 3) -> None:
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
+        self.writes = 0
         self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
         super().flush()
 
 
-async def test_lines_within_the_flush_interval_are_flushed_together() -> None:
+async def test_lines_within_the_flush_interval_are_written_together() -> None:
     out = CountingStream()
     logger = AccessLogger(out, flush_interval=0.0)
     for index in range(3):
         logger.log(record(path=f"/{index}"))
-    assert out.flushes == 0  # not one flush per line...
+    assert (out.writes, out.flushes) == (0, 0)  # held, not a write per line...
     await loop_turns()
-    assert out.flushes == 1  # ...but one when the interval is over
+    assert (out.writes, out.flushes) == (1, 1)  # ...but one write when the interval is over
     assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/0", "/1", "/2"]
     logger.log(record())
     await loop_turns()
-    assert out.flushes == 2 and logger.written == 4 and logger.errors == 0
+    assert out.writes == 2 and logger.written == 4 and logger.errors == 0
 
 
-async def test_flush_pending_flushes_before_the_interval_is_over() -> None:
+async def test_held_lines_are_written_early_when_there_are_many() -> None:
     out = CountingStream()
     logger = AccessLogger(out, flush_interval=3600.0)
+    for _ in range(accesslog.MAX_PENDING - 1):
+        logger.log(record())
+    assert out.writes == 0
     logger.log(record())
-    await asyncio.sleep(0)
-    assert out.flushes == 0  # waiting for the interval
+    assert out.writes == 1 and logger.written == accesslog.MAX_PENDING
+    assert len(out.getvalue().splitlines()) == accesslog.MAX_PENDING
+
+
+async def test_flush_pending_writes_before_the_interval_is_over() -> None:
+    out = CountingStream()
+    logger = AccessLogger(out, flush_interval=3600.0)
+    logger.log(record(path="/held"))
+    await loop_turns()
+    assert out.getvalue() == ""  # held for the interval
     logger.flush_pending()
-    assert out.flushes == 1
+    assert json.loads(out.getvalue())["path"] == "/held" and out.flushes == 1
     assert AccessLogger().flush_interval == accesslog.FLUSH_INTERVAL
 
 
@@ -255,15 +271,16 @@ def test_outside_a_loop_every_line_is_flushed() -> None:
     assert out.flushes == 2
 
 
-async def test_a_failing_deferred_flush_is_counted() -> None:
+async def test_a_failing_deferred_write_counts_every_line_lost() -> None:
     class Unflushable(io.StringIO):
         def flush(self) -> None:
             raise OSError("disk full")
 
     logger = AccessLogger(Unflushable(), flush_interval=0.0)
     logger.log(record())
+    logger.log(record())
     await loop_turns()
-    assert logger.errors == 1
+    assert (logger.written, logger.errors) == (0, 2)
 
 
 def test_a_flush_left_pending_by_a_stopped_loop_does_not_stall_the_next_loop() -> None:

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
 from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import WAIT, local_mesh
+from tests.proxy.mesh import WAIT, local_mesh, log_lines
 
 REFERENCE_POLICY: dict[str, Any] = {
     "default": "deny",
@@ -55,8 +55,9 @@ async def server() -> AsyncIterator[McpServerHandle]:
 @pytest.fixture
 async def oauth_ingress(
     server: McpServerHandle,
-) -> AsyncIterator[tuple[str, Issuer, io.StringIO]]:
-    """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress."""
+) -> AsyncIterator[tuple[str, Issuer, Callable[[], list[str]]]]:
+    """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress;
+    the third item gives the ingress's log lines so far."""
     issuer = await Issuer().start()
     port = free_port()
     resource = f"http://127.0.0.1:{port}{MCP_PATH}"
@@ -79,7 +80,7 @@ async def oauth_ingress(
     )
     await sidecar.start()
     try:
-        yield resource, issuer, log
+        yield resource, issuer, lambda: log_lines(sidecar, log)
     finally:
         await sidecar.stop()
         await issuer.close()
@@ -94,14 +95,14 @@ def bearer(issuer: Issuer, resource: str, roles: list[str]) -> dict[str, str]:
     [(["admin"], ["echo"], "echo", "get_time"), (["user"], ["get_time"], "get_time", "echo")],
 )
 async def test_roles_from_token_claims(
-    oauth_ingress: tuple[str, Issuer, io.StringIO],
+    oauth_ingress: tuple[str, Issuer, Callable[[], list[str]]],
     server: McpServerHandle,
     roles: list[str],
     visible: list[str],
     allowed: str,
     denied: str,
 ) -> None:
-    resource, issuer, log = oauth_ingress
+    resource, issuer, log_so_far = oauth_ingress
     headers = bearer(issuer, resource, roles)
     assert await mcp_client.list_tool_names(resource, headers) == visible
     arguments = {"text": "hi"} if allowed == "echo" else {}
@@ -112,14 +113,14 @@ async def test_roles_from_token_claims(
     # tools/list was answered over SSE by the real server and filtered on the way.
     lists = [r for r in server.requests if r.method == "POST" and r.status == 200]
     assert any((r.content_type or "").startswith("text/event-stream") for r in lists)
-    audits = [json.loads(line) for line in log.getvalue().splitlines() if '"mcp_audit"' in line]
+    audits = [json.loads(line) for line in log_so_far() if '"mcp_audit"' in line]
     deny = [a for a in audits if a["decision"] == "deny"]
     assert deny and deny[-1]["tool"] == denied and deny[-1]["rule"] is None
     assert deny[-1]["principal"]["roles"] == roles
 
 
 async def test_denial_is_a_jsonrpc_error_naming_the_rule(
-    oauth_ingress: tuple[str, Issuer, io.StringIO], server: McpServerHandle
+    oauth_ingress: tuple[str, Issuer, Callable[[], list[str]]], server: McpServerHandle
 ) -> None:
     resource, issuer, _ = oauth_ingress
     headers = bearer(issuer, resource, ["user"])

@@ -203,11 +203,11 @@ async def test_metrics_access_log_and_readiness(mesh: Mesh, client: aiohttp.Clie
         f'mcp_sidecar_requests_total{{direction="inbound",peer="{AGENT}",status="200"}} 1.0' in text
     )
     assert "mcp_sidecar_svid_expiry_timestamp_seconds" in text
-    line = json.loads(mesh.server_log.getvalue().splitlines()[-1])
+    line = json.loads(mesh.server_lines()[-1])
     assert line["direction"] == "inbound" and line["peer"] == AGENT
     assert line["status"] == 200 and line["mcp_session_id"] == "s-1"
     assert line["method"] == "POST" and line["path"] == "/mcp"
-    agent_line = json.loads(mesh.agent_log.getvalue().splitlines()[-1])
+    agent_line = json.loads(mesh.agent_lines()[-1])
     assert agent_line["route"] == "math" and agent_line["peer"] == SERVER
 
 

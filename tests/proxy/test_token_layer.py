@@ -42,7 +42,7 @@ def challenge_params(value: str) -> dict[str, str]:
 
 
 def last_log(mesh: Mesh) -> dict[str, Any]:
-    return json.loads(mesh.server_log.getvalue().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(mesh.server_lines()[-1])  # type: ignore[no-any-return]
 
 
 # -- JWT-SVID --------------------------------------------------------------------------------
