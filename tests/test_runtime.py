@@ -12,33 +12,38 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import parse_config
+from sidecar.config import Config, parse_config
 from sidecar.identity.devca import DevCA
 from sidecar.identity.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
+
+
+def outbound_only(workload_api: str, trust_domain: str) -> Config:
+    """An outbound sidecar whose one route leads to a closed port."""
+    return parse_config(
+        {
+            "trust_domain": trust_domain,
+            "workload_api": workload_api,
+            "admin": {"listen": "127.0.0.1:0"},
+            "outbound": {
+                "listen": "127.0.0.1:0",
+                "routes": [
+                    {
+                        "name": "math",
+                        "upstream": "https://127.0.0.1:9",
+                        "server_spiffe_id": f"spiffe://{trust_domain}/ns/mcp/sa/math",
+                    }
+                ],
+            },
+        }
+    )
 
 
 async def test_svid_of_another_trust_domain_is_not_adopted() -> None:
     with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as tmp:
         sock = f"unix://{tmp}/agent.sock"
         ca = DevCA.load_or_create(Path(tmp) / "state", "example.org")
-        config = parse_config(
-            {
-                "trust_domain": "other.org",
-                "workload_api": sock,
-                "admin": {"listen": "127.0.0.1:0"},
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "routes": [
-                        {
-                            "name": "math",
-                            "upstream": "https://127.0.0.1:9",
-                            "server_spiffe_id": "spiffe://other.org/ns/mcp/sa/math",
-                        }
-                    ],
-                },
-            }
-        )
+        config = outbound_only(sock, "other.org")
         async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
             sidecar = Sidecar(config)
             try:
@@ -54,23 +59,7 @@ async def test_stop_flushes_access_log_lines_still_waiting_for_their_interval() 
     with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as tmp:
         sock = f"unix://{tmp}/agent.sock"
         ca = DevCA.load_or_create(Path(tmp) / "state", "example.org")
-        config = parse_config(
-            {
-                "trust_domain": "example.org",
-                "workload_api": sock,
-                "admin": {"listen": "127.0.0.1:0"},
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "routes": [
-                        {
-                            "name": "math",
-                            "upstream": "https://127.0.0.1:9",  # refused: a quick 502
-                            "server_spiffe_id": "spiffe://example.org/ns/mcp/sa/math",
-                        }
-                    ],
-                },
-            }
-        )
+        config = outbound_only(sock, "example.org")  # its upstream refuses: a quick 502
         raw = io.BytesIO()
         buffered = io.TextIOWrapper(raw, encoding="utf-8")  # holds lines until flushed
         async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
