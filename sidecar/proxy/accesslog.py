@@ -43,22 +43,25 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
 FLUSH_INTERVAL = 0.05  # seconds a logged line may be held before it is written
 MAX_PENDING = 64  # lines held at most (about 30 KiB) before they are written early
 
-_second: list[Any] = [None, ""]  # [the whole second last formatted, its text up to the seconds]
+# The whole second last formatted and its text up to the seconds: one tuple, replaced whole, so
+# a thread never sees the second of one pair with the text of another.
+_second: tuple[int, str] = (-1, "")
 
 
 def _now() -> str:
     """Now as ``rfc3339`` writes it; every log line asks, so the date and time up to the second
     are formatted once per second and only the milliseconds per call."""
+    global _second
     now = time.time()
     second = int(now)
     micros = round((now - second) * 1_000_000)  # as datetime rounds a timestamp
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    cached = _second
-    if cached[0] != second:
+    cached_second, text = _second
+    if cached_second != second:
         text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        cached[0], cached[1] = second, text  # a racing thread writes the same pair
-    return f"{cached[1]}.{micros // 1000:03d}Z"
+        _second = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def _json_encoder() -> Callable[[Any], str]:
