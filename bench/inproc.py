@@ -17,24 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
+import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import uvloop
 
-from bench.identity import AGENT_ID, ALLOW, SERVER_ID, TRUST_DOMAIN
-from bench.ours import DEFAULT_MCP_POLICY
+from bench import ours
+from bench.identity import AGENT_ID, SERVER_ID, TRUST_DOMAIN, prepare
 from bench.upstream import serve_protocol
 from sidecar.config import parse_config
-from sidecar.demo import mesh as demo_mesh
 from sidecar.identity.devca import DevCA
 from sidecar.identity.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
@@ -95,38 +96,43 @@ class _Client(asyncio.Protocol):
 
 @asynccontextmanager
 async def pair(*, full: bool, access_log: bool) -> AsyncIterator[int]:
-    """Dev Workload API, bench upstream, inbound and outbound sidecars; yields the outbound
-    listener's port."""
+    """Dev Workload API, bench upstream, inbound and outbound sidecars with the main bench's
+    configs (``bench.ours``: the same checks as ``ours-full`` / ``ours-mtls``); yields the
+    outbound listener's port."""
     loop = asyncio.get_running_loop()
     upstream = await loop.create_server(serve_protocol(256), "127.0.0.1", 0)
     up_port = upstream.sockets[0].getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="bench-inproc-") as tmp:
         state = Path(tmp)
-        sockets = {"agent": f"unix://{state}/agent.sock", "server": f"unix://{state}/server.sock"}
+        ids = replace(
+            prepare(state),
+            agent_socket=f"unix://{state}/agent.sock",
+            server_socket=f"unix://{state}/server.sock",
+        )
         api = DevWorkloadApi(
-            DevCA.load_or_create(state / "ca", TRUST_DOMAIN),
-            {sockets["agent"]: AGENT_ID, sockets["server"]: SERVER_ID},
+            DevCA.load_or_create(ids.ca_dir, TRUST_DOMAIN),
+            {ids.agent_socket: AGENT_ID, ids.server_socket: SERVER_ID},
         )
         await api.start()
-        log = {"level": "warning", "access_log": access_log}
-        inbound: dict[str, Any] = (
-            {"jwt_svid": {"audiences": [SERVER_ID]}, "mcp_policy": DEFAULT_MCP_POLICY}
-            if full
-            else {}
-        )
-        if full:
-            inbound["jwt_svid"]["bind_to_peer"] = True
-        server_config = demo_mesh.inbound_config(sockets["server"], up_port, list(ALLOW), **inbound)
+        policy = ours.DEFAULT_MCP_POLICY if full else None
         sidecars: list[Sidecar] = []
         try:
-            server = Sidecar(parse_config({**server_config, "log": log}))
+            server = Sidecar(
+                parse_config(
+                    ours.inbound_config(
+                        ids, 0, 0, up_port, full=full, mcp_policy=policy, access_log=access_log
+                    )
+                )
+            )
             sidecars.append(server)
             await server.start(svid_timeout=30)
-            route = {"jwt_svid_audience": SERVER_ID} if full else None
-            agent_config = demo_mesh.outbound_config(
-                sockets["agent"], server.port("inbound"), SERVER_ID, route
+            agent = Sidecar(
+                parse_config(
+                    ours.outbound_config(
+                        ids, 0, 0, server.port("inbound"), full=full, access_log=access_log
+                    )
+                )
             )
-            agent = Sidecar(parse_config({**agent_config, "log": log}))
             sidecars.append(agent)
             await agent.start(svid_timeout=30)
             yield agent.port("outbound")
@@ -192,10 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="access and audit logs on")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile here")
     args = parser.parse_args(argv)
-    if args.access_log:
-        sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - the log lines' sink until exit
-    figures = uvloop.run(measure(args))
-    sys.stdout = sys.__stdout__
+    # The sidecars log to stdout: with --access-log their lines go to /dev/null, not the terminal.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        figures = uvloop.run(measure(args))
     logs = ", access logs on" if args.access_log else ""
     print(
         f"ours-{args.variant}{logs}: {statistics.median(figures):.1f} µs CPU per request "
