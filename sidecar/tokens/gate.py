@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,11 +24,9 @@ from sidecar.tokens.errors import TokenError, TokenLayer
 from sidecar.tokens.jwt_svid import JwtBundles, JwtSvidRules, check_peer, validate_jwt_svid
 from sidecar.tokens.metadata import WELL_KNOWN_PATH, protected_resource_metadata
 from sidecar.tokens.oauth import JwksCache, OAuthRules
+from sidecar.tokens.verified import VerifiedTokens
 
 JwksMapping = Mapping[str, Mapping[str, Any]]
-MAX_CACHED_TOKENS = 4096
-"""Verified JWT-SVIDs remembered (token -> claims) until they expire or the bundles change: a
-sidecar presents the same cached JWT-SVID on every request, so its signature is checked once."""
 
 
 class TokenGate:
@@ -45,8 +42,7 @@ class TokenGate:
         self._jwt_bundles_source = jwt_bundles
         self._bundles_seen: JwksMapping | None = None
         self._bundles = JwtBundles()
-        #: token -> (verified token, its expiry as a POSIX timestamp)
-        self._verified: dict[str, tuple[VerifiedToken, float]] = {}
+        self._verified = VerifiedTokens()  # JWT-SVIDs, for the current bundles
         jwt_cfg, oauth = config.jwt_svid, config.oauth
         self.jwt_rules = (
             JwtSvidRules(jwt_cfg.audiences, jwt_cfg.algorithms, jwt_cfg.leeway) if jwt_cfg else None
@@ -117,23 +113,20 @@ class TokenGate:
             return await self.jwks.validate(token)
         assert self.jwt_rules is not None
         bundles = self._current_bundles()
-        cached = self._verified.get(token)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
-        verified = validate_jwt_svid(token, bundles, self.jwt_rules)
-        if len(self._verified) >= MAX_CACHED_TOKENS:
-            self._verified.clear()
-        self._verified[token] = (verified, verified.expires_at.timestamp())
+        verified = self._verified.get(token, bundles)
+        if verified is None:
+            verified = validate_jwt_svid(token, bundles, self.jwt_rules)
+            self._verified.put(token, verified, bundles)
         return verified
 
     def _current_bundles(self) -> JwtBundles:
-        """Parse the streamed JWT bundles once per Workload API update, not per request; a new
-        update also forgets every verified token (a key may have been removed)."""
+        """Parse the streamed JWT bundles once per Workload API update, not per request; new
+        bundles are a new key set, so every verified token is verified again (a key may have
+        been removed)."""
         raw = self._jwt_bundles_source()
         if raw is not self._bundles_seen:
             self._bundles = JwtBundles.from_jwks(raw)
             self._bundles_seen = raw
-            self._verified.clear()
         return self._bundles
 
     async def close(self) -> None:

@@ -54,6 +54,7 @@ from sidecar.tokens.jose import (
     verified_claims,
     verify_signature,
 )
+from sidecar.tokens.verified import VerifiedTokens
 
 __all__ = [
     "JwksCache",
@@ -218,6 +219,7 @@ class JwksCache:
         self.fetch_count = 0
         self.fetch_failures = 0
         self.last_error: str | None = None
+        self._verified = VerifiedTokens()  # access tokens, for the current key set
         self.source: KeySource
         if jwks is not None:
             self.source = "inline"
@@ -267,14 +269,17 @@ class JwksCache:
     async def validate(self, token: str, *, now: float | None = None) -> VerifiedToken:
         """Validate ``token`` with the issuer's keys, fetching them first if needed; on an unknown
         ``kid`` refresh (rate-limited) and retry once. ``JwksUnavailable`` (503) if there are no
-        keys at all."""
+        keys at all. A token verified before with the same key set is not verified again until
+        it expires (``now`` given, as tests do: always verified, nothing remembered)."""
         if self._stale():
             await self.refresh()
         keys = self._keys
         if not keys:
             raise JwksUnavailable("the authorization server's signing keys are unavailable")
+        if now is None and (known := self._verified.get(token, keys)) is not None:
+            return known
         try:
-            return validate_access_token(token, keys, self.rules, now=now)
+            verified = validate_access_token(token, keys, self.rules, now=now)
         except UnknownKid:
             if self.source == "inline":
                 raise
@@ -282,7 +287,11 @@ class JwksCache:
                 await self.refresh()
             if self._keys is keys:  # no new keys: the kid stays unknown
                 raise
-        return validate_access_token(token, self._keys, self.rules, now=now)
+            keys = self._keys
+            verified = validate_access_token(token, keys, self.rules, now=now)
+        if now is None:
+            self._verified.put(token, verified, keys)
+        return verified
 
     async def refresh(self) -> bool:
         """Fetch the keys now unless the last attempt was less than ``jwks_refresh_interval``

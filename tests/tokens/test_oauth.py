@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from sidecar.tokens import (
     UnknownKid,
     discovery_urls,
     load_jwks,
+    oauth,
     validate_access_token,
 )
 from tests.tokens.jwtkit import (
@@ -529,3 +531,60 @@ async def test_against_a_real_http_server() -> None:
             assert hits == ["/.well-known/openid-configuration", "/keys", "/keys"]
     finally:
         await runner.cleanup()
+
+
+# A token the real clock accepts: ``JwksCache`` remembers verifications only when no ``now`` is
+# given, that is in production.
+def live_token(kid: str = "k1", lifetime: int = 300) -> str:
+    now = int(time.time())
+    return token(kid, exp=now + lifetime, iat=now - 5)
+
+
+def counting_signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    checked: list[str] = []
+    real = oauth.verify_signature
+
+    def counting(token: str, *args: Any) -> Any:
+        checked.append(token)
+        return real(token, *args)
+
+    monkeypatch.setattr(oauth, "verify_signature", counting)
+    return checked
+
+
+async def test_a_token_is_verified_once_per_key_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = counting_signature_checks(monkeypatch)
+    cache, _, _ = make_cache({JWKS_URI: JWKS2})
+    tok = live_token()
+    first = await cache.validate(tok)
+    assert await cache.validate(tok) is first
+    assert len(checked) == 1
+    await cache.validate(tok, now=time.time())  # an explicit clock: always verified
+    assert len(checked) == 2
+
+
+async def test_a_remembered_token_is_refused_once_its_key_is_retired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked = counting_signature_checks(monkeypatch)
+    cache, fetch, clock = make_cache({JWKS_URI: JWKS2})
+    tok = live_token("k2")
+    await cache.validate(tok)
+    fetch.docs[JWKS_URI] = JWKS1  # the issuer retired k2
+    clock.advance(301)  # the key set's TTL: refetched on the next request
+    with pytest.raises(UnknownKid):
+        await cache.validate(tok)
+    assert len(checked) == 1  # refused on its kid, not served from memory
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache, _, _ = make_cache({JWKS_URI: JWKS1})
+    tok = live_token(lifetime=60)
+    await cache.validate(tok)
+    later = time.time() + 3600  # past exp and any leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(TokenError) as info:
+        await cache.validate(tok)
+    assert info.value.reason == "expired"
