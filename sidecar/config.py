@@ -37,6 +37,7 @@ from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
 from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
 from sidecar.schema import got as _got
 from sidecar.schema import join as _join
+from sidecar.schema import parse_each
 from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
@@ -1443,20 +1444,10 @@ class _Parser:
         items = self.sequence(value, path, like)
         if not items and empty is not None:
             raise ConfigError(path, empty)
-        result: list[str] = []
-        failed = False
-        for index, item in enumerate(items):
-            try:
-                text = parse(item, f"{path}[{index}]")
-            except ConfigError as exc:
-                self.problems.append(exc)
-                failed = True
-                continue
-            if text not in result:
-                result.append(text)
-        if failed:
+        result = parse_each(items, path, parse, self.problems)
+        if result is None:
             raise _Failed
-        return tuple(result)
+        return result
 
     def algorithms(self, value: object, path: str) -> tuple[str, ...]:
         return self.strings(

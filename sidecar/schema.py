@@ -58,6 +58,28 @@ def got(value: object) -> str:
     return type(value).__name__
 
 
+def parse_each(
+    items: Sequence[object],
+    path: str,
+    parse: Callable[[object, str], _T],
+    problems: list[ConfigError],
+) -> tuple[_T, ...] | None:
+    """``parse`` every item of a list (``path[index]`` names each), duplicates dropped; every
+    failure is appended to ``problems``, and then the result is None."""
+    result: list[_T] = []
+    failed = False
+    for index, item in enumerate(items):
+        try:
+            parsed = parse(item, f"{path}[{index}]")
+        except ConfigError as exc:
+            problems.append(exc)
+            failed = True
+            continue
+        if parsed not in result:
+            result.append(parsed)
+    return None if failed else tuple(result)
+
+
 def raise_config_errors(problems: Sequence[ConfigError]) -> NoReturn:
     from sidecar.config import ConfigErrors  # lazy: config.py imports this package
 
@@ -122,18 +144,7 @@ class Problems:
         items = self.sequence(value, path, like)
         if items is None:
             return None
-        result: list[_T] = []
-        failed = False
-        for index, item in enumerate(items):
-            try:
-                parsed = parse(item, f"{path}[{index}]")
-            except ConfigError as exc:
-                self.items.append(exc)
-                failed = True
-                continue
-            if parsed not in result:
-                result.append(parsed)
-        return None if failed else tuple(result)
+        return parse_each(items, path, parse, self.items)
 
     def choice(self, value: object, path: str, choices: Sequence[str]) -> str | None:
         if isinstance(value, str) and value in choices:
