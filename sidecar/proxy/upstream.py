@@ -55,7 +55,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
     """Parses one response at a time and hands its body over piece by piece."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = self.loop = loop
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.context: ssl.SSLContext | None = None
         self.idle_since = 0.0
@@ -406,7 +406,8 @@ class UpstreamPool:
         try:
             conn.begin(method)
             if len(data) > SMALL_WRITE:  # may have to wait for the kernel to take it
-                loop = conn.loop
+                loop = self._loop
+                assert loop is not None  # set by _take_idle
                 started = loop.time()
                 async with asyncio.timeout(head_timeout):
                     await conn.send(data)
