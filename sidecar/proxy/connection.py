@@ -475,6 +475,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         elif self._raw is not None:
             self._raw.close()
 
+    def cut(self) -> None:
+        """Abort the connection and cancel whatever it is doing (the end of a drain)."""
+        self._abort()
+        if self._task is not None:
+            self._task.cancel()
+
     def close_idle(self) -> bool:
         """Close now if no request is in flight (drain); returns whether it was idle."""
         if self._head is None and self._task is None:
@@ -652,9 +658,7 @@ class HttpServer:
                 conn.close_idle()
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
-            conn._abort()
-            if conn._task is not None:
-                conn._task.cancel()
+            conn.cut()
         self._sweeper.cancel()
 
 
