@@ -133,6 +133,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "jwks_cache_ttl",
         "jwks_refresh_interval",
         "require_cnf",
+        "bind_actor_to_peer",
         "roles_claim",
         "groups_claim",
     ),
@@ -301,6 +302,9 @@ class OAuthConfig:
     """Minimum time between two refreshes triggered by an unknown ``kid`` (seconds, > 0)."""
     require_cnf: bool = False
     """RFC 8705: the token's ``cnf.x5t#S256`` must match the mTLS client certificate."""
+    bind_actor_to_peer: bool = False
+    """A delegated token's current actor (RFC 8693 ``act.sub``) must be the mTLS peer's SPIFFE
+    ID (parser default: true with ``mtls: required``; never true with ``mtls: off``)."""
     roles_claim: str = "roles"
     """Claim read as the caller's roles."""
     groups_claim: str = "groups"
@@ -1372,6 +1376,7 @@ class _Parser:
         jwks_cache_ttl = f.optional("jwks_cache_ttl", _timeout, 300.0)
         jwks_refresh_interval = f.optional("jwks_refresh_interval", _timeout, 30.0)
         require_cnf = f.optional("require_cnf", _boolean, False)
+        bind_actor = f.optional("bind_actor_to_peer", _boolean, mtls == "required")
         roles_claim = f.optional("roles_claim", _claim_name("roles"), "roles")
         groups_claim = f.optional("groups_claim", _claim_name("groups"), "groups")
         sources = [key for key in ("jwks_uri", "jwks") if key in f]
@@ -1407,6 +1412,13 @@ class _Parser:
                 "match the token's cnf.x5t#S256 against; set it to false",
             )
             f.failed = True
+        if mtls == "off" and bind_actor and "bind_actor_to_peer" in f:
+            self.error(
+                _join(path, "bind_actor_to_peer"),
+                "cannot be true with inbound.mtls: 'off': there is no mTLS peer the actor of a "
+                "delegated token could be bound to; set it to false",
+            )
+            f.failed = True
         if f.failed or issuer is None or audience is None:
             raise _Failed
         return OAuthConfig(
@@ -1426,6 +1438,7 @@ class _Parser:
             jwks_cache_ttl=jwks_cache_ttl,
             jwks_refresh_interval=jwks_refresh_interval,
             require_cnf=require_cnf,
+            bind_actor_to_peer=bind_actor,
             roles_claim=roles_claim,
             groups_claim=groups_claim,
         )

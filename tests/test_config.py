@@ -1257,6 +1257,7 @@ def test_token_layer_round_trips_to_the_expected_dataclasses() -> None:
         jwks_cache_ttl=600.0,
         jwks_refresh_interval=0.25,
         require_cnf=True,
+        bind_actor_to_peer=True,
         roles_claim="realm_roles",
         groups_claim="grp",
     )
@@ -1310,6 +1311,7 @@ def test_token_layer_defaults() -> None:
         jwks_cache_ttl=300.0,
         jwks_refresh_interval=30.0,
         require_cnf=False,
+        bind_actor_to_peer=True,  # like bind_to_peer: on with mTLS
         roles_claim="roles",
         groups_claim="groups",
     )
@@ -1411,6 +1413,14 @@ def test_mtls_off_refuses_peer_bound_settings() -> None:
     path, message = only(problems_of(data))
     assert path == "inbound.oauth.require_cnf"
     assert message.startswith("cannot be true with inbound.mtls: 'off': there is no client cert")
+    data = oauth_only()
+    data["inbound"]["oauth"]["bind_actor_to_peer"] = True
+    path, message = only(problems_of(data))
+    assert path == "inbound.oauth.bind_actor_to_peer"
+    assert message.startswith("cannot be true with inbound.mtls: 'off': there is no mTLS peer")
+    oauth_only_config = parse_config(oauth_only()).inbound
+    assert oauth_only_config is not None and oauth_only_config.oauth is not None
+    assert oauth_only_config.oauth.bind_actor_to_peer is False
     # with mTLS, both are fine
     data = with_tokens()
     data["inbound"]["jwt_svid"]["bind_to_peer"] = True

@@ -101,6 +101,7 @@ from sidecar.schema import (
     raise_config_errors,
     short,
 )
+from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
 from sidecar.spiffe.match import PatternError, SpiffeIdPattern
 from sidecar.tokens.claims import Principal
 
@@ -114,6 +115,7 @@ __all__ = [
     "LIST_METHODS",
     "REGEX_INPUT_CAP",
     "TARGET_KINDS",
+    "ActorPattern",
     "ArgumentConstraint",
     "Decision",
     "Effect",
@@ -269,6 +271,34 @@ class Glob:
 
 
 @dataclass(frozen=True, slots=True)
+class ActorPattern:
+    """An actor of a delegated token (RFC 8693 ``act.sub``) in ``when.actor`` /
+    ``when.actors_outside``: a SPIFFE ID pattern (text starting with ``spiffe://``, whole-segment
+    wildcards as in ``allow_spiffe_ids``) or an exact actor name (e.g. an OAuth client id)."""
+
+    text: str
+    spiffe: SpiffeIdPattern | None = field(default=None, repr=False, compare=False)
+
+    def matches(self, actor: str) -> bool:
+        if self.spiffe is None:
+            return actor == self.text
+        sid = _actor_spiffe_id(actor)
+        return sid is not None and self.spiffe.matches(sid)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@functools.lru_cache(maxsize=1024)
+def _actor_spiffe_id(actor: str) -> SpiffeId | None:
+    """The actor as a SPIFFE ID, or None if it is not one (then no SPIFFE pattern matches)."""
+    try:
+        return SpiffeId.parse(actor)
+    except SpiffeIdError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class PrincipalMatch:
     """``when``: every field that is not None must match (AND); within a field, any of."""
 
@@ -280,6 +310,15 @@ class PrincipalMatch:
     groups: tuple[str, ...] | None = None
     claims: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
     """(claim name, accepted values): the claim must equal one of them."""
+    delegated: bool | None = None
+    """True: the token carries an RFC 8693 ``act`` (someone acts for ``sub``); False: it does
+    not."""
+    actor: tuple[ActorPattern, ...] | None = None
+    """The current actor (``act.sub``) matches any of these; never matches an undelegated
+    token."""
+    actors_outside: tuple[ActorPattern, ...] | None = None
+    """Some actor of the chain (current or prior) matches none of these: for deny rules such as
+    "no actor outside our trust domain". Never matches an undelegated token."""
 
     def matches(self, principal: Principal) -> bool:
         if self.spiffe_ids is not None:
@@ -299,6 +338,16 @@ class PrincipalMatch:
             return False
         if self.groups is not None and not any(g in self.groups for g in principal.groups):
             return False
+        if self.delegated is not None and bool(principal.actors) is not self.delegated:
+            return False
+        if self.actor is not None:
+            current = principal.actor
+            if current is None or not _any_actor_pattern(self.actor, current):
+                return False
+        if self.actors_outside is not None:
+            allowed = self.actors_outside
+            if not any(not _any_actor_pattern(allowed, a) for a in principal.actors):
+                return False
         if self.claims:
             token = principal.token
             if token is None:
@@ -307,6 +356,10 @@ class PrincipalMatch:
                 if name not in token.claims or _equals_any(token.claims[name], values) is not True:
                     return False
         return True
+
+
+def _any_actor_pattern(patterns: tuple[ActorPattern, ...], actor: str) -> bool:
+    return any(pattern.matches(actor) for pattern in patterns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,7 +649,17 @@ RULE_KEYS: Final = (
     "prompts",
     "arguments",
 )
-WHEN_KEYS: Final = ("spiffe_ids", "sub", "scopes", "roles", "groups", "claims")
+WHEN_KEYS: Final = (
+    "spiffe_ids",
+    "sub",
+    "scopes",
+    "roles",
+    "groups",
+    "claims",
+    "delegated",
+    "actor",
+    "actors_outside",
+)
 CONSTRAINT_KEYS: Final = ("equals", "one_of", "min", "max", "max_length", "regex", "optional")
 _RULE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _METHOD_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
@@ -742,7 +805,31 @@ class _PolicyParser:
         claims = (
             self.claims(fields.get("claims"), join(path, "claims")) if "claims" in fields else ()
         )
+        delegated: bool | None = None
+        if "delegated" in fields:
+            if isinstance(fields["delegated"], bool):
+                delegated = fields["delegated"]
+            else:
+                self.p.add(
+                    join(path, "delegated"),
+                    f"expected true or false, got {got(fields['delegated'])}",
+                )
+        actor = actors_outside = None
+        if "actor" in fields:
+            actor = self.p.items_of(
+                fields["actor"], join(path, "actor"), "actors (SPIFFE ID patterns)", _actor
+            )
+        if "actors_outside" in fields:
+            actors_outside = self.p.items_of(
+                fields["actors_outside"],
+                join(path, "actors_outside"),
+                "actors (SPIFFE ID patterns)",
+                _actor,
+            )
         for key, value in (
+            ("delegated", delegated),
+            ("actor", actor),
+            ("actors_outside", actors_outside),
             ("spiffe_ids", spiffe_ids),
             ("sub", sub),
             ("scopes", scopes),
@@ -760,6 +847,9 @@ class _PolicyParser:
             roles=roles,
             groups=groups,
             claims=claims,
+            delegated=delegated,
+            actor=actor,
+            actors_outside=actors_outside,
         )
 
     def claims(self, data: object, path: str) -> tuple[tuple[str, tuple[Scalar, ...]], ...] | None:
@@ -925,6 +1015,20 @@ def _pattern(value: object, path: str) -> SpiffeIdPattern:
         return SpiffeIdPattern.parse(value)
     except PatternError as exc:
         raise ConfigError(path, f"not a SPIFFE ID pattern: {exc.message}") from None
+
+
+def _actor(value: object, path: str) -> ActorPattern:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            path,
+            "expected a SPIFFE ID pattern like spiffe://example.org/ns/agents/** or an exact "
+            f"actor name, got {got(value)}",
+        )
+    if value.startswith("spiffe://"):
+        return ActorPattern(value, _pattern(value, path))
+    if value.lower().startswith("spiffe:"):
+        raise ConfigError(path, f"not a SPIFFE ID pattern: {short(value)}")
+    return ActorPattern(value)
 
 
 def _method(value: object, path: str) -> str:

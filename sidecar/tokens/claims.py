@@ -41,6 +41,9 @@ class VerifiedToken:
     """Every claim, deeply read-only (objects are mappings, arrays are tuples)."""
     cnf_x5t_s256: str | None = None
     """RFC 8705 certificate binding: base64url (no padding) SHA-256 of the client cert DER."""
+    actors: tuple[str, ...] = ()
+    """RFC 8693 delegation chain from the ``act`` claim: the current actor (``act.sub``) first,
+    then prior actors (``act.act.sub``, ...); empty when the token is not delegated."""
 
 
 def freeze(value: Any) -> Any:
@@ -115,6 +118,37 @@ def claim_strings(claims: Mapping[str, Any], name: str, layer: TokenLayer) -> tu
     )
 
 
+MAX_ACTORS = 8
+"""Longest delegation chain accepted (nested ``act`` claims); a deeper one is refused."""
+
+
+def delegation_chain(claims: Mapping[str, Any], layer: TokenLayer) -> tuple[str, ...]:
+    """The actors of an RFC 8693 delegated token (section 4.1): ``act.sub`` is the current
+    actor, a nested ``act`` inside it names the actor before, and so on. Every ``act`` must be
+    an object with a non-empty string ``sub``: an actor we cannot name could not be checked
+    against the mTLS peer or the policy, so such a token is refused (fail closed)."""
+    chain: list[str] = []
+    node: Any = claims
+    while "act" in node:
+        act = node["act"]
+        if not isinstance(act, Mapping):
+            raise TokenError("claim 'act' is not an object", reason="malformed_claim", layer=layer)
+        actor = act.get("sub")
+        if not isinstance(actor, str) or not actor:
+            raise TokenError(
+                "claim 'act' has no 'sub' naming the actor", reason="malformed_claim", layer=layer
+            )
+        chain.append(actor)
+        if len(chain) > MAX_ACTORS:
+            raise TokenError(
+                f"delegation chain longer than {MAX_ACTORS} actors",
+                reason="malformed_claim",
+                layer=layer,
+            )
+        node = act
+    return tuple(chain)
+
+
 def cert_thumbprint(peer_cert_sha256_hex: str) -> str:
     """RFC 8705 ``x5t#S256`` from a hex SHA-256 digest of the certificate DER."""
     if not _HEX_SHA256_RE.fullmatch(peer_cert_sha256_hex):
@@ -155,6 +189,20 @@ def check_cnf(token: VerifiedToken, peer_cert_sha256_hex: str | None, *, require
         )
 
 
+def check_actor(token: VerifiedToken, peer: SpiffeId | None) -> None:
+    """``bind_actor_to_peer``: a delegated token (RFC 8693 ``act``) may only be presented by its
+    current actor, so an exchanged token copied off the agent that obtained it is useless over
+    any other workload's connection. Tokens without ``act`` are not affected."""
+    if not token.actors:
+        return
+    if peer is None or token.actors[0] != str(peer):
+        raise TokenError(
+            "token's current actor (act.sub) is not the mTLS peer's SPIFFE ID",
+            reason="actor_mismatch",
+            layer=token.layer,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the mTLS peer's SPIFFE ID (None without mTLS) and the validated token
@@ -167,6 +215,16 @@ class Principal:
     def sub(self) -> str | None:
         """The token's subject (None without a token; the mTLS identity is ``spiffe_id``)."""
         return self.token.subject if self.token is not None else None
+
+    @property
+    def actor(self) -> str | None:
+        """The current actor of a delegated token (``act.sub``): who acts for ``sub``."""
+        return self.token.actors[0] if self.token is not None and self.token.actors else None
+
+    @property
+    def actors(self) -> tuple[str, ...]:
+        """The whole delegation chain, current actor first (empty: not delegated)."""
+        return self.token.actors if self.token is not None else ()
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -186,6 +244,8 @@ class Principal:
             "spiffe_id": str(self.spiffe_id) if self.spiffe_id is not None else None,
             "token_layer": self.token.layer if self.token is not None else None,
             "sub": self.sub,
+            "actor": self.actor,
+            "actor_chain": list(self.actors),
             "scopes": sorted(self.scopes),
             "roles": list(self.roles),
             "groups": list(self.groups),

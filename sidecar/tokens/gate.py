@@ -19,7 +19,7 @@ from typing import Any
 from sidecar.config import InboundConfig
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.bearer import bearer_token
-from sidecar.tokens.claims import Principal, VerifiedToken, check_cnf
+from sidecar.tokens.claims import Principal, VerifiedToken, check_actor, check_cnf
 from sidecar.tokens.errors import TokenError, TokenLayer
 from sidecar.tokens.jwt_svid import JwtBundles, JwtSvidRules, check_peer, validate_jwt_svid
 from sidecar.tokens.metadata import WELL_KNOWN_PATH, protected_resource_metadata
@@ -48,6 +48,7 @@ class TokenGate:
             JwtSvidRules(jwt_cfg.audiences, jwt_cfg.algorithms, jwt_cfg.leeway) if jwt_cfg else None
         )
         self.bind_to_peer = bool(jwt_cfg and jwt_cfg.bind_to_peer)
+        self.bind_actor_to_peer = bool(oauth and oauth.bind_actor_to_peer)
         self.jwks: JwksCache | None = None
         if oauth is not None:
             rules = OAuthRules(
@@ -98,6 +99,8 @@ class TokenGate:
         verified = await self._validate(token)
         if verified.layer == "jwt_svid" and self.bind_to_peer:
             check_peer(verified, peer)
+        if verified.layer == "oauth" and self.bind_actor_to_peer:
+            check_actor(verified, peer)
         oauth = self.config.oauth
         check_cnf(
             verified,

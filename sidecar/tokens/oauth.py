@@ -33,7 +33,13 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from sidecar.tokens.claims import VerifiedToken, claim_strings, freeze, parse_scopes
+from sidecar.tokens.claims import (
+    VerifiedToken,
+    claim_strings,
+    delegation_chain,
+    freeze,
+    parse_scopes,
+)
 from sidecar.tokens.errors import (
     InsufficientScope,
     JwksUnavailable,
@@ -164,6 +170,7 @@ def validate_access_token(
         groups=claim_strings(claims, rules.groups_claim, LAYER),
         claims=freeze(claims),
         cnf_x5t_s256=cnf_thumbprint(claims, LAYER),
+        actors=delegation_chain(claims, LAYER),
     )
     if not scopes.issuperset(rules.required_scopes):
         raise InsufficientScope(

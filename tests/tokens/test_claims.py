@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens import Principal, TokenError, VerifiedToken, cert_thumbprint, check_cnf
-from sidecar.tokens.claims import claim_strings, freeze, parse_scopes
+from sidecar.tokens.claims import MAX_ACTORS, claim_strings, delegation_chain, freeze, parse_scopes
 
 CERT_DER = b"0\x82\x01\x00 pretend this is a certificate"
 CERT_HEX = hashlib.sha256(CERT_DER).hexdigest()
@@ -137,6 +137,8 @@ def test_principal_with_spiffe_id_and_token() -> None:
         "spiffe_id": "spiffe://example.org/ns/a/sa/b",
         "token_layer": "oauth",
         "sub": "user-1",
+        "actor": None,
+        "actor_chain": [],
         "scopes": ["a", "b"],
         "roles": ["admin"],
         "groups": ["ops"],
@@ -150,9 +152,56 @@ def test_principal_without_token_or_identity() -> None:
         "spiffe_id": None,
         "token_layer": None,
         "sub": None,
+        "actor": None,
+        "actor_chain": [],
         "scopes": [],
         "roles": [],
         "groups": [],
     }
     mtls_only = Principal(spiffe_id=SpiffeId.parse("spiffe://example.org/x"))
     assert mtls_only.sub is None and mtls_only.to_log()["spiffe_id"] == "spiffe://example.org/x"
+
+
+# ------------------------------------------------------------------------- delegation (RFC 8693)
+
+AGENT = "spiffe://example.org/ns/agents/sa/agent"
+PLANNER = "spiffe://example.org/ns/agents/sa/planner"
+
+
+def test_delegation_chain_current_actor_first() -> None:
+    """RFC 8693 sec. 4.1: the outermost act is the current actor, nested ones prior actors."""
+    claims = {"sub": "bob", "act": {"sub": AGENT, "act": {"sub": PLANNER}}}
+    assert delegation_chain(claims, "oauth") == (AGENT, PLANNER)
+    assert delegation_chain({"sub": "bob"}, "oauth") == ()
+    principal = Principal(token=verified(actors=(AGENT, PLANNER)))
+    assert principal.sub == "user-1" and principal.actor == AGENT
+    assert principal.actors == (AGENT, PLANNER)
+    log = principal.to_log()
+    assert log["sub"] == "user-1" and log["actor"] == AGENT
+    assert log["actor_chain"] == [AGENT, PLANNER]
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        "spiffe://example.org/ns/agents/sa/agent",  # a string, not an object
+        {"iss": "https://sts.example.com"},  # no sub: the actor cannot be named
+        {"sub": ""},
+        {"sub": 7},
+        {"sub": AGENT, "act": ["nested", "list"]},  # a malformed prior actor
+        {"sub": AGENT, "act": {"client_id": "x"}},
+    ],
+)
+def test_malformed_act_refuses_the_token(act: object) -> None:
+    with pytest.raises(TokenError) as info:
+        delegation_chain({"sub": "bob", "act": act}, "oauth")
+    assert info.value.reason == "malformed_claim"
+
+
+def test_delegation_chain_is_bounded() -> None:
+    node: dict[str, Any] = {"sub": "actor-0"}
+    for index in range(1, MAX_ACTORS + 1):
+        node = {"sub": f"actor-{index}", "act": node}
+    with pytest.raises(TokenError, match="longer than"):
+        delegation_chain({"sub": "bob", "act": node}, "oauth")
+    assert len(delegation_chain({"sub": "bob", "act": node["act"]}, "oauth")) == MAX_ACTORS

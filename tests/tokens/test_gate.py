@@ -60,3 +60,70 @@ async def test_a_token_is_verified_once_and_forgotten_when_bundles_change() -> N
     with pytest.raises(TokenError) as err:
         await gate.authenticate(header, AGENT, None)
     assert err.value.reason == "unknown_kid"
+
+
+# -- delegated OAuth tokens (RFC 8693) bound to the mTLS peer -------------------------------
+
+ISSUER = "https://sts.example.com"
+RESOURCE = "https://mcp.example.com/mcp"
+OTHER_AGENT = SpiffeId.parse("spiffe://example.org/ns/agents/sa/other")
+
+
+def oauth_gate(**oauth: Any) -> TokenGate:
+    from tests.tokens.jwtkit import ec_key, public_jwk
+
+    config = parse_config(
+        {
+            "trust_domain": "example.org",
+            "inbound": {
+                "listen": "127.0.0.1:0",
+                "upstream": "http://127.0.0.1:8000",
+                "allow_spiffe_ids": ["spiffe://example.org/ns/agents/**"],
+                "oauth": {
+                    "issuer": ISSUER,
+                    "audience": RESOURCE,
+                    "jwks": {"keys": [public_jwk(ec_key(index=40), "sts")]},
+                    **oauth,
+                },
+            },
+        }
+    )
+    assert config.inbound is not None
+    return TokenGate(config.inbound, dict, _fetch)
+
+
+def delegated_token(**claims: Any) -> str:
+    import time
+
+    from tests.tokens.jwtkit import ec_key, sign
+
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": RESOURCE, "sub": "bob", "exp": now + 300, **claims}
+    return sign(body, ec_key(index=40), kid="sts", typ="at+jwt")
+
+
+async def test_a_delegated_token_is_only_good_from_its_current_actor() -> None:
+    gate = oauth_gate()
+    header = [f"Bearer {delegated_token(act={'sub': str(AGENT)})}"]
+    principal = await gate.authenticate(header, AGENT, None)
+    assert principal.sub == "bob" and principal.actor == str(AGENT)
+    with pytest.raises(TokenError) as err:  # replayed by another (allowlisted) workload
+        await gate.authenticate(header, OTHER_AGENT, None)
+    assert err.value.reason == "actor_mismatch" and err.value.status == 401
+    # a prior actor is not the current one
+    chained = [
+        f"Bearer {delegated_token(act={'sub': str(OTHER_AGENT), 'act': {'sub': str(AGENT)}})}"
+    ]
+    with pytest.raises(TokenError) as err:
+        await gate.authenticate(chained, AGENT, None)
+    assert err.value.reason == "actor_mismatch"
+    # an undelegated token (a console relaying its user's token) is not concerned
+    plain = await gate.authenticate([f"Bearer {delegated_token()}"], OTHER_AGENT, None)
+    assert plain.sub == "bob" and plain.actor is None
+
+
+async def test_actor_binding_can_be_turned_off() -> None:
+    gate = oauth_gate(bind_actor_to_peer=False)
+    header = [f"Bearer {delegated_token(act={'sub': str(AGENT)})}"]
+    principal = await gate.authenticate(header, OTHER_AGENT, None)
+    assert principal.actor == str(AGENT)

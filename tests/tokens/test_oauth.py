@@ -200,6 +200,16 @@ def test_cnf_claim_is_exposed_and_checked_for_shape() -> None:
     assert reason_of(token(cnf={"x5t#S256": 5})) == "malformed_claim"
 
 
+def test_delegation_chain_is_exposed_and_checked_for_shape() -> None:
+    agent = "spiffe://example.org/ns/agents/sa/agent"
+    act = {"sub": agent, "act": {"sub": "planner"}}
+    verified = validate_access_token(token(act=act), KEYS, RULES, now=NOW)
+    assert verified.subject == "user-123" and verified.actors == (agent, "planner")
+    assert validate_access_token(token(), KEYS, RULES, now=NOW).actors == ()
+    assert reason_of(token(act=agent)) == "malformed_claim"
+    assert reason_of(token(act={"iss": ISSUER})) == "malformed_claim"
+
+
 def test_rules_validation() -> None:
     with pytest.raises(ValueError, match="HS256"):
         OAuthRules(issuer=ISSUER, audience=RESOURCE, algorithms=("RS256", "HS256"))
