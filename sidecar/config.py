@@ -41,6 +41,7 @@ from sidecar.schema import parse_each
 from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
+from sidecar.tokens.exchange import TOKEN_TYPES
 from sidecar.tokens.jose import ALLOWED_ALGORITHMS
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "OAuthConfig",
     "OutboundConfig",
     "RouteConfig",
+    "TokenExchangeConfig",
     "load_config",
     "load_config_text",
     "parse_config",
@@ -90,6 +92,7 @@ LIMIT_KEYS = (
     "sse_heartbeat",
 )
 ROUTE_SCHEMA = "outbound.routes[]"
+EXCHANGE_SCHEMA = "outbound.routes[].token_exchange"
 
 JWT_ALGORITHMS: tuple[str, ...] = ALLOWED_ALGORITHMS
 """The JWS algorithms a token may be signed with: the token layer's own list (asymmetric only,
@@ -148,6 +151,24 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "server_spiffe_id",
         "strip_prefix",
         "jwt_svid_audience",
+        "token_exchange",
+    ),
+    EXCHANGE_SCHEMA: (
+        "token_endpoint",
+        "issuer",
+        "ca_file",
+        "client_auth",
+        "client_id",
+        "client_secret_file",
+        "sts_audience",
+        "subject_token_header",
+        "subject_token_type",
+        "actor_token",
+        "resource",
+        "audience",
+        "scopes",
+        "timeout",
+        "refresh_before",
     ),
     "log": ("level", "access_log"),
     "shutdown": ("drain_timeout",),
@@ -363,6 +384,49 @@ class InboundConfig:
         return self.public_url + self.oauth.resource_metadata_path
 
 
+ClientAuth = Literal["jwt_svid", "client_secret"]
+CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("jwt_svid", "client_secret")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenExchangeConfig:
+    """``outbound.routes[i].token_exchange``: trade the user's token from the agent's request
+    for one addressed to this route's server at an RFC 8693 security token service (STS)."""
+
+    token_endpoint: str | None = None
+    """The STS's token endpoint; exactly one of it and ``issuer`` is set."""
+    issuer: str | None = None
+    """The STS's issuer: the token endpoint is discovered from its metadata (RFC 8414 / OIDC)."""
+    ca_file: str | None = None
+    """PEM file of the CAs that verify the STS's certificate; None = the system's CAs."""
+    client_auth: ClientAuth = "jwt_svid"
+    """``jwt_svid``: our JWT-SVID as RFC 7523 ``client_assertion``; ``client_secret``: HTTP
+    Basic with ``client_id`` and the secret read from ``client_secret_file``."""
+    client_id: str | None = None
+    client_secret_file: str | None = None
+    sts_audience: str
+    """Audience of the JWT-SVID sent to the STS (parser default: ``issuer``, else
+    ``token_endpoint``)."""
+    subject_token_header: str = "Authorization"  # noqa: S105 (a header name)
+    """Where the agent puts the user's token (``Bearer`` in Authorization; bare elsewhere)."""
+    subject_token_type: str = TOKEN_TYPES["access_token"]
+    actor_token: bool = True
+    """Send our JWT-SVID as ``actor_token``: the STS names us in the new token's ``act``."""
+    resource: str | None = None
+    """RFC 8707 resource: the server's URL, what its ``inbound.oauth.audience`` is."""
+    audience: str | None = None
+    """RFC 8693 ``audience``; at least one of ``resource`` and ``audience`` is set."""
+    scopes: tuple[str, ...] = ()
+    timeout: float = 5.0
+    refresh_before: float = 30.0
+    """An exchanged token is reused until this long before it expires."""
+
+    @property
+    def target(self) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+        """What an exchanged token is for: the cache key next to the user's token hash."""
+        return (self.token_endpoint or self.issuer, self.resource, self.audience, self.scopes)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """One outbound route: requests matching (host, path_prefix) go to ``upstream`` over mTLS."""
@@ -380,6 +444,9 @@ class RouteConfig:
     jwt_svid_audience: str | None = None
     """If set, a JWT-SVID for this audience (from the Workload API) is sent upstream as
     ``Authorization: Bearer``, replacing any Authorization header from the agent."""
+    token_exchange: TokenExchangeConfig | None = None
+    """If set, the user's token from the agent's request is exchanged (RFC 8693) and the
+    result sent upstream as ``Authorization: Bearer``; excludes ``jwt_svid_audience``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -454,6 +521,13 @@ class Config:
                     if route.jwt_svid_audience is not None
                     else ""
                 )
+                exchange = route.token_exchange
+                if exchange is not None:
+                    sts = exchange.token_endpoint or f"{exchange.issuer} (discovered)"
+                    token = (
+                        f"; exchanges the user's token ({exchange.subject_token_header}) at "
+                        f"{sts} for {exchange.resource or exchange.audience}"
+                    )
                 lines.append(
                     f"  route {route.name}: {where} -> {route.upstream} "
                     f"(server {route.server_spiffe_id}){token}"
@@ -955,6 +1029,7 @@ def _token_url(like: str, *, query: bool = False) -> _Parse[str]:
 _issuer_url = _token_url("https://auth.example.com")
 _resource_url = _token_url("https://mcp.example.com/mcp")
 _jwks_uri = _token_url("https://auth.example.com/.well-known/jwks.json", query=True)
+_token_endpoint = _token_url("https://sts.example.com/oauth2/token", query=True)
 
 
 def _public_url(value: object, path: str) -> str:
@@ -1657,6 +1732,15 @@ class _Parser:
         )
         strip_prefix = f.optional("strip_prefix", _boolean, True)
         jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
+        token_exchange = f.optional("token_exchange", self.token_exchange, None)
+        if "token_exchange" in f and "jwt_svid_audience" in f:
+            self.error(
+                _join(path, "token_exchange"),
+                "cannot be combined with jwt_svid_audience: both would send the Authorization "
+                "header upstream (the server's sidecar validates the exchanged token with "
+                "inbound.oauth)",
+            )
+            f.failed = True
         if f.failed or name is None or upstream is None or server_spiffe_id is None:
             raise _Failed
         return RouteConfig(
@@ -1667,7 +1751,121 @@ class _Parser:
             server_spiffe_id=server_spiffe_id,
             strip_prefix=strip_prefix,
             jwt_svid_audience=jwt_svid_audience,
+            token_exchange=token_exchange,
         )
+
+    def token_exchange(self, value: object, path: str) -> TokenExchangeConfig:
+        f = self.fields(value, path, EXCHANGE_SCHEMA)
+        token_endpoint = f.optional("token_endpoint", _token_endpoint, None)
+        issuer = f.optional("issuer", _issuer_url, None)
+        ca_file = f.optional("ca_file", _file_path("/etc/mcp-sidecar/sts-ca.pem"), None)
+        client_auth: ClientAuth = f.optional(
+            "client_auth", lambda v, p: _choice(v, p, CLIENT_AUTH_METHODS), "jwt_svid"
+        )
+        client_id = f.optional("client_id", _non_empty_string("mcp-agent"), None)
+        secret_file = f.optional(
+            "client_secret_file", _file_path("/var/run/secrets/sts/client-secret"), None
+        )
+        sts_audience = f.optional(
+            "sts_audience", _non_empty_string("https://sts.example.com"), None
+        )
+        header = f.optional("subject_token_header", _header_name, "Authorization")
+        subject_type = f.optional(
+            "subject_token_type", _subject_token_type, TOKEN_TYPES["access_token"]
+        )
+        actor_token = f.optional("actor_token", _boolean, True)
+        resource = f.optional("resource", _resource_url, None)
+        audience = f.optional(
+            "audience", _non_empty_string("spiffe://example.org/ns/mcp/sa/x"), None
+        )
+        scopes: tuple[str, ...] = f.optional(
+            "scopes", lambda v, p: self.strings(v, p, "scopes like mcp:tools", _scope), ()
+        )
+        timeout = f.optional("timeout", _timeout, 5.0)
+        refresh_before = f.optional("refresh_before", parse_duration, 30.0)
+        if ("token_endpoint" in f) == ("issuer" in f):
+            self.error(
+                path,
+                "give exactly one of token_endpoint (the STS's token URL) and issuer (its token "
+                "endpoint is then discovered from the issuer's metadata)",
+            )
+            f.failed = True
+        if "resource" not in f and "audience" not in f:
+            self.error(
+                path,
+                "give resource (the server's URL, RFC 8707: what its inbound.oauth.audience is) "
+                "and/or audience: an exchanged token must be addressed to exactly this server",
+            )
+            f.failed = True
+        if client_auth == "client_secret":
+            for key in ("client_id", "client_secret_file"):
+                if key not in f:
+                    self.error(_join(path, key), "required with client_auth: client_secret")
+                    f.failed = True
+        elif "client_secret_file" in f:
+            self.error(
+                _join(path, "client_secret_file"),
+                "only used with client_auth: client_secret (with jwt_svid the JWT-SVID "
+                "authenticates this workload)",
+            )
+            f.failed = True
+        if f.failed:
+            raise _Failed
+        return TokenExchangeConfig(
+            token_endpoint=token_endpoint,
+            issuer=issuer,
+            ca_file=ca_file,
+            client_auth=client_auth,
+            client_id=client_id,
+            client_secret_file=secret_file,
+            sts_audience=sts_audience or issuer or token_endpoint or "",
+            subject_token_header=header,
+            subject_token_type=subject_type,
+            actor_token=actor_token,
+            resource=resource,
+            audience=audience,
+            scopes=scopes,
+            timeout=timeout,
+            refresh_before=refresh_before,
+        )
+
+
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+_NOT_SUBJECT_HEADERS = frozenset(
+    {"host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "cookie"}
+)
+
+
+def _header_name(value: object, path: str) -> str:
+    text = _string(value, path, "Authorization")
+    if not _HEADER_NAME_RE.fullmatch(text):
+        raise ConfigError(path, f"not an HTTP header name: {_short(text)}")
+    if text.lower() in _NOT_SUBJECT_HEADERS or text.lower().startswith("mcp-"):
+        raise ConfigError(path, f"{_short(text)} cannot carry the user's token")
+    return text
+
+
+def _subject_token_type(value: object, path: str) -> str:
+    text = _string(value, path, "access_token")
+    if text in TOKEN_TYPES:
+        return TOKEN_TYPES[text]
+    if text.startswith("urn:") and _URL_TEXT_RE.fullmatch(text):
+        return text
+    raise ConfigError(
+        path,
+        f"expected one of {', '.join(TOKEN_TYPES)} or a token type URI (urn:...), got "
+        f"{_short(text)}",
+    )
+
+
+def _file_path(like: str) -> _Parse[str]:
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path, like)
+        if not text or "\x00" in text:
+            raise ConfigError(path, f"expected a file path like {like}")
+        return text
+
+    return parse
 
 
 def _valid_or_none(parse: _Parse[_T], value: object) -> _T | None:

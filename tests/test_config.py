@@ -1683,7 +1683,10 @@ def test_bad_jwt_svid_audience(value: object, fragment: str) -> None:
 
 def test_token_keys_in_the_wrong_place_are_pointed_home() -> None:
     cases = {
-        "inbound.issuer": "unknown key 'issuer'; it belongs under 'inbound.oauth'",
+        "inbound.issuer": (
+            "unknown key 'issuer'; it belongs under 'inbound.oauth' or "
+            "'outbound.routes[i].token_exchange'"
+        ),
         "inbound.audiences": "unknown key 'audiences'; it belongs under 'inbound.jwt_svid'",
         "inbound.leeway": (
             "unknown key 'leeway'; it belongs under 'inbound.jwt_svid' or 'inbound.oauth'"

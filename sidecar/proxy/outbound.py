@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sidecar.config import OutboundConfig, RouteConfig
+from sidecar.errors import SidecarError
 from sidecar.identity.snapshot import JwtSvid
 from sidecar.identity.workload_api import WorkloadApiError
 from sidecar.metrics import Metrics
@@ -21,8 +22,10 @@ from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.messages import Request, Response
 from sidecar.proxy.routing import select_route
+from sidecar.proxy.token_exchange import TokenExchanger
 from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
+from sidecar.tokens.exchange import ExchangeCache, ExchangeError
 
 HEADER_REUSE = 1.0  # seconds an Authorization header is reused before asking the source again
 
@@ -54,6 +57,12 @@ class OutboundProxy(ProxyHandler):
                 context=tls.client_context,
                 verify=self._verifier(route, on_identity_rejected),
             )
+        exchanged = ExchangeCache()  # one bound for every route's exchanged tokens
+        self.exchangers: dict[str, TokenExchanger] = {
+            route.name: TokenExchanger(route.token_exchange, jwt_svid, exchanged)
+            for route in config.routes
+            if route.token_exchange is not None
+        }
 
     def _verifier(
         self, route: RouteConfig, on_rejected: Callable[[PeerRejected], None]
@@ -90,6 +99,14 @@ class OutboundProxy(ProxyHandler):
     async def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+        for exchanger in self.exchangers.values():
+            await exchanger.close()
+
+    def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
+        response = super().refusal(exc, info)
+        if isinstance(exc, ExchangeError) and exc.www_authenticate is not None:
+            response.headers["WWW-Authenticate"] = exc.www_authenticate
+        return response
 
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
         match = select_route(self.config.routes, request.headers.get("Host"), request.raw_path)
@@ -105,6 +122,10 @@ class OutboundProxy(ProxyHandler):
         headers["Host"] = self.upstream_hosts[route.name]
         if route.jwt_svid_audience is not None:
             headers["Authorization"] = await self._authorization(route.jwt_svid_audience)
+        exchanger = self.exchangers.get(route.name)
+        if exchanger is not None:  # the user's token is exchanged, never forwarded itself
+            headers.popall(exchanger.subject_header, None)
+            headers["Authorization"] = await exchanger.authorization(request.headers)
         return await forward(
             request, self.pools[route.name], match.upstream_path, headers, body, self.limits
         )

@@ -14,7 +14,7 @@ from sidecar.tokens.errors import INVALID_REQUEST, TokenError, TokenLayer
 __all__ = ["bearer_token"]
 
 # RFC 6750 sec. 2.1 b64token
-_B64TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
+B64TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
 
 
 def bearer_token(authorization: Sequence[str], *, layer: TokenLayer) -> str:
@@ -50,7 +50,7 @@ def bearer_token(authorization: Sequence[str], *, layer: TokenLayer) -> str:
             layer=layer,
             error=INVALID_REQUEST,
         )
-    if not _B64TOKEN_RE.fullmatch(credential):
+    if not B64TOKEN_RE.fullmatch(credential):
         raise TokenError(
             "bearer token has characters outside the b64token syntax",
             reason="malformed_token",

@@ -65,6 +65,7 @@ from sidecar.tokens.verified import VerifiedTokens
 __all__ = [
     "JwksCache",
     "OAuthRules",
+    "discover",
     "discovery_urls",
     "validate_access_token",
 ]
@@ -370,27 +371,35 @@ class JwksCache:
         return True
 
     async def _discover(self) -> str:
-        problems: list[str] = []
-        for url in discovery_urls(self.rules.issuer):
-            try:
-                doc = await self._fetch_json(url)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                problems.append(f"{url}: {type(exc).__name__}: {exc}")
-                continue
-            if not isinstance(doc, Mapping):
-                problems.append(f"{url}: not a JSON object")
-                continue
-            if doc.get("issuer") != self.rules.issuer:
-                # RFC 8414 sec. 3.3 / OIDC Discovery sec. 4.3: such metadata MUST NOT be used.
-                problems.append(f"{url}: issuer {doc.get('issuer')!r} is not {self.rules.issuer!r}")
-                continue
-            jwks_uri = doc.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("https", "http"):
-                problems.append(f"{url}: no http(s) jwks_uri")
-                continue
-            log.info("issuer %s: discovered jwks_uri %s", self.rules.issuer, jwks_uri)
-            self._jwks_uri = jwks_uri
-            return jwks_uri
-        raise LookupError("metadata discovery failed: " + "; ".join(problems))
+        jwks_uri = await discover(self._fetch_json, self.rules.issuer, "jwks_uri")
+        log.info("issuer %s: discovered jwks_uri %s", self.rules.issuer, jwks_uri)
+        self._jwks_uri = jwks_uri
+        return jwks_uri
+
+
+async def discover(fetch_json: FetchJson, issuer: str, member: str) -> str:
+    """The http(s) URL ``member`` (``jwks_uri``, ``token_endpoint``) of ``issuer``'s
+    authorization server metadata, tried at every ``discovery_urls`` in turn; ``LookupError``
+    naming what was wrong with each if none serves it."""
+    problems: list[str] = []
+    for url in discovery_urls(issuer):
+        try:
+            doc = await fetch_json(url)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            problems.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(doc, Mapping):
+            problems.append(f"{url}: not a JSON object")
+            continue
+        if doc.get("issuer") != issuer:
+            # RFC 8414 sec. 3.3 / OIDC Discovery sec. 4.3: such metadata MUST NOT be used.
+            problems.append(f"{url}: issuer {doc.get('issuer')!r} is not {issuer!r}")
+            continue
+        found = doc.get(member)
+        if not isinstance(found, str) or urlsplit(found).scheme not in ("https", "http"):
+            problems.append(f"{url}: no http(s) {member}")
+            continue
+        return found
+    raise LookupError("metadata discovery failed: " + "; ".join(problems))
