@@ -87,6 +87,9 @@ class RequestRecord:
     content_type: str | None
     response_session_id: str | None
     """``Mcp-Session-Id`` the response carried."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Every request header (lowercase name, value): what reached the server, credentials
+    included, so a demo or test can show what did not."""
 
 
 def host_header_name(host: str) -> str:
@@ -195,6 +198,7 @@ class _RecordingApp:
                         status=int(message["status"]),
                         content_type=response_headers.get("content-type"),
                         response_session_id=response_headers.get("mcp-session-id"),
+                        headers=tuple(request_headers.items()),
                     )
                 )
             await send(message)

@@ -23,7 +23,9 @@ TD = "example.org"
 AGENT = f"spiffe://{TD}/ns/agents/sa/agent"
 SERVER = f"spiffe://{TD}/ns/mcp/sa/math"
 ROGUE = f"spiffe://{TD}/ns/rogue/sa/intruder"
-IDENTITIES = {"agent": AGENT, "server": SERVER, "rogue": ROGUE}
+OTHER_AGENT = f"spiffe://{TD}/ns/agents/sa/other"
+"""Allowlisted like ``AGENT``: a peer only the token layer can tell apart from it."""
+IDENTITIES = {"agent": AGENT, "server": SERVER, "rogue": ROGUE, "other": OTHER_AGENT}
 WAIT = 15.0
 
 
