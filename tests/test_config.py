@@ -33,6 +33,7 @@ from sidecar.config import (
     OAuthConfig,
     OutboundConfig,
     RouteConfig,
+    TokenExchangeConfig,
     load_config,
     load_config_text,
     parse_config,
@@ -2298,3 +2299,109 @@ def test_empty_mcp_policy_is_an_error_not_a_silent_allow() -> None:
             "  mcp_policy:\n"
         )
     assert [p.path for p in err.value.problems] == ["inbound.mcp_policy"]
+
+
+# -- outbound.routes[i].token_exchange ----------------------------------------------------------
+
+STS = "https://sts.example.com"
+
+
+def with_exchange(**exchange: Any) -> dict[str, Any]:
+    data = base()
+    data["outbound"]["routes"][0]["token_exchange"] = exchange
+    return data
+
+
+def test_token_exchange_defaults() -> None:
+    config = parse_config(with_exchange(issuer=STS, resource=RESOURCE))
+    assert config.outbound is not None
+    exchange = config.outbound.routes[0].token_exchange
+    assert exchange == TokenExchangeConfig(
+        issuer=STS,
+        sts_audience=STS,  # the JWT-SVID for the STS is addressed to its issuer
+        resource=RESOURCE,
+    )
+    assert exchange.client_auth == "jwt_svid" and exchange.actor_token is True
+    assert exchange.subject_token_header == "Authorization"
+    assert exchange.subject_token_type == "urn:ietf:params:oauth:token-type:access_token"
+    assert (exchange.timeout, exchange.refresh_before, exchange.ca_file) == (5.0, 30.0, None)
+    endpoint = parse_config(with_exchange(token_endpoint=f"{STS}/token", audience="math"))
+    assert endpoint.outbound is not None
+    exchange = endpoint.outbound.routes[0].token_exchange
+    assert exchange is not None and exchange.sts_audience == f"{STS}/token"
+    assert any("exchanges the user's token" in line for line in endpoint.summary())
+
+
+def test_token_exchange_every_key() -> None:
+    config = parse_config(
+        with_exchange(
+            issuer=STS,
+            ca_file="/etc/mcp-sidecar/sts-ca.pem",
+            client_auth="client_secret",
+            client_id="agent",
+            client_secret_file="/var/run/secrets/sts/secret",
+            sts_audience="sts",
+            subject_token_header="X-User-Token",
+            subject_token_type="jwt",
+            actor_token=False,
+            resource=RESOURCE,
+            audience="math",
+            scopes=["mcp:tools", "mcp:read"],
+            timeout="2s",
+            refresh_before="1m",
+        )
+    )
+    assert config.outbound is not None
+    exchange = config.outbound.routes[0].token_exchange
+    assert exchange is not None
+    assert exchange.subject_token_type == "urn:ietf:params:oauth:token-type:jwt"
+    assert exchange.scopes == ("mcp:tools", "mcp:read") and exchange.refresh_before == 60.0
+    assert exchange.target == (STS, RESOURCE, "math", ("mcp:tools", "mcp:read"))
+
+
+def test_token_exchange_problems() -> None:
+    p = "outbound.routes[0].token_exchange"
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"resource": RESOURCE}, p, "give exactly one of token_endpoint"),
+        ({"issuer": STS, "token_endpoint": STS, "resource": RESOURCE}, p, "exactly one"),
+        ({"issuer": STS}, p, "give resource"),
+        ({"issuer": "http://sts.example.com", "resource": RESOURCE}, f"{p}.issuer", "https://"),
+        (
+            {"issuer": STS, "resource": RESOURCE, "client_auth": "client_secret"},
+            f"{p}.client_id",
+            "required with client_auth: client_secret",
+        ),
+        (
+            {"issuer": STS, "resource": RESOURCE, "client_secret_file": "/s"},
+            f"{p}.client_secret_file",
+            "only used with client_auth: client_secret",
+        ),
+        (
+            {"issuer": STS, "resource": RESOURCE, "client_secret": "inline!"},
+            f"{p}.client_secret",
+            "unknown key",
+        ),
+        (
+            {"issuer": STS, "resource": RESOURCE, "subject_token_header": "Host"},
+            f"{p}.subject_token_header",
+            "cannot carry the user's token",
+        ),
+        (
+            {"issuer": STS, "resource": RESOURCE, "subject_token_header": "X User"},
+            f"{p}.subject_token_header",
+            "not an HTTP header name",
+        ),
+        (
+            {"issuer": STS, "resource": RESOURCE, "subject_token_type": "cookie"},
+            f"{p}.subject_token_type",
+            "expected one of access_token",
+        ),
+        ({"issuer": STS, "resource": RESOURCE, "scopes": ["a b"]}, f"{p}.scopes[0]", "not a scope"),
+    ]
+    for exchange, path, text in cases:
+        found = problems_of(with_exchange(**exchange))
+        assert any(where == path and text in what for where, what in found), (exchange, found)
+    data = with_exchange(issuer=STS, resource=RESOURCE)
+    data["outbound"]["routes"][0]["jwt_svid_audience"] = "spiffe://example.org/ns/mcp/sa/math"
+    path, message = only(problems_of(data))
+    assert path == f"{p}" and "cannot be combined with jwt_svid_audience" in message
