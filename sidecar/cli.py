@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sidecar import apikey_cli, inject, webhook_cli
     from sidecar import demo as demo_package
-    from sidecar import inject, webhook_cli
     from sidecar.identity import devserver
     from sidecar.mcp import explain
 
@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     webhook_cli.configure_parser(webhook_cmd)
     webhook_cmd.set_defaults(handler=webhook_cli.run_from_args)
+
+    api_key_cmd = commands.add_parser(
+        "api-key",
+        help="create an API key for inbound.api_keys (prints the key once and its hash entry)",
+        description=apikey_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    apikey_cli.configure_parser(api_key_cmd)
+    api_key_cmd.set_defaults(handler=apikey_cli.run_from_args)
     return parser
 
 

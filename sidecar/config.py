@@ -41,6 +41,7 @@ from sidecar.schema import parse_each
 from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
+from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
 from sidecar.tokens.exchange import TOKEN_TYPES
 from sidecar.tokens.jose import ALLOWED_ALGORITHMS
 
@@ -50,6 +51,7 @@ __all__ = [
     "SCHEMA",
     "UNSUPPORTED_KEYS",
     "AdminConfig",
+    "ApiKeysConfig",
     "Config",
     "ConfigErrors",
     "InboundConfig",
@@ -118,8 +120,10 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "limits",
         "mcp_policy",
         "rate_limits",
+        "api_keys",
     ),
     "inbound.mcp_policy.file": ("file", "reload_interval"),
+    "inbound.api_keys": ("file", "header", "reload_interval"),
     "inbound.jwt_svid": ("audiences", "bind_to_peer", "leeway", "algorithms"),
     "inbound.oauth": (
         "issuer",
@@ -351,6 +355,18 @@ class McpPolicyConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeysConfig:
+    """``inbound.api_keys``: static keys, stored as salted hashes in ``file`` (a mounted
+    Secret), reloaded when it changes (polled every ``reload_interval``)."""
+
+    keys: ApiKeys = field(compare=False)
+    """The key set read at start-up (and by ``check-config``)."""
+    file: str
+    header: str = "Authorization"
+    reload_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig:
     """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server."""
 
@@ -370,6 +386,7 @@ class InboundConfig:
     oauth: OAuthConfig | None = None
     mcp_policy: McpPolicyConfig | None = None
     rate_limits: tuple[RateLimit, ...] = ()
+    api_keys: ApiKeysConfig | None = None
     public_url: str | None = None
     """The listener's externally visible origin (``https://mcp.example.com``), normalised like
     ``allowed_origins``; set (by default to the origin of ``oauth.audience``) iff ``oauth``
@@ -1283,6 +1300,7 @@ class _Parser:
         rate_limits: tuple[RateLimit, ...] = f.optional(
             "rate_limits", lambda v, p: self.delegate(parse_rate_limits, v, p), ()
         )
+        api_keys: ApiKeysConfig | None = f.optional("api_keys", self.api_keys, None)
         if "public_url" in f and "oauth" not in f:
             self.error(
                 _join(path, "public_url"),
@@ -1290,20 +1308,21 @@ class _Parser:
                 "OAuth 401 answer); remove it or configure oauth",
             )
             f.failed = True
-        if forward_authorization and ("jwt_svid" in f or "oauth" in f):
+        if forward_authorization and ("jwt_svid" in f or "oauth" in f or "api_keys" in f):
             self.error(
                 _join(path, "forward_authorization"),
-                "must be false with a token layer (jwt_svid or oauth): the bearer token is "
-                "addressed to this sidecar and must never be passed upstream (MCP "
+                "must be false with a token layer (jwt_svid, oauth or api_keys): the bearer "
+                "token is addressed to this sidecar and must never be passed upstream (MCP "
                 "authorization forbids token passthrough)",
             )
             f.failed = True
         if mtls == "off":
             allow_given = f.raw("allow_spiffe_ids")
-            if "oauth" not in f:
+            if "oauth" not in f and "api_keys" not in f:
                 self.error(
                     _join(path, "mtls"),
-                    "'off' requires inbound.oauth (an unauthenticated ingress is refused)",
+                    "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated "
+                    "ingress is refused)",
                 )
                 f.failed = True
             if allow_given is not None and allow_given != []:
@@ -1340,6 +1359,7 @@ class _Parser:
             public_url=public_url,
             mcp_policy=mcp_policy,
             rate_limits=rate_limits,
+            api_keys=api_keys,
         )
 
     # -- MCP policy
@@ -1378,6 +1398,25 @@ class _Parser:
                 self.error(_join(path, "file"), f"{file}: {problem}")
             raise _Failed from exc
         return McpPolicyConfig(policy=policy, file=file, reload_interval=interval)
+
+    def api_keys(self, value: object, path: str) -> ApiKeysConfig:
+        f = self.fields(value, path, "inbound.api_keys")
+        file = f.required(
+            "file",
+            _file_path("/etc/mcp-sidecar/api-keys/keys.yaml"),
+            "path of the key file (hashes only, see mcp-sidecar api-key create)",
+        )
+        header = f.optional("header", _header_name, "Authorization")
+        interval = f.optional("reload_interval", _timeout, 2.0)
+        if f.failed or file is None:
+            raise _Failed
+        try:
+            keys = load_api_key_file(file)
+        except ConfigErrors as exc:
+            for problem in exc.problems:
+                self.error(_join(path, "file"), f"{file}: {problem}")
+            raise _Failed from exc
+        return ApiKeysConfig(keys=keys, file=file, header=header, reload_interval=interval)
 
     # -- token layer
 

@@ -33,6 +33,7 @@ from sidecar.proxy.outbound import OutboundProxy
 from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
+from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
 from sidecar.tokens.gate import TokenGate
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Sidecar:
         self.admin_port: int | None = None
         self.fetcher = JsonFetcher()
         self.policy: PolicyHolder[Policy] | None = None
+        self.api_keys: PolicyHolder[ApiKeys] | None = None
         self._admin: Listener | None = None
         self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
@@ -131,7 +133,9 @@ class Sidecar:
         cfg = self.config
         if cfg.inbound is not None:
             inbound = cfg.inbound
-            gate = TokenGate(inbound, self._jwt_bundles, self.fetcher)
+            gate = TokenGate(
+                inbound, self._jwt_bundles, self.fetcher, api_keys=self._api_keys(inbound)
+            )
             self.inbound = InboundProxy(
                 inbound, self.our_id, self.metrics, self.access_log, gate, self._guard(inbound)
             )
@@ -159,6 +163,23 @@ class Sidecar:
             self.listeners["outbound"] = await self._listen(
                 "outbound", self.outbound, outbound, None
             )
+
+    def _api_keys(self, inbound: InboundConfig) -> Callable[[], ApiKeys] | None:
+        """The API key file, reloaded when it changes; a file that disappeared admits no key."""
+        if inbound.api_keys is None:
+            return None
+        cfg = inbound.api_keys
+        holder = PolicyHolder(
+            cfg.keys,
+            path=Path(cfg.file),
+            loader=load_api_key_file,
+            interval=cfg.reload_interval,
+            what="API key",
+            on_missing=ApiKeys,
+        )
+        holder.start()
+        self.api_keys = holder
+        return lambda: holder.current
 
     def _guard(self, inbound: InboundConfig) -> McpGuard:
         """Policy (hot-reloaded when it comes from a file) and rate limits of the inbound side."""
@@ -205,8 +226,9 @@ class Sidecar:
         await asyncio.gather(
             *(listener.close(self.config.drain_timeout) for listener in self.listeners.values())
         )
-        if self.policy is not None:
-            await self.policy.stop()
+        for holder in (self.policy, self.api_keys):
+            if holder is not None:
+                await holder.stop()
         for proxy in (self.inbound, self.outbound):
             if proxy is not None:
                 await proxy.close()

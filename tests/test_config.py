@@ -993,7 +993,7 @@ def test_mtls_off_needs_oauth() -> None:
     problems = yaml_problems(_yaml_with_inbound_line("  mtls: off"))
     assert problems[0] == (
         "inbound.mtls",
-        "'off' requires inbound.oauth (an unauthenticated ingress is refused) (line 6)",
+        "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated ingress is refused) (line 6)",
     )
     # a JWT-SVID alone is not enough either
     data = with_change("inbound.mtls", "off")
@@ -1001,7 +1001,7 @@ def test_mtls_off_needs_oauth() -> None:
     data["inbound"]["jwt_svid"] = {"audiences": ["spiffe://example.org/ns/mcp/sa/math"]}
     assert only(problems_of(data)) == (
         "inbound.mtls",
-        "'off' requires inbound.oauth (an unauthenticated ingress is refused)",
+        "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated ingress is refused)",
     )
 
 
@@ -1131,7 +1131,7 @@ def test_bad_origins(value: str) -> None:
             ["listen"],
             "expected a mapping with keys listen, upstream, public_url, mtls, "
             "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits, "
-            "mcp_policy, rate_limits; got list",
+            "mcp_policy, rate_limits, api_keys; got list",
         ),
         ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
         ("outbound.routes", [], "at least one route is required"),

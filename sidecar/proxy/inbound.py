@@ -65,6 +65,8 @@ class InboundProxy(ProxyHandler):
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
         )
+        if config.api_keys is not None:  # a credential for us, never for the server
+            self.drop_headers += (config.api_keys.header.lower(),)
 
     async def close(self) -> None:
         self.pool.close()
@@ -84,7 +86,10 @@ class InboundProxy(ProxyHandler):
         if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
             return json_response(self.tokens.metadata)
         principal = await self.tokens.authenticate(
-            request.headers.getall("Authorization", []), peer, conn.peer_cert_sha256
+            request.headers.getall("Authorization", []),
+            peer,
+            conn.peer_cert_sha256,
+            header_values=lambda name: request.headers.getall(name, []),
         )
         info.principal = principal
         info.upstream = self.config.upstream

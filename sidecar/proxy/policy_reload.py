@@ -4,7 +4,9 @@ The file is polled (``stat``: inode, size, mtime — a ConfigMap update swaps a 
 inode changes) every ``interval`` seconds. A new policy replaces the old one with a single
 assignment, so requests in flight finish under the policy they started with and no connection
 is touched. A file that fails to parse or validate is refused: the old policy stays, the error is
-logged and ``mcp_sidecar_policy_reload_errors_total`` increments.
+logged and ``mcp_sidecar_policy_reload_errors_total`` increments. The same holder serves other
+hot-reloaded files (``what`` names them in the log); ``on_missing`` decides what a file that
+disappeared means (by default: keep the last one).
 """
 
 from __future__ import annotations
@@ -45,8 +47,12 @@ class PolicyHolder(Generic[P]):
         loader: Callable[[Path], P] | None = None,
         interval: float = 2.0,
         metrics: Metrics | None = None,
+        what: str = "policy",
+        on_missing: Callable[[], P] | None = None,
     ) -> None:
         self.current = current
+        self._what = what
+        self._on_missing = on_missing
         self._path = path
         self._loader = loader
         self._interval = interval
@@ -78,8 +84,15 @@ class PolicyHolder(Generic[P]):
         """Reload if the file changed; True when a new policy was adopted."""
         assert self._path is not None and self._loader is not None
         stamp = _stamp(self._path)
-        if stamp is None or stamp == self._stamp:
+        if stamp == self._stamp:
             return False
+        if stamp is None:
+            if self._on_missing is None:
+                return False
+            self._stamp = None
+            self.current = self._on_missing()
+            log.error("%s file %s disappeared", self._what, self._path)
+            return True
         self._stamp = stamp
         try:
             policy = self._loader(self._path)
@@ -87,11 +100,17 @@ class PolicyHolder(Generic[P]):
             self.errors += 1
             if self._metrics is not None:
                 self._metrics.policy_reload_errors.inc()
-            log.error("policy file %s refused, keeping the previous policy: %s", self._path, exc)
+            log.error(
+                "%s file %s refused, keeping the previous %s: %s",
+                self._what,
+                self._path,
+                self._what,
+                exc,
+            )
             return False
         self.current = policy
         self.reloads += 1
         if self._metrics is not None:
             self._metrics.policy_reloads.inc()
-        log.info("policy reloaded from %s", self._path)
+        log.info("%s reloaded from %s", self._what, self._path)
         return True

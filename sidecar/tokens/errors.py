@@ -12,7 +12,7 @@ from typing import Literal
 
 from sidecar.errors import SidecarError
 
-TokenLayer = Literal["jwt_svid", "oauth"]
+TokenLayer = Literal["jwt_svid", "oauth", "api_key"]
 
 INVALID_TOKEN = "invalid_token"  # noqa: S105 (an RFC 6750 error code)
 INVALID_REQUEST = "invalid_request"

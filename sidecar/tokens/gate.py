@@ -6,7 +6,9 @@ signature of the JWT-SVID a peer sidecar presents on every request is checked on
 are fixed per listener); peer binding and cnf are still checked per request. When both
 ``jwt_svid`` and ``oauth`` are configured, a token whose (unverified) ``iss`` equals the OAuth
 issuer is validated as an OAuth access token and every other token as a JWT-SVID — there
-is no fallback from one validator to the other. Pure apart from ``JwksCache``'s injected fetch.
+is no fallback from one validator to the other. With ``api_keys``, a request that carries an API
+key (in the configured header; in ``Authorization``, a bearer token with the ``mcpk_`` prefix) is
+judged by the key alone. Pure apart from ``JwksCache``'s injected fetch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from sidecar.config import InboundConfig
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tokens.apikeys import ApiKeys, ApiKeyVerifier, presented_key
 from sidecar.tokens.bearer import bearer_token
 from sidecar.tokens.claims import Principal, VerifiedToken, check_actor, check_cnf
 from sidecar.tokens.errors import TokenError, TokenLayer
@@ -37,8 +40,14 @@ class TokenGate:
         config: InboundConfig,
         jwt_bundles: Callable[[], JwksMapping],
         fetch_json: Callable[[str], Awaitable[Any]],
+        *,
+        api_keys: Callable[[], ApiKeys] | None = None,
     ) -> None:
         self.config = config
+        self.api_keys = api_keys if config.api_keys is not None else None
+        """The key set in force (the reloaded file), or None without ``inbound.api_keys``."""
+        self.api_key_header = config.api_keys.header if config.api_keys is not None else None
+        self.key_verifier = ApiKeyVerifier()
         self._jwt_bundles_source = jwt_bundles
         self._bundles_seen: JwksMapping | None = None
         self._bundles = JwtBundles()
@@ -74,27 +83,46 @@ class TokenGate:
 
     @property
     def enabled(self) -> bool:
-        return self.jwt_rules is not None or self.jwks is not None
+        return self.jwt_rules is not None or self.jwks is not None or self.api_keys is not None
 
     @property
     def default_layer(self) -> TokenLayer:
         """The layer a missing token is reported for (OAuth wins: it has a discovery story)."""
-        return "oauth" if self.jwks is not None else "jwt_svid"
+        if self.jwks is not None:
+            return "oauth"
+        return "jwt_svid" if self.jwt_rules is not None else "api_key"
 
     def challenge(self, exc: TokenError) -> str:
         """The ``WWW-Authenticate`` value for a refusal (RFC 6750, RFC 9728)."""
         if self.config.oauth is not None:
             return exc.www_authenticate(resource_metadata=self.config.resource_metadata_url)
-        return exc.www_authenticate(realm="spiffe")
+        return exc.www_authenticate(realm="spiffe" if self.jwt_rules is not None else "api_key")
 
     async def authenticate(
         self,
         authorization: Sequence[str],
         peer: SpiffeId | None,
         peer_cert_sha256: str | None,
+        *,
+        header_values: Callable[[str], list[str]] | None = None,
     ) -> Principal:
+        """``header_values(name)``: every value of a request header (for a custom API key
+        header)."""
         if not self.enabled:
             return Principal(spiffe_id=peer)
+        if self.api_keys is not None and self.api_key_header is not None:
+            header = self.api_key_header
+            values = (
+                list(authorization)
+                if header.lower() == "authorization"
+                else (header_values(header) if header_values is not None else [])
+            )
+            key = presented_key(values, header)
+            if key is not None:
+                verified_key = await self.key_verifier.verify(key, self.api_keys())
+                return Principal(spiffe_id=peer, token=verified_key)
+            if self.jwt_rules is None and self.jwks is None:
+                raise TokenError("no API key", reason="missing_token", layer="api_key")
         token = bearer_token(authorization, layer=self.default_layer)
         verified = await self._validate(token)
         if verified.layer == "jwt_svid" and self.bind_to_peer:
