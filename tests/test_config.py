@@ -993,7 +993,8 @@ def test_mtls_off_needs_oauth() -> None:
     problems = yaml_problems(_yaml_with_inbound_line("  mtls: off"))
     assert problems[0] == (
         "inbound.mtls",
-        "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated ingress is refused) (line 6)",
+        "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated ingress is "
+        "refused) (line 6)",
     )
     # a JWT-SVID alone is not enough either
     data = with_change("inbound.mtls", "off")
