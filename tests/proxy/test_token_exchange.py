@@ -14,9 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mcp.shared.exceptions import MCPError
 
+from sidecar.demo import mcp_client
+from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import AGENT, OTHER_AGENT, WAIT, Mesh, local_mesh, outbound_config
+from tests.proxy.mesh import AGENT, OTHER_AGENT, TD, WAIT, Mesh, local_mesh, outbound_config
 from tests.proxy.sts import Sts, decode_unverified
 
 RESOURCE = "https://math.example.com/mcp"
@@ -254,3 +257,51 @@ async def test_custom_subject_header_and_client_secret(
         other_user = user_token(idp, sub="carol")
         status, _, _ = await post(client, mesh, {"X-User-Token": other_user})
         assert status == 200 and last_principal(mesh)["sub"] == "carol"
+
+
+async def test_official_mcp_client_and_server_through_delegation(idp: Issuer, sts: Sts) -> None:
+    """The MCP SDK client sends the user's token to its sidecar; the MCP SDK server behind the
+    other sidecar is reached on the user's behalf, the policy deciding on user and agent."""
+    policy = {
+        "default": "deny",
+        "rules": [
+            {"name": "bob-via-agent", "when": {"sub": ["bob"], "actor": [AGENT]}, "tools": ["add"]},
+            {
+                "name": "no-foreign",
+                "effect": "deny",
+                "when": {"actors_outside": [f"spiffe://{TD}"]},
+            },
+        ],
+    }
+    server = await serve_mcp("127.0.0.1", 0)
+    user = user_token(idp)
+    try:
+        async with local_mesh(
+            upstream_port=server.port,
+            inbound=oauth_inbound(sts, mcp_policy=policy),
+            route=exchange(sts),
+        ) as mesh:
+            sts.spiffe_jwks = lambda: json.loads(mesh.api.ca.jwt_bundle_json())
+            url = f"{mesh.outbound_url}/math{MCP_PATH}"
+            headers = {"Authorization": f"Bearer {user}"}
+            assert await mcp_client.list_tool_names(url, headers) == ["add"]
+            result = await mcp_client.call_tool(url, "add", {"a": 20, "b": 22}, headers)
+            assert result.structured == {"result": 42}
+            carol = {"Authorization": f"Bearer {user_token(idp, sub='carol')}"}
+            with pytest.raises(MCPError, match="Forbidden by policy"):
+                await mcp_client.call_tool(url, "add", {"a": 1, "b": 1}, carol)
+            audits = [json.loads(line) for line in mesh.server_lines()]
+            calls = [a for a in audits if a.get("kind") == "mcp_audit" and a["tool"] == "add"]
+            assert [(a["principal"]["sub"], a["decision"]) for a in calls] == [
+                ("bob", "allow"),
+                ("carol", "deny"),
+            ]
+            assert {a["principal"]["actor"] for a in calls} == {AGENT}
+        # What the MCP server received: neither the user's token nor any token at all.
+        assert server.requests
+        for record in server.requests:
+            assert user not in json.dumps(record.headers)
+            assert not any(name == "authorization" for name, _ in record.headers)
+        assert len(sts.forms) == 2  # bob once (cached across the session), carol once
+    finally:
+        await server.close()
