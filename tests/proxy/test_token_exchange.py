@@ -18,9 +18,9 @@ from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
+from sidecar.demo.sts import Sts, decode_unverified
 from tests.proxy.issuer import Issuer
 from tests.proxy.mesh import AGENT, OTHER_AGENT, TD, WAIT, Mesh, local_mesh, outbound_config
-from tests.proxy.sts import Sts, decode_unverified
 
 RESOURCE = "https://math.example.com/mcp"
 

@@ -1,4 +1,5 @@
-"""A minimal RFC 8693 security token service (STS) for tests, over real HTTPS on loopback.
+"""A minimal RFC 8693 security token service (STS) for the delegation demo and the tests, over
+real HTTPS on loopback (a throw-away CA of its own). Development only: never imported by ``run``.
 
 No installable Python package implements the actor side of token exchange: idpyoidc's
 ``TokenExchangeHelper`` only re-mints tokens of its own sessions and knows neither
@@ -6,7 +7,7 @@ No installable Python package implements the actor side of token exchange: idpyo
 specifications itself, as strictly as a real STS would:
 
 * RFC 8693 section 2.1: ``grant_type``, ``subject_token`` + ``subject_token_type`` (an access
-  token of the user's identity provider, ``Issuer``: signature, ``iss``, ``exp``), optional
+  token of the user's identity provider, ``UserIdp``: signature, ``iss``, ``exp``), optional
   ``actor_token`` + ``actor_token_type`` (a JWT-SVID: signature by the trust domain's JWT bundle,
   ``aud`` = this STS, ``exp``), ``resource`` / ``audience`` (RFC 8707), ``scope``;
 * client authentication: RFC 7523 ``client_assertion`` (a JWT-SVID, same checks) or
@@ -22,32 +23,60 @@ Also serves OIDC discovery and its JWKS. ``down = True`` answers 503 to everythi
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import ipaddress
 import json
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import jwt
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from jwt.algorithms import ECAlgorithm
 
 from sidecar.tokens.exchange import ACCESS_TOKEN_TYPE, CLIENT_ASSERTION_TYPE, GRANT_TYPE
 from sidecar.tokens.exchange import JWT_TOKEN_TYPE as JWT_TYPE
-from tests.certfactory import CertFactory
-from tests.proxy.issuer import Issuer
-from tests.tokens.jwtkit import PrivateKey, ec_key, public_jwk, sign
 
 STS_KID = "sts-1"
 
 
+class UserIdp(Protocol):
+    """The identity provider whose access tokens users bring (its issuer URL and keys)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def keys(self) -> Mapping[str, ec.EllipticCurvePrivateKey]: ...
+
+
+@dataclass
+class DemoIdp:
+    """A stand-in identity provider for the demo: signs users' access tokens (ES256)."""
+
+    url: str = "https://idp.example.org"
+    keys: dict[str, ec.EllipticCurvePrivateKey] = field(
+        default_factory=lambda: {"idp-1": ec.generate_private_key(ec.SECP256R1())}
+    )
+
+    def token(self, sub: str, *, scope: str, ttl: int = 600, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": self.url, "sub": sub, "aud": "agent-app", "iat": now, "exp": now + ttl}
+        body.update(scope=scope, **claims)
+        return jwt.encode(body, self.keys["idp-1"], algorithm="ES256", headers={"kid": "idp-1"})
+
+
 @dataclass
 class Sts:
-    user_idp: Issuer
+    user_idp: UserIdp
     """Whose access tokens are accepted as subject tokens."""
     tls_dir: Path
     spiffe_jwks: Callable[[], Mapping[str, Any]] = lambda: {"keys": []}
@@ -59,7 +88,9 @@ class Sts:
     resources: tuple[str, ...] | None = None
     """If set, the only resources tokens are issued for (else: invalid_target)."""
     ttl: int = 300
-    key: PrivateKey = field(default_factory=lambda: ec_key(index=77))
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
     down: bool = False
     forms: list[dict[str, str]] = field(default_factory=list)
     """Every token request received (form fields)."""
@@ -74,22 +105,11 @@ class Sts:
 
     @property
     def jwk(self) -> dict[str, Any]:
-        return public_jwk(self.key, STS_KID)
+        jwk: dict[str, Any] = ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        return {**jwk, "kid": STS_KID}
 
     async def start(self) -> Sts:
-        ca = CertFactory.root(uri=None, common_name="test STS CA")
-        leaf = ca.issue_leaf(
-            None,
-            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sts")]),
-            dns_names=["localhost"],
-            ip_addresses=["127.0.0.1"],
-            eku=[ExtendedKeyUsageOID.SERVER_AUTH],
-        )
-        self.ca_file = self.tls_dir / "sts-ca.pem"
-        self.ca_file.write_text(ca.pem())
-        cert_file, key_file = self.tls_dir / "sts.pem", self.tls_dir / "sts.key"
-        cert_file.write_text(leaf.pem())
-        key_file.write_text(leaf.key_pem())
+        self.ca_file, cert_file, key_file = _write_tls_files(self.tls_dir)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
         app = web.Application()
@@ -181,7 +201,9 @@ class Sts:
             if isinstance(subject.get("act"), dict):
                 act["act"] = subject["act"]
             claims["act"] = act
-        token = sign(claims, self.key, kid=STS_KID, typ="at+jwt")
+        token = jwt.encode(
+            claims, self.key, algorithm="ES256", headers={"kid": STS_KID, "typ": "at+jwt"}
+        )
         self.issued.append(token)
         return {
             "access_token": token,
@@ -216,7 +238,7 @@ class Sts:
     def _user_token(self, token: str) -> dict[str, Any]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self.user_idp.keys[kid]
+            key = self.user_idp.keys[str(kid)]
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.public_key(),
@@ -239,3 +261,43 @@ def decode_unverified(token: str) -> dict[str, Any]:
     """The claims of a JWT, for assertions on what was issued."""
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
+
+def _write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost: (CA, cert, key)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev STS CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sts")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    files = (directory / "sts-ca.pem", directory / "sts.pem", directory / "sts.key")
+    files[0].write_bytes(ca.public_bytes(pem))
+    files[1].write_bytes(cert.public_bytes(pem))
+    files[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
