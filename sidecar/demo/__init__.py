@@ -6,6 +6,10 @@ sidecar, and outbound sidecars for the agent and the rogue. The agent then lists
 through the mesh with the official MCP client; the rogue is refused. Prints a short report and
 exits 0 when everything behaved as a mesh must. (The demo's code lives in ``sidecar.demo.mesh``,
 imported only when the demo runs.)
+
+``--scenario delegation``: the agent acts for users. Their tokens are exchanged by the agent's
+sidecar at a local security token service (RFC 8693) and the server's policy decides on user and
+agent together (``sidecar.demo.delegation``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from pathlib import Path
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        choices=("mesh", "delegation"),
+        default="mesh",
+        help="mesh (default): agents, a rogue, tools; delegation: an agent acting for users "
+        "through token exchange",
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",

@@ -36,6 +36,10 @@ STEP_TIMEOUT = 30.0
 
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "scenario", "mesh") == "delegation":
+        from sidecar.demo.delegation import run_delegation
+
+        return asyncio.run(run_delegation(state_dir=args.state_dir))
     return asyncio.run(run_demo(keep_running=args.keep_running, state_dir=args.state_dir))
 
 
