@@ -35,7 +35,14 @@ from sidecar.mcp.policy import (
 )
 from sidecar.schema import load_yaml
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
-from sidecar.tokens.claims import Principal, VerifiedToken, claim_strings, freeze, parse_scopes
+from sidecar.tokens.claims import (
+    Principal,
+    VerifiedToken,
+    claim_strings,
+    delegation_chain,
+    freeze,
+    parse_scopes,
+)
 from sidecar.tokens.errors import TokenError, TokenLayer
 
 EXIT_ALLOW: Final = 0
@@ -57,6 +64,8 @@ class Explanation:
     """``mcp_policy``, or the admission check that refused: ``inbound.allow_spiffe_ids``,
     ``inbound.jwt_svid.bind_to_peer``, ``inbound.oauth.required_scopes``."""
     notes: tuple[str, ...] = ()
+    principal: Principal | None = None
+    """Who the call was judged as (user = ``sub``, agent = ``actor``)."""
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -149,6 +158,16 @@ def build_principal(
         denial = Decision(False, None, "token sub is not the mTLS peer's SPIFFE ID")
         return principal, denial, "inbound.jwt_svid.bind_to_peer", notes
     oauth = inbound.oauth
+    if (
+        token is not None
+        and token.actors
+        and token.layer == "oauth"
+        and oauth is not None
+        and oauth.bind_actor_to_peer
+        and token.actors[0] != str(sid)
+    ):
+        denial = Decision(False, None, "token's current actor (act.sub) is not the mTLS peer")
+        return principal, denial, "inbound.oauth.bind_actor_to_peer", notes
     if token is not None and token.layer == "oauth" and oauth is not None:
         missing = [s for s in oauth.required_scopes if s not in token.scopes]
         if missing:
@@ -165,6 +184,21 @@ def _token(
     notes: list[str],
 ) -> VerifiedToken | None:
     jwt_svid, oauth = inbound.jwt_svid, inbound.oauth
+    if jwt_svid is None and oauth is None and inbound.api_keys is not None and sub is not None:
+        key_claims = dict(claims or {})
+        try:
+            return VerifiedToken(
+                layer="api_key",
+                subject=sub,
+                issuer=None,
+                audience=(),
+                expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+                scopes=parse_scopes(key_claims, "api_key"),
+                roles=claim_strings(key_claims, "roles", "api_key"),
+                claims=freeze(key_claims),
+            )
+        except TokenError as exc:
+            raise ExplainError(f"--claims: {exc.message}") from None
     if jwt_svid is None and oauth is None:
         if sub is not None or claims is not None:
             notes.append("--sub/--claims ignored: inbound has no token layer (jwt_svid / oauth)")
@@ -215,6 +249,7 @@ def _token(
             roles=claim_strings(claims, oauth.roles_claim, layer),
             groups=claim_strings(claims, oauth.groups_claim, layer),
             claims=freeze(claims),
+            actors=delegation_chain(claims, layer),
         )
     except TokenError as exc:
         raise ExplainError(f"--claims: {exc.message}") from None
@@ -282,8 +317,9 @@ def explain(
         raise ExplainError(f"the request is not valid JSON-RPC: {exc.message}") from None
     principal, denial, stage, notes = build_principal(config.inbound, spiffe_id, sub, claims)
     if denial is not None:
-        return Explanation(denial, stage, tuple(notes))
-    return Explanation(decide_all(policy, principal, parsed), "mcp_policy", tuple(notes))
+        return Explanation(denial, stage, tuple(notes), principal)
+    decision = decide_all(policy, principal, parsed)
+    return Explanation(decision, "mcp_policy", tuple(notes), principal)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -299,6 +335,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='token claims as a JSON object, e.g. \'{"roles": ["admin"], "scope": "mcp:tools"}\'',
     )
     parser.add_argument(
+        "--actor",
+        action="append",
+        metavar="ID",
+        help="a delegated token's actor (RFC 8693 act.sub), e.g. the agent's SPIFFE ID; repeat "
+        "for a chain, current actor first",
+    )
+    parser.add_argument(
         "--method", required=True, metavar="M", help="JSON-RPC method, e.g. tools/call"
     )
     target = parser.add_mutually_exclusive_group()
@@ -312,6 +355,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         claims = _json_object(args.claims, "--claims")
         arguments = _json_object(args.args, "--args")
+        if args.actor:
+            claims = _with_actors(claims, args.actor)
         config, policy = load(args.config)
         result = explain(
             config,
@@ -339,12 +384,32 @@ def run_from_args(args: argparse.Namespace) -> int:
     target = args.tool or args.resource or args.prompt
     print("ALLOW" if decision.allowed else "DENY")
     print(f"  call:   {args.method}" + (f" {target!r}" if target else ""))
+    who = result.principal
+    if who is not None:
+        caller = [f"spiffe_id={who.spiffe_id}"] if who.spiffe_id is not None else []
+        if who.sub is not None:
+            caller.append(f"sub={who.sub}")
+        caller += [f"actor={who.actor}"] if who.actor is not None else []
+        caller += [f"prior_actors={','.join(who.actors[1:])}"] if len(who.actors) > 1 else []
+        print(f"  caller: {' '.join(caller) or '-'}")
     print(f"  rule:   {decision.rule or '-'}")
     print(f"  reason: {decision.reason}")
     print(f"  stage:  {result.stage}")
     for note in result.notes:
         print(f"  note:   {note}")
     return EXIT_ALLOW if decision.allowed else EXIT_DENY
+
+
+def _with_actors(claims: dict[str, Any] | None, actors: list[str]) -> dict[str, Any]:
+    """``--actor`` flags as a nested RFC 8693 ``act`` claim (current actor outermost)."""
+    claims = dict(claims or {})
+    if "act" in claims:
+        raise ExplainError("give the actors either with --actor or as 'act' in --claims")
+    act: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        act = {"sub": actor, **({"act": act} if act is not None else {})}
+    claims["act"] = act
+    return claims
 
 
 def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
