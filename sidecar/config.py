@@ -21,6 +21,7 @@ import ipaddress
 import json
 import math
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1797,7 +1798,7 @@ class _Parser:
         f = self.fields(value, path, EXCHANGE_SCHEMA)
         token_endpoint = f.optional("token_endpoint", _token_endpoint, None)
         issuer = f.optional("issuer", _issuer_url, None)
-        ca_file = f.optional("ca_file", _file_path("/etc/mcp-sidecar/sts-ca.pem"), None)
+        ca_file = f.optional("ca_file", _ca_file, None)
         client_auth: ClientAuth = f.optional(
             "client_auth", lambda v, p: _choice(v, p, CLIENT_AUTH_METHODS), "jwt_svid"
         )
@@ -1881,6 +1882,16 @@ def _header_name(value: object, path: str) -> str:
         raise ConfigError(path, f"not an HTTP header name: {_short(text)}")
     if text.lower() in _NOT_SUBJECT_HEADERS or text.lower().startswith("mcp-"):
         raise ConfigError(path, f"{_short(text)} cannot carry the user's token")
+    return text
+
+
+def _ca_file(value: object, path: str) -> str:
+    """A PEM file of CA certificates, loaded once here so a typo is a config error."""
+    text = _file_path("/etc/mcp-sidecar/sts-ca.pem")(value, path)
+    try:
+        ssl.create_default_context(cafile=text)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(path, f"cannot load CA certificates from {_short(text)}: {exc}") from None
     return text
 
 

@@ -2333,11 +2333,15 @@ def test_token_exchange_defaults() -> None:
     assert any("exchanges the user's token" in line for line in endpoint.summary())
 
 
-def test_token_exchange_every_key() -> None:
+def test_token_exchange_every_key(tmp_path: Path) -> None:
+    from tests.certfactory import CertFactory
+
+    ca_file = tmp_path / "sts-ca.pem"
+    ca_file.write_text(CertFactory.root(uri=None, common_name="STS CA").pem())
     config = parse_config(
         with_exchange(
             issuer=STS,
-            ca_file="/etc/mcp-sidecar/sts-ca.pem",
+            ca_file=str(ca_file),
             client_auth="client_secret",
             client_id="agent",
             client_secret_file="/var/run/secrets/sts/secret",
@@ -2398,6 +2402,11 @@ def test_token_exchange_problems() -> None:
             "expected one of access_token",
         ),
         ({"issuer": STS, "resource": RESOURCE, "scopes": ["a b"]}, f"{p}.scopes[0]", "not a scope"),
+        (
+            {"issuer": STS, "resource": RESOURCE, "ca_file": "/nonexistent/ca.pem"},
+            f"{p}.ca_file",
+            "cannot load CA certificates",
+        ),
     ]
     for exchange, path, text in cases:
         found = problems_of(with_exchange(**exchange))
