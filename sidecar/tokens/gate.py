@@ -44,8 +44,11 @@ class TokenGate:
         api_keys: Callable[[], ApiKeys] | None = None,
     ) -> None:
         self.config = config
-        self.api_keys = api_keys if config.api_keys is not None else None
+        self.api_keys: Callable[[], ApiKeys] | None = None
         """The key set in force (the reloaded file), or None without ``inbound.api_keys``."""
+        if config.api_keys is not None:
+            start_keys = config.api_keys.keys
+            self.api_keys = api_keys or (lambda: start_keys)  # never: configured but unchecked
         self.api_key_header = config.api_keys.header if config.api_keys is not None else None
         self.key_verifier = ApiKeyVerifier()
         self._jwt_bundles_source = jwt_bundles
