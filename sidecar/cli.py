@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import demo as demo_package
     from sidecar import inject, webhook_cli
-    from sidecar.identity import devserver
+    from sidecar.dev import devserver
     from sidecar.mcp import explain
 
     parser = argparse.ArgumentParser(

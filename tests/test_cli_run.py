@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 
 WAIT = 20.0
 

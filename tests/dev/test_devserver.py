@@ -24,8 +24,8 @@ from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from sidecar.cli import main as cli_main
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevServerError, DevWorkloadApi, parse_endpoint
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevServerError, DevWorkloadApi, parse_endpoint
 from sidecar.identity.snapshot import snapshot_from_x509_response, split_der_certificates
 from sidecar.spiffe.ids import SpiffeId
 

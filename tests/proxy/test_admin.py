@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from sidecar.identity.devca import DevCA
+from sidecar.dev.devca import DevCA
 from sidecar.identity.snapshot import X509Snapshot, X509Svid
 from sidecar.metrics import Metrics
 from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
