@@ -12,11 +12,13 @@ from sidecar import __version__
 if TYPE_CHECKING:
     from sidecar.config import Config
 
+#: Top-level modules of the ``demo`` extra (the MCP SDK and what the demo imports of its stack).
+DEMO_PACKAGES = frozenset({"mcp", "uvicorn", "starlette", "anyio", "httpx2", "pydantic"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import demo as demo_package
     from sidecar import inject, webhook_cli
-    from sidecar.dev import devserver
     from sidecar.mcp import explain
 
     parser = argparse.ArgumentParser(
@@ -26,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mcp-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # Its flags are parsed by sidecar.dev.devserver itself (_dev_workload_api), so that no other
+    # command, ``run`` above all, loads the dev Workload API (about 1 MiB).
     dev = commands.add_parser(
         "dev-workload-api",
         help="run the embedded dev SPIFFE Workload API (local/test stand-in for a SPIRE agent)",
-        description=devserver.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    devserver.configure_parser(dev)
-    dev.set_defaults(handler=devserver.run_from_args)
+    dev.set_defaults(handler=_dev_workload_api, passes_unknown_args=True)
 
     check = commands.add_parser(
         "check-config",
@@ -117,11 +119,34 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB) that a
-    # production sidecar (``run``) must not carry.
-    from sidecar.demo import mesh
+def _dev_workload_api(args: argparse.Namespace) -> int:
+    from sidecar.dev import devserver
 
+    parser = argparse.ArgumentParser(
+        prog="mcp-sidecar dev-workload-api",
+        description=devserver.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    devserver.configure_parser(parser)
+    return devserver.run_from_args(parser.parse_args(args.unknown_args))
+
+
+DEMO_EXTRA_MISSING = (
+    "mcp-sidecar demo: the demo needs the official MCP SDK, which is not installed: "
+    "pip install 'mcp-sidecar[demo]'"
+)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB), which a
+    # production sidecar (``run``) neither carries nor installs (the ``demo`` extra).
+    try:
+        from sidecar.demo import mesh
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in DEMO_PACKAGES:
+            raise
+        print(DEMO_EXTRA_MISSING, file=sys.stderr)
+        return 1
     return mesh.run_from_args(args)
 
 
@@ -136,7 +161,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown_args = unknown
     handler = args.handler
     result = handler(args)
     return int(result)

@@ -91,7 +91,7 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
         proc = await run_cli("run", "-c", str(config))
         try:
             async with aiohttp.ClientSession() as session:
-                await asyncio.wait_for(_until_ready(session, admin_port), WAIT)
+                await asyncio.wait_for(until_ready(session, admin_port), WAIT)
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), WAIT)
             assert proc.returncode == 0
@@ -101,7 +101,7 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
                 await proc.wait()
 
 
-async def _until_ready(session: aiohttp.ClientSession, port: int) -> None:
+async def until_ready(session: aiohttp.ClientSession, port: int) -> None:
     while True:
         try:
             async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
