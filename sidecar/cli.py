@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ DEMO_PACKAGES = frozenset({"mcp", "uvicorn", "starlette", "anyio", "httpx2", "py
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import demo as demo_package
     from sidecar import inject, webhook_cli
+    from sidecar.config import LOG_LEVELS
     from sidecar.mcp import explain
 
     parser = argparse.ArgumentParser(
@@ -54,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         "An invalid configuration is refused with every problem listed, exit code 1.",
     )
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        help="log level, overriding log.level of the configuration (change it while running: "
+        "POST /logging?level=... on the admin listener)",
+    )
     run.set_defaults(handler=_run)
 
     explain_cmd = commands.add_parser(
@@ -156,6 +165,9 @@ def _run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    if args.log_level is not None:
+        log = dataclasses.replace(config.log, level=args.log_level)
+        config = dataclasses.replace(config, log=log)
     return run(config)
 
 

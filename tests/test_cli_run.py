@@ -88,10 +88,15 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
         )
     )
     async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
-        proc = await run_cli("run", "-c", str(config))
+        proc = await run_cli("run", "-c", str(config), "--log-level", "debug")
         try:
             async with aiohttp.ClientSession() as session:
                 await asyncio.wait_for(until_ready(session, admin_port), WAIT)
+                # --log-level overrode the config's (default) info: the admin endpoint says so.
+                async with session.post(
+                    f"http://127.0.0.1:{admin_port}/logging", params={"level": "warning"}
+                ) as resp:
+                    assert await resp.json() == {"level": "warning", "previous": "debug"}
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), WAIT)
             assert proc.returncode == 0
