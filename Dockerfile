@@ -16,8 +16,8 @@
 # The base image is pinned by the digest of its multi-platform index, so a moved tag cannot
 # change what we build on. To bump it: read the tag's current index digest, e.g.
 #   docker buildx imagetools inspect python:3.11-slim-bookworm   (the "Digest:" line)
-# replace the digest below, build both targets and run the sidecar's smoke test
-# (docs/kubernetes.md, "Image").
+# replace the digest below, build both targets and run deploy/kind/up.sh (its smoke check);
+# docs/kubernetes.md, "Image", says more.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84
 
 # --- build: the runtime virtualenv, from requirements/runtime.lock ----------------------------
