@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit clean bench
+.PHONY: demo test lint typecheck unit clean bench lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ bench: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Re-pin requirements/*.lock from pyproject.toml (requirements/README.md): resolved for Python 3.11
+# on Linux, with the hashes of every file of each pinned release (so the image builds on x86_64
+# and aarch64). Local pip configuration (mirrors, wheel directories) is ignored on purpose.
+LOCK = env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+lock: $(STAMP)
+	$(LOCK) --output-file requirements/runtime.lock pyproject.toml
+	$(LOCK) --extra demo --constraint requirements/runtime.lock --output-file requirements/demo.lock pyproject.toml
+	$(LOCK) --allow-unsafe --output-file requirements/build.lock requirements/build.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from bench import procs
-from sidecar.identity.devca import DevCA
+from sidecar.dev.devca import DevCA
 from sidecar.spiffe.ids import SpiffeId
 
 TRUST_DOMAIN = "example.org"

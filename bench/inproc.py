@@ -36,8 +36,8 @@ from bench import ours
 from bench.identity import AGENT_ID, SERVER_ID, TRUST_DOMAIN, prepare
 from bench.upstream import serve_protocol
 from sidecar.config import parse_config
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 
 BODY = (

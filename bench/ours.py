@@ -144,11 +144,12 @@ def start(
     cpus: Sequence[int] | None,
     *,
     cprofile_dir: Path | None = None,
+    cli: list[str] | None = None,
 ) -> procs.Proc:
     """Write ``config``, run ``mcp-sidecar run -c`` on it and wait for ``/readyz`` 200.
 
     With ``cprofile_dir``, the process runs under cProfile and writes ``NAME.pstats`` there when
-    it stops."""
+    it stops. ``cli`` replaces this venv's ``mcp-sidecar`` (another installation's)."""
     from sidecar.config import ConfigErrors, parse_config
 
     try:
@@ -159,7 +160,7 @@ def start(
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cli = sidecar_cli()
+    cli = cli or sidecar_cli()
     if cprofile_dir is not None:
         cli = profiling.cprofile_argv(cprofile_dir / f"{name}.pstats")
     argv = [*cli, "run", "-c", str(path)]

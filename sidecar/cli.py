@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -12,11 +13,14 @@ from sidecar import __version__
 if TYPE_CHECKING:
     from sidecar.config import Config
 
+#: Top-level modules of the ``demo`` extra (the MCP SDK and what the demo imports of its stack).
+DEMO_PACKAGES = frozenset({"mcp", "uvicorn", "starlette", "anyio", "httpx2", "pydantic"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import apikey_cli, inject, webhook_cli
     from sidecar import demo as demo_package
-    from sidecar.identity import devserver
+    from sidecar.config import LOG_LEVELS
     from sidecar.mcp import explain
 
     parser = argparse.ArgumentParser(
@@ -26,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mcp-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # Its flags are parsed by sidecar.dev.devserver itself (_dev_workload_api), so that no other
+    # command, ``run`` above all, loads the dev Workload API (about 1 MiB).
     dev = commands.add_parser(
         "dev-workload-api",
         help="run the embedded dev SPIFFE Workload API (local/test stand-in for a SPIRE agent)",
-        description=devserver.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    devserver.configure_parser(dev)
-    dev.set_defaults(handler=devserver.run_from_args)
+    dev.set_defaults(handler=_dev_workload_api, passes_unknown_args=True)
 
     check = commands.add_parser(
         "check-config",
@@ -52,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         "An invalid configuration is refused with every problem listed, exit code 1.",
     )
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        help="log level, overriding log.level of the configuration (change it while running: "
+        "POST /logging?level=... on the admin listener)",
+    )
     run.set_defaults(handler=_run)
 
     explain_cmd = commands.add_parser(
@@ -126,11 +137,34 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB) that a
-    # production sidecar (``run``) must not carry.
-    from sidecar.demo import mesh
+def _dev_workload_api(args: argparse.Namespace) -> int:
+    from sidecar.dev import devserver
 
+    parser = argparse.ArgumentParser(
+        prog="mcp-sidecar dev-workload-api",
+        description=devserver.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    devserver.configure_parser(parser)
+    return devserver.run_from_args(parser.parse_args(args.unknown_args))
+
+
+DEMO_EXTRA_MISSING = (
+    "mcp-sidecar demo: the demo needs the official MCP SDK, which is not installed: "
+    "pip install 'mcp-sidecar[demo]'"
+)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB), which a
+    # production sidecar (``run``) neither carries nor installs (the ``demo`` extra).
+    try:
+        from sidecar.demo import mesh
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in DEMO_PACKAGES:
+            raise
+        print(DEMO_EXTRA_MISSING, file=sys.stderr)
+        return 1
     return mesh.run_from_args(args)
 
 
@@ -140,12 +174,18 @@ def _run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    if args.log_level is not None:
+        log = dataclasses.replace(config.log, level=args.log_level)
+        config = dataclasses.replace(config, log=log)
     return run(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown_args = unknown
     handler = args.handler
     result = handler(args)
     return int(result)

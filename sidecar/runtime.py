@@ -24,7 +24,7 @@ from sidecar.mcp.policy import Policy, load_policy_file
 from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
-from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
+from sidecar.proxy.admin import build_admin_handler, operator_views, readiness, start_admin
 from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
@@ -105,7 +105,13 @@ class Sidecar:
         """Start admin and source, wait for an SVID (forever unless ``svid_timeout``), listen."""
         admin = self.config.admin
         self._admin, self.admin_port = await start_admin(
-            build_admin_handler(self.metrics, self.ready), admin.listen.host, admin.listen.port
+            build_admin_handler(
+                self.metrics,
+                self.ready,
+                operator_views(self.tls, self._jwt_bundles, self.config),
+            ),
+            admin.listen.host,
+            admin.listen.port,
         )
         self.metrics.set_ready_function(lambda: self.ready()[0])
         if self.source is not None:

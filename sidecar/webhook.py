@@ -331,13 +331,13 @@ class RunningWebhook:
     runner: web.AppRunner
     port: int
     tls: CertificateReloader
-    _reload_task: asyncio.Task[None] | None = None
+    reload_task: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        if self._reload_task is not None:
-            self._reload_task.cancel()
+        if self.reload_task is not None:
+            self.reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+                await self.reload_task
         await self.runner.cleanup()
 
 
@@ -374,7 +374,7 @@ async def start_webhook(
                 await asyncio.sleep(reload_interval)
                 tls.check()
 
-        running._reload_task = asyncio.create_task(reload_loop(), name="webhook-tls-reload")
+        running.reload_task = asyncio.create_task(reload_loop(), name="webhook-tls-reload")
     return running
 
 

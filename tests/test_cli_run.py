@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 
 WAIT = 20.0
 
@@ -88,10 +88,15 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
         )
     )
     async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
-        proc = await run_cli("run", "-c", str(config))
+        proc = await run_cli("run", "-c", str(config), "--log-level", "debug")
         try:
             async with aiohttp.ClientSession() as session:
-                await asyncio.wait_for(_until_ready(session, admin_port), WAIT)
+                await asyncio.wait_for(until_ready(session, admin_port), WAIT)
+                # --log-level overrode the config's (default) info: the admin endpoint says so.
+                async with session.post(
+                    f"http://127.0.0.1:{admin_port}/logging", params={"level": "warning"}
+                ) as resp:
+                    assert await resp.json() == {"level": "warning", "previous": "debug"}
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), WAIT)
             assert proc.returncode == 0
@@ -101,7 +106,7 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
                 await proc.wait()
 
 
-async def _until_ready(session: aiohttp.ClientSession, port: int) -> None:
+async def until_ready(session: aiohttp.ClientSession, port: int) -> None:
     while True:
         try:
             async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
-from sidecar.identity.devca import DevCA
+from sidecar.dev.devca import DevCA
 from sidecar.identity.snapshot import X509Snapshot, X509Svid
 from sidecar.metrics import Metrics, normalise_reason, status_label
 from sidecar.spiffe.ids import SpiffeId

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config, parse_config
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 
 

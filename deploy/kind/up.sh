@@ -20,7 +20,8 @@ CLUSTER_NAME=${CLUSTER_NAME:-mcp-sidecar}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
 TIMEOUT=${TIMEOUT:-300s}
 CONTEXT="kind-${CLUSTER_NAME}"
-IMAGE=mcp-sidecar:dev # the tag the manifests and the injector use
+IMAGE=mcp-sidecar:dev           # the sidecar and the injector (Dockerfile's default target)
+DEMO_IMAGE=mcp-sidecar-demo:dev # the demo workloads (Dockerfile target "demo": + the MCP SDK)
 MIN_MINOR=29          # native sidecars (restartable init containers) are on by default since 1.29
 INJECTOR_NS=mcp-sidecar-system
 DEMO_NS=mcp-demo
@@ -75,9 +76,10 @@ create_cluster() {
 }
 
 build_image() {
-  step "Building ${IMAGE} and loading it into the cluster"
+  step "Building ${IMAGE} and ${DEMO_IMAGE} and loading them into the cluster"
   docker build -t "$IMAGE" "$ROOT"
-  kind load docker-image "$IMAGE" --name "$CLUSTER_NAME"
+  docker build --target demo -t "$DEMO_IMAGE" "$ROOT"
+  kind load docker-image "$IMAGE" "$DEMO_IMAGE" --name "$CLUSTER_NAME"
 }
 
 install_spire() {

@@ -31,8 +31,8 @@ from sidecar.demo.mesh import (
     outbound_config,
 )
 from sidecar.demo.sts import DemoIdp, Sts
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 
 RESOURCE = "https://math.example.org/mcp"
 OTHER = f"spiffe://{TRUST_DOMAIN}/ns/agents/sa/copycat"

@@ -20,8 +20,8 @@ import yaml
 from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 
 TRUST_DOMAIN = "example.org"

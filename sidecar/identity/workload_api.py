@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import grpc.aio
 import jwt
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from sidecar.errors import SidecarError
 from sidecar.identity.endpoint import resolve_endpoint
+from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.snapshot import (
     JwtSvid,
     SnapshotError,

@@ -67,9 +67,11 @@ non-string, ``min``/``max`` on a non-number - a boolean is not a number -, ``equ
 on a value of another JSON type than the configured ones, or a string longer than the regex input
 cap). An allow rule needs every check true; a deny rule fires unless some check is false - so a
 wrong-typed value can never pass an allow rule nor slip past a deny rule. A missing argument fails
-its constraint unless ``optional: true`` (then it satisfies it). ``regex`` is a full match,
-compiled at load time; nested quantifiers (``(a+)+``) are refused as catastrophic-backtracking
-risks and the input is capped at ``max_length`` (default ``REGEX_INPUT_CAP`` characters).
+its constraint unless ``optional: true`` (then it satisfies it). ``regex`` is a full match in RE2
+syntax (google-re2, what Envoy uses: linear time in the input, so no pattern can backtrack
+catastrophically), compiled at load time; what RE2 cannot compile (backreferences, lookaround,
+atomic groups, possessive quantifiers) is a configuration error. The input is capped at
+``max_length`` (default ``REGEX_INPUT_CAP`` characters).
 
 **Denials** are answered with HTTP 403 and a JSON-RPC error ``FORBIDDEN_CODE`` (-32001, "Forbidden
 by policy", in the implementation-defined server-error range) naming the rule or saying that no
@@ -80,14 +82,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import importlib
 import math
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 from urllib.parse import unquote
 
 from sidecar.errors import ConfigError
@@ -104,6 +105,9 @@ from sidecar.schema import (
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
 from sidecar.spiffe.match import PatternError, SpiffeIdPattern
 from sidecar.tokens.claims import Principal
+
+if TYPE_CHECKING:
+    import re2
 
 __all__ = [
     "ALWAYS_ALLOWED_METHODS",
@@ -374,7 +378,7 @@ class ArgumentConstraint:
     maximum: int | float | None = None
     max_length: int | None = None
     regex: str | None = None
-    compiled: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    compiled: FullMatcher | None = field(default=None, repr=False, compare=False)
 
     def evaluate(self, arguments: Mapping[str, Any] | None) -> bool | None:
         """True (holds), False (fails) or None (undecidable: a value of the wrong type)."""
@@ -977,7 +981,7 @@ class _PolicyParser:
         if "max_length" in fields:
             max_length = self.attempt(_length, fields["max_length"], join(path, "max_length"))
         regex: str | None = None
-        compiled: re.Pattern[str] | None = None
+        compiled: FullMatcher | None = None
         if "regex" in fields:
             compiled = self.attempt(_regex, fields["regex"], join(path, "regex"))
             regex = compiled.pattern if compiled is not None else None
@@ -1078,61 +1082,41 @@ def _length(value: object, path: str) -> int:
     return value
 
 
-def _regex(value: object, path: str) -> re.Pattern[str]:
+class FullMatcher(Protocol):
+    """A compiled ``regex`` constraint (an RE2 regular expression)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+@functools.cache
+def _re2_options() -> re2.Options:
+    import re2  # loaded only by policies with a regex (about 3 MiB)
+
+    options = re2.Options()
+    options.log_errors = False  # a bad pattern is reported as a config error, not on stderr
+    return options
+
+
+def _regex(value: object, path: str) -> FullMatcher:
+    """An RE2 pattern: matching is linear in the input (no catastrophic backtracking)."""
     if not isinstance(value, str):
         raise ConfigError(path, f"expected a regular expression (string), got {got(value)}")
+    import re2  # see _re2_options
+
     try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ConfigError(path, f"invalid regular expression {short(value)}: {exc}") from None
-    except (RecursionError, OverflowError):
-        raise ConfigError(path, f"regular expression {short(value)} is too complex") from None
-    if _nested_quantifier(value):
+        return re2.compile(value, _re2_options())
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else ""
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
         raise ConfigError(
             path,
-            f"regular expression {short(value)} repeats a repeated group (like (a+)+), which "
-            "can backtrack catastrophically; rewrite it without nested quantifiers, or make "
-            "the inner part atomic: (?>...) or a possessive quantifier (a++, a*+)",
-        )
-    return compiled
-
-
-def _nested_quantifier(pattern: str) -> bool:
-    """Whether a repeat contains another repeat that it could backtrack into (a heuristic for
-    exponential backtracking: it refuses some safe patterns such as ``([a-z]+,)*`` - write
-    ``(?>[a-z]+,)*`` - and does not catch every slow one, e.g. overlapping alternatives)."""
-    parser: Any = importlib.import_module("re._parser")  # no public API for the parse tree
-
-    def children(name: str, av: Any) -> list[Any]:
-        """The sub-patterns of one parse-tree node."""
-        if name == "SUBPATTERN":
-            return [av[3]]
-        if name == "BRANCH":
-            return list(av[1])
-        if name in ("ASSERT", "ASSERT_NOT"):
-            return [av[1]]
-        if name == "GROUPREF_EXISTS":
-            return [branch for branch in av[1:] if branch is not None]
-        return []
-
-    def walk(items: Any, inside_repeat: bool) -> bool:
-        for op, av in items:
-            name = str(op)
-            if name == "POSSESSIVE_REPEAT":  # never gives back: no backtracking into it
-                if walk(av[2], False):
-                    return True
-            elif name in ("MAX_REPEAT", "MIN_REPEAT"):
-                repeats = av[1] > 1
-                if (repeats and inside_repeat) or walk(av[2], inside_repeat or repeats):
-                    return True
-            elif name == "ATOMIC_GROUP":
-                if walk(av, False):
-                    return True
-            elif any(walk(sub, inside_repeat) for sub in children(name, av)):
-                return True
-        return False
-
-    return walk(parser.parse(pattern), False)
+            f"invalid regular expression {short(value)}: {detail} (RE2 syntax: no "
+            "backreferences, lookaround, atomic groups or possessive quantifiers)",
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ helpers

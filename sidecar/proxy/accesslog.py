@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
+
+from sidecar.compat import compact_ascii_json_encoder
 
 MCP_SESSION_HEADER = "Mcp-Session-Id"
 
@@ -64,23 +65,7 @@ def _now() -> str:
     return f"{text}.{micros // 1000:03d}Z"
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-    default=str)``, with the (C) encoder built once instead of on every call, as ``dumps`` does
-    whenever it is given options. No circular-reference check: log records are flat data."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - CPython without the _json accelerator
-        encoder = json.JSONEncoder(
-            separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str
-        )
-        return encoder.encode
-    iterencode = make(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-    return lambda value: "".join(iterencode(value, 0))
-
-
-_to_json = _json_encoder()
+_to_json = compact_ascii_json_encoder()
 
 
 def mcp_session_id(headers: Mapping[str, str]) -> str | None:

@@ -17,7 +17,6 @@ closed; so does a request whose body was not completely read when its answer wen
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import hashlib
 import logging
 import ssl
@@ -27,6 +26,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from sidecar.compat import server_tls_protocol, tls_app_transport
 from sidecar.config import Limits
 from sidecar.http1.chunked import ChunkedDecoder
 from sidecar.http1.errors import HttpParseError
@@ -88,15 +88,6 @@ class TlsPolicy:
     on_rejected: Callable[[PeerRejected], None] = field(default=lambda exc: None)
 
 
-def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
-    """uvloop's (Cython) SSL protocol on a uvloop loop, asyncio's otherwise: same constructor."""
-    if type(loop).__module__.startswith("uvloop"):
-        import uvloop.loop
-
-        return getattr(uvloop.loop, "SSLProtocol")  # noqa: B009 - absent from uvloop's stubs
-    return asyncio.sslproto.SSLProtocol
-
-
 class HttpConnection(WriteFlow, asyncio.Protocol):
     """One client connection: TLS (optional), head parsing, body collection, handler, answer."""
 
@@ -148,15 +139,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         # otherwise be taken for decrypted data and the handshake would stall.
         tls = self._tls
         waiter: asyncio.Future[None] = self._loop.create_future()
-        ssl_protocol = _ssl_protocol_class(self._loop)(
-            self._loop,
-            self,
-            tls.context(),
-            waiter,
-            server_side=True,
-            server_hostname=None,
-            call_connection_made=False,
-            ssl_handshake_timeout=tls.handshake_timeout,
+        ssl_protocol = server_tls_protocol(
+            self._loop, self, tls.context(), waiter, handshake_timeout=tls.handshake_timeout
         )
         transport.set_protocol(ssl_protocol)
         ssl_protocol.connection_made(transport)
@@ -184,7 +168,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return
         finally:
             self._task = None
-        transport = ssl_protocol._get_app_transport()
+        transport = tls_app_transport(ssl_protocol)
         ssl_object = transport.get_extra_info("ssl_object")
         leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.peer_cert_sha256 = hashlib.sha256(leaf).hexdigest() if leaf else None

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.compat import unverified_chain_der
 from sidecar.errors import SidecarError
 from sidecar.identity.snapshot import X509Snapshot, X509Svid, certificates_to_pem
 from sidecar.spiffe.ids import SpiffeId
@@ -105,16 +106,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def peer_chain_der(ssl_object: Any) -> list[bytes]:
-    """DER chain the peer sent, leaf first (``get_unverified_chain`` is private before 3.13).
+    """DER chain the peer sent, leaf first.
 
     Falls back to the leaf alone (e.g. a resumed TLS 1.2 session); then verification can only
     succeed if the leaf chains directly to a bundle CA.
     """
-    inner = getattr(ssl_object, "_sslobj", ssl_object)
-    getter = getattr(inner, "get_unverified_chain", None)
-    chain = getter() if getter is not None else None
+    chain = unverified_chain_der(ssl_object)
     if chain:
-        return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+        return chain
     leaf = ssl_object.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 

@@ -21,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.exceptions import InvalidKeyError, InvalidSignatureError, PyJWTError
 
+from sidecar.compat import jwk_as_given
 from sidecar.tokens.errors import TokenError, TokenLayer
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def key_matches_alg(key: jwt.PyJWK, alg: str) -> bool:
 
     Private and symmetric keys never fit.
     """
-    declared = _jwk_data(key).get("alg")
+    declared = jwk_as_given(key).get("alg")
     if declared is not None and declared != alg:
         return False
     public = key.key
@@ -229,11 +230,6 @@ def key_matches_alg(key: jwt.PyJWK, alg: str) -> bool:
         and isinstance(public, ec.EllipticCurvePublicKey)
         and isinstance(public.curve, curve)
     )
-
-
-def _jwk_data(key: jwt.PyJWK) -> Mapping[str, Any]:
-    data = getattr(key, "_jwk_data", None)  # the JWK as given; pyjwt has no public accessor
-    return data if isinstance(data, Mapping) else {}
 
 
 def load_jwk(jwk: object, *, source: str) -> jwt.PyJWK | None:
@@ -299,7 +295,7 @@ def load_jwks(jwks: object, *, source: str) -> dict[str, jwt.PyJWK]:
         if key is None:
             continue
         kid = str(key.key_id)
-        data = _jwk_data(key)
+        data = jwk_as_given(key)
         if kid in seen:
             if seen[kid] != data:
                 ambiguous.add(kid)

@@ -15,10 +15,10 @@ import grpc.aio
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
+from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.workload_api import Backoff, WorkloadApiError, WorkloadApiSource
 from sidecar.spiffe.ids import SpiffeId
 

@@ -675,6 +675,16 @@ def test_names_up_sh_relies_on_exist() -> None:
     )
     assert f"secret generic {secret}" in script
     assert "IMAGE=mcp-sidecar:dev" in script and inject.DEFAULT_IMAGE == "mcp-sidecar:dev"
+    assert 'docker build --target demo -t "$DEMO_IMAGE"' in script
+    demo_images = {
+        c["image"]
+        for d in ("deploy/demo", "deploy/demo/rogue")
+        for obj in objects(d)
+        for spec in pod_specs(obj)
+        for c in spec["spec"]["containers"]
+    }
+    assert demo_images == {"mcp-sidecar-demo:dev"}  # the workloads need the demo extra
+    assert "DEMO_IMAGE=mcp-sidecar-demo:dev" in script
     for container in re.findall(r"-c ([a-z-]+)", script):
         assert container in {"agent", "rogue", inject.CONTAINER_NAME}
     assert re.findall(r"/webhooks/(\d)/clientConfig/caBundle", script) == ["0", "1"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -101,28 +102,77 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(item.split(" ", 1)[0].upper(), item.split(" ", 1)[1]) for item in logical]
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage name (``FROM x AS name``), ``""`` before the first."""
+    by_stage: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
+    for name, args in dockerfile_instructions():
+        if name == "FROM":
+            current = args.split(" AS ")[1]
+            by_stage[current] = []
+        by_stage[current].append((name, args))
+    return by_stage
+
+
 def test_dockerfile_checklist() -> None:
     """docs/kubernetes.md "Dockerfile checklist", automated."""
     instructions = dockerfile_instructions()
-    froms = [args for name, args in instructions if name == "FROM"]
-    assert len(froms) == 2 and froms[0].endswith(" AS build")  # multi-stage
+    by_stage = stages()
+    assert list(by_stage) == ["", "build", "build-demo", "base", "demo", "runtime"]
+    assert list(by_stage)[-1] == "runtime"  # the default target
     arg = next(args for name, args in instructions if name == "ARG")
-    assert arg.startswith("PYTHON_IMAGE=python:3.11-slim")  # slim, pinned minor version
-    runtime = instructions[[name for name, _ in instructions].index("FROM", 1) :]
-    runtime_names = [name for name, _ in runtime]
+    image, _, digest = arg.partition("@")
+    assert image == "PYTHON_IMAGE=python:3.11-slim-bookworm"  # slim, pinned minor version
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)  # and pinned by digest
+    assert by_stage["build"][0][1] == "${PYTHON_IMAGE} AS build"
+    assert by_stage["base"][0][1] == "${PYTHON_IMAGE} AS base"  # the clean base of both images
     assert "HEALTHCHECK" not in [name for name, _ in instructions]
-    user = next(args for name, args in runtime if name == "USER")
-    assert user == f"{inject.SIDECAR_UID}:{inject.SIDECAR_UID}"  # numeric: runAsNonRoot works
-    assert runtime_names.index("USER") > max(
-        i for i, name in enumerate(runtime_names) if name in ("RUN", "COPY")
-    )
-    assert next(args for name, args in runtime if name == "ENTRYPOINT") == '["mcp-sidecar"]'
     assert not any(name == "VOLUME" for name, _ in instructions)  # nothing written at run time
-    assert all("--no-cache-dir" in args for name, args in instructions if "pip install" in args)
-    copies = [args for name, args in instructions if name == "COPY" and "--from" not in args]
-    assert copies == ["pyproject.toml README.md ./", "sidecar ./sidecar"]
-    env = " ".join(args for name, args in runtime if name == "ENV")
+    # The shipped images: their filesystem is base + one venv copied from a build stage.
+    base_runs = " ".join(args for name, args in by_stage["base"] if name == "RUN")
+    assert "pip uninstall --yes --quiet pip setuptools wheel" in base_runs  # no pip, setuptools
+    for image, builder in (("runtime", "build"), ("demo", "build-demo")):
+        steps = by_stage[image]
+        names = [name for name, _ in steps]
+        assert steps[0][1] == f"base AS {image}"
+        assert names.count("RUN") == 0  # nothing installed in the shipped stage itself
+        assert [args for name, args in steps if name == "COPY"] == [
+            f"--from={builder} /opt/mcp-sidecar /opt/mcp-sidecar"
+        ]
+        assert next(args for name, args in steps if name == "USER") == (
+            f"{inject.SIDECAR_UID}:{inject.SIDECAR_UID}"  # numeric: runAsNonRoot works
+        )
+        assert names.index("USER") > names.index("COPY")
+        assert next(args for name, args in steps if name == "ENTRYPOINT") == '["mcp-sidecar"]'
+    env = " ".join(args for name, args in by_stage["base"] if name == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "PYTHONUNBUFFERED=1" in env
+    # Every third-party package from a lock, by hash, and without resolving anything more.
+    pip_installs = [
+        part
+        for name, args in instructions
+        if name == "RUN"
+        for part in args.split("&&")
+        if "pip install" in part or "pip --python" in part
+    ]
+    assert pip_installs and all("--no-cache-dir" in part for part in pip_installs)
+    for part in pip_installs:
+        assert "--no-deps" in part, part
+        if " -r " in part:
+            assert "--require-hashes" in part and "requirements/" in part, part
+        else:
+            assert "/wheels/mcp_sidecar-" in part, part  # our own wheel, built from this tree
+    locks = {m for part in pip_installs for m in re.findall(r"requirements/[a-z]+\.lock", part)}
+    assert locks == {
+        "requirements/build.lock",
+        "requirements/runtime.lock",
+        "requirements/demo.lock",
+    }
+    copies = [args for name, args in instructions if name == "COPY" and "--from" not in args]
+    assert copies == [
+        "requirements ./requirements",
+        "pyproject.toml README.md LICENSE ./",
+        "sidecar ./sidecar",
+    ]
 
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
@@ -135,6 +185,8 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert {line[1:].rstrip("/") for line in lines if line.startswith("!")} == {
         "pyproject.toml",
         "README.md",
+        "LICENSE",
+        "requirements",
         "sidecar",
     }
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from sidecar.config import parse_config
 from sidecar.demo import mesh as demo_mesh
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 from tests.proxy.upstream import RecordingUpstream
 

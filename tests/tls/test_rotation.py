@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.identity.workload_api import Backoff, WorkloadApiSource
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist

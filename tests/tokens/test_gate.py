@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import parse_config
-from sidecar.identity.devca import DevCA
+from sidecar.dev.devca import DevCA
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate

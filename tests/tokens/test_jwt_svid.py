@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.identity.devca import DevCA
+from sidecar.dev.devca import DevCA
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens import (
     ALLOWED_ALGORITHMS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -20,18 +21,19 @@ import grpc
 import grpc.aio
 import jwt
 import pytest
-from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
-from spiffe._proto import workload_pb2, workload_pb2_grpc
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sidecar.cli import main as cli_main
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevServerError, DevWorkloadApi, parse_endpoint
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevServerError, DevWorkloadApi, parse_endpoint
+from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.snapshot import snapshot_from_x509_response, split_der_certificates
 from sidecar.spiffe.ids import SpiffeId
 
 AGENT = "spiffe://example.org/ns/agents/sa/agent"
 MATH = "spiffe://example.org/ns/mcp/sa/math"
 HEADER = (("workload.spiffe.io", "true"),)
+ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
 
 
@@ -71,6 +73,32 @@ def _exists(path: str) -> bool:
     return os.path.lexists(path)
 
 
+async def py_spiffe(url: str, *, jwt_audience: str | None = None) -> dict[str, Any]:
+    """What py-spiffe's client reads from ``url`` (``tests/dev/py_spiffe_probe.py``, run in an
+    interpreter of its own)."""
+    args = ["--jwt-audience", jwt_audience] if jwt_audience else []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.dev.py_spiffe_probe",
+        url,
+        "--timeout",
+        str(WAIT),
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    found: dict[str, Any] = json.loads(out)
+    return found
+
+
+def der_hex(cert: Any) -> str:
+    return str(cert.public_bytes(Encoding.DER).hex())
+
+
 async def _read(call: Any) -> Any:
     message = await asyncio.wait_for(call.read(), WAIT)
     assert message is not grpc.aio.EOF
@@ -85,42 +113,24 @@ async def test_py_spiffe_reads_x509_context(short_dir: Path, ca: DevCA, other_ca
     async with DevWorkloadApi(ca, {sock: AGENT}, federated=[other_ca]) as api:
         url = api.endpoints[AGENT]
         assert url == f"unix://{sock}"
-
-        def fetch() -> Any:
-            with WorkloadApiClient(url) as client:
-                return client.fetch_x509_context(timeout=WAIT)
-
-        context = await asyncio.to_thread(fetch)
-    svid = context.default_svid
-    assert str(svid.spiffe_id) == AGENT
-    assert svid.leaf == api.current_svid(AGENT).leaf
-    own = context.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("example.org"))
-    assert own.x509_authorities == {ca.ca_cert}
-    fed = context.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("other.org"))
-    assert fed.x509_authorities == {other_ca.ca_cert}
+        context = await py_spiffe(url)
+        assert context["leaf"] == der_hex(api.current_svid(AGENT).leaf)
+    assert context["spiffe_id"] == AGENT
+    assert context["x509_bundles"] == {
+        "example.org": [der_hex(ca.ca_cert)],
+        "other.org": [der_hex(other_ca.ca_cert)],
+    }
 
 
 async def test_py_spiffe_jwt_svid_and_bundles(short_dir: Path, ca: DevCA, other_ca: DevCA) -> None:
     async with DevWorkloadApi(ca, {f"{short_dir}/a.sock": AGENT}, federated=[other_ca]) as api:
-        url = api.endpoints[AGENT]
-
-        def fetch() -> tuple[Any, Any, Any]:
-            with WorkloadApiClient(url, default_timeout=WAIT) as client:
-                svid = client.fetch_jwt_svid({MATH})
-                bundles = client.fetch_jwt_bundles()
-                validated = client.validate_jwt_svid(svid.token, MATH)
-                return svid, bundles, validated
-
-        svid, bundles, validated = await asyncio.to_thread(fetch)
-    assert str(svid.spiffe_id) == AGENT
-    assert svid.audience == {MATH}
-    assert str(validated.spiffe_id) == AGENT
-    own = bundles.get_bundle_for_trust_domain(TrustDomain("example.org"))
-    checked = JwtSvid.parse_and_validate(svid.token, own, {MATH})
-    assert str(checked.spiffe_id) == AGENT
-    assert bundles.get_bundle_for_trust_domain(TrustDomain("other.org")).get_jwt_authority(
-        other_ca.jwt_kid
-    )
+        found = (await py_spiffe(api.endpoints[AGENT], jwt_audience=MATH))["jwt"]
+    assert found["spiffe_id"] == AGENT
+    assert found["audience"] == [MATH]
+    assert found["validated"] == AGENT
+    assert found["checked"] == AGENT  # parse_and_validate against the JWT bundle it fetched
+    assert other_ca.jwt_kid in found["bundle_kids"]["other.org"]
+    assert ca.jwt_kid in found["bundle_kids"]["example.org"]
 
 
 # ------------------------------------------------------------------------------------ raw gRPC
@@ -350,14 +360,8 @@ async def test_restart_on_the_same_socket_and_state_dir(short_dir: Path) -> None
 
     second_ca = DevCA.load_or_create(short_dir / "state", "example.org")
     async with DevWorkloadApi(second_ca, {f"unix://{sock}": AGENT}) as api:
-
-        def fetch() -> Any:
-            with WorkloadApiClient(api.endpoints[AGENT]) as client:
-                return client.fetch_x509_context(timeout=WAIT)
-
-        context = await asyncio.to_thread(fetch)
-    bundle = context.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("example.org"))
-    assert bundle.x509_authorities == {first_ca.ca_cert}
+        context = await py_spiffe(api.endpoints[AGENT])
+    assert context["x509_bundles"]["example.org"] == [der_hex(first_ca.ca_cert)]
 
 
 async def test_never_removes_a_path_that_is_not_a_socket(short_dir: Path, ca: DevCA) -> None:
@@ -466,17 +470,10 @@ async def test_cli_serves_and_exits_zero_on_sigterm(short_dir: Path) -> None:
         assert lines[0] == ["ready", f"unix://{sock}", AGENT]
         assert lines[1][0] == "ready" and lines[1][2] == MATH
         assert lines[1][1].startswith("tcp://127.0.0.1:")
-
-        def fetch() -> Any:
-            with WorkloadApiClient(f"unix://{sock}") as client:
-                return client.fetch_x509_context(timeout=WAIT)
-
-        context = await asyncio.to_thread(fetch)
-        assert str(context.default_svid.spiffe_id) == AGENT
-        fed = context.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("other.org"))
-        assert fed.x509_authorities == {
-            DevCA.load_or_create(short_dir / "fed", "other.org").ca_cert
-        }
+        context = await py_spiffe(f"unix://{sock}")
+        assert context["spiffe_id"] == AGENT
+        fed = DevCA.load_or_create(short_dir / "fed", "other.org").ca_cert
+        assert context["x509_bundles"]["other.org"] == [der_hex(fed)]
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     finally:

@@ -46,10 +46,10 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import struct_pb2
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from sidecar.dev.devca import JWT_ALGS, DevCA, DevCAError, JwtPublicKey
 from sidecar.errors import SidecarError
-from sidecar.identity.devca import JWT_ALGS, DevCA, DevCAError, JwtPublicKey
+from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.snapshot import X509Svid
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError, validate_trust_domain
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from sidecar.identity.devca import DevCA, DevCAError
+from sidecar.dev.devca import DevCA, DevCAError
 from sidecar.identity.snapshot import split_der_certificates
 from sidecar.spiffe.ids import SpiffeId
 
