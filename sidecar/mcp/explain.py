@@ -65,7 +65,7 @@ class Explanation:
     ``inbound.jwt_svid.bind_to_peer``, ``inbound.oauth.required_scopes``."""
     notes: tuple[str, ...] = ()
     elements: tuple[tuple[Message, Decision], ...] = ()
-    """Each message of the body with its own decision (empty if an admission check refused)."""
+    """Each message of the body with its own decision (the admission check's, if one refused)."""
     batch: bool = False
 
 
@@ -306,24 +306,26 @@ def explain(
     claims: Mapping[str, Any] | None = None,
     blame: str = "--body",
 ) -> Explanation:
-    """Admission checks, then ``judge`` on the body: what the proxy does (which does not read
-    the body of a caller the admission checks refuse). A body the sidecar refuses as invalid
-    is an ``ExplainError`` naming ``blame`` (the flag that made it)."""
+    """Admission checks, then ``judge`` on the body: what the proxy does. A body the sidecar
+    refuses as invalid is an ``ExplainError`` naming ``blame`` (the flag that made it) - even
+    for a caller the admission checks refuse, whose body the proxy would not read."""
     if config.inbound is None:
         raise ExplainError("the configuration has no inbound section")
     principal, denial, stage, notes = build_principal(config.inbound, spiffe_id, sub, claims)
-    if denial is not None:
-        return Explanation(denial, stage, tuple(notes))
     judgement = judge(policy, principal, body)
     if judgement.invalid is not None:
         raise ExplainError(
             f"{blame}: the sidecar refuses this request with HTTP 400 and JSON-RPC error "
             f"{judgement.invalid.code}: {judgement.invalid.message}"
         )
-    assert judgement.parsed is not None and judgement.decisions is not None
-    elements = tuple(zip(judgement.parsed.messages, judgement.decisions, strict=True))
+    parsed = judgement.parsed
+    assert parsed is not None and judgement.decisions is not None
+    if denial is not None:
+        elements = tuple((m, denial) for m in parsed.messages)
+        return Explanation(denial, stage, tuple(notes), elements, parsed.batch)
+    elements = tuple(zip(parsed.messages, judgement.decisions, strict=True))
     decision = summarise(judgement.decisions)
-    return Explanation(decision, "mcp_policy", tuple(notes), elements, judgement.parsed.batch)
+    return Explanation(decision, "mcp_policy", tuple(notes), elements, parsed.batch)
 
 
 # ---------------------------------------------------------------------------------------- CLI

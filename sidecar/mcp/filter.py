@@ -340,7 +340,7 @@ class SseFilter:
         exchange = self._owner.exchange
         unanswered = tuple(i for i in exchange.ids if request_key(i) not in self._answered)
         self._answered.update(exchange.requests)
-        errors = self._owner.errors(unanswered, reason) if unanswered else []
+        errors = self._owner.errors(unanswered, reason)
         return b"".join(b"data: " + _dumps(error) + b"\n\n" for error in errors)
 
     def _process(self, out: bytearray) -> None:
