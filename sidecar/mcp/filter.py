@@ -10,9 +10,11 @@ The answer to a request body holding list requests (its ``Exchange``) is rewritt
 request of the exchange only if its ``id`` has the same JSON type and value: ``"5"``, ``5.0`` or
 ``true`` do not answer ``5``. A ``result`` answering a list request is filtered; one answering
 another request of the exchange (a batch) passes unchanged; a ``result`` answering *no* request -
-another type, an altered id, no id - is replaced by the error (with its own id). Lax clients
-match ids loosely (the Python SDK reads ``"5"`` and ``5.0`` as ``5`` and takes any response on a
-request's SSE stream as that request's answer), so no unfiltered list can reach them that way.
+another type, an altered id, no id - is replaced by the error: with the id of the request when
+the body held one request (its answer, whatever the id says), with its own id in a batch. Lax
+clients match ids loosely (the SDKs read ``"5"`` as ``5``, the Python SDK takes any response on
+a request's SSE stream as that request's answer), so no unfiltered list can reach them that way,
+and the error reaches the request that waits for it.
 
 **Fail closed.** The error is a JSON-RPC error ``INTERNAL_ERROR_CODE`` (-32603) with
 ``data.reason: unfilterable_list_response`` and ``data.detail`` saying why. It replaces:
@@ -159,12 +161,11 @@ def filter_list_result(method: str, response: Mapping[str, Any], allow: Allow) -
 
 
 def unfilterable_response(message_id: Any, detail: str) -> dict[str, Any]:
-    """The error replacing a list answer that could not be filtered (-32603). ``message_id`` is
-    kept if it is a JSON-RPC id or a number (a lax client may map ``5.0`` to ``5``), else null."""
-    number = isinstance(message_id, int | float) and not isinstance(message_id, bool)
+    """The error replacing a list answer that could not be filtered (-32603); ``message_id``
+    becomes null unless it is a JSON-RPC id (a string or an integer)."""
     return {
         "jsonrpc": "2.0",
-        "id": message_id if isinstance(message_id, str) or number else None,
+        "id": message_id if request_key(message_id) is not None else None,
         "error": {
             "code": INTERNAL_ERROR_CODE,
             "message": "Internal error: the list answer could not be filtered by policy",
@@ -237,7 +238,9 @@ class ListRewrite:
             return message, False  # an error answer lists nothing
         if method is None:
             why = f"the answer's id {_shown(message)} matches no request id (type and value)"
-            return self.errors((message_id,), why)[0], True
+            # A lone request's stream or body answers that request, whatever the id says.
+            reply_id = message_id if self.exchange.batch else self.exchange.ids[0]
+            return self.errors((reply_id,), why)[0], True
         if method not in LIST_FIELDS:
             return message, False
         try:
