@@ -257,6 +257,11 @@ def _float_id(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Any, byt
     return headers, re.sub(rb'"id":(\d+)', rb'"id":\1.0', body)
 
 
+def _duplicate_key(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Any, bytes]:
+    """Lax readers (pydantic, JavaScript) keep the last of duplicate keys: the full list."""
+    return headers, body.replace(b'"result":{', b'"result":{"tools":[],', 1)
+
+
 def _cut(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Any, bytes]:
     return headers, body[: body.rindex(b"}")]
 
@@ -272,6 +277,7 @@ SLOPPY: list[Any] = [
     pytest.param(_content_type(b"application/json", b"application/json"), id="duplicate-type"),
     pytest.param(_stringified_id, id="id-5-answered-as-string"),
     pytest.param(_float_id, id="id-5-answered-as-float"),
+    pytest.param(_duplicate_key, id="duplicate-key"),
     pytest.param(_cut, id="cut-short"),
 ]
 

@@ -244,3 +244,36 @@ async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
             assert resp.status == 200
             await resp.read()
         assert "last-event-id" not in mesh.upstream.requests[0].headers
+
+
+async def test_audit_of_a_denied_batch_records_each_elements_own_decision() -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    async with (
+        local_mesh(inbound={"mcp_policy": REFERENCE_POLICY}) as mesh,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch) as resp:
+            assert resp.status == 403
+            answers = await resp.json()
+        assert [a["error"]["data"]["reason"] for a in answers] == ["batch_denied", "no rule allows"]
+        audits = [json.loads(x) for x in mesh.server_lines() if '"mcp_audit"' in x]
+        assert [(a["tool"], a["decision"], a["rule"], a["batch"]) for a in audits] == [
+            ("add", "allow", "agents-add", "deny"),
+            ("multiply", "deny", None, "deny"),
+            (None, "allow", None, "deny"),
+        ]
+        assert all(a["status"] == 403 for a in audits)
+        # Metrics count what happened: the allowed element was refused with its batch.
+        metrics = mesh.server.metrics.render()[0].decode()
+        assert (
+            'mcp_sidecar_mcp_requests_total{decision="deny",method="tools/call",tool="other"} 2.0'
+            in metrics
+        )
+        async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch[0]) as resp:
+            assert resp.status == 200
+        lone = json.loads([x for x in mesh.server_lines() if '"mcp_audit"' in x][-1])
+        assert (lone["decision"], lone["rule"], lone["batch"]) == ("allow", "agents-add", None)
