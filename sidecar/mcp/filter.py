@@ -190,12 +190,9 @@ class ListRewrite:
 
     def json(self, body: bytes) -> bytes:
         """An ``application/json`` answer: ``body`` itself unless something in it was rewritten."""
-        try:
-            value = _strict(body)
-        except _Refused as exc:
-            return self.replacement(f"the answer is not strict JSON ({exc})")
-        if not isinstance(value, dict | list):
-            return self.replacement("the answer is not a JSON-RPC message")
+        value, unreadable = _read(body)
+        if unreadable:
+            return self.replacement(f"the answer {unreadable}")
         new, changed = self.rewrite_value(value, None)
         return _dumps(new) if changed else body
 
@@ -409,12 +406,9 @@ class SseFilter:
         text = "\n".join(data)
         if not text:  # no data: SSE dispatches nothing
             return None
-        try:
-            value = _strict(text)
-        except _Refused as exc:
-            return self._errors(f"an SSE event is not strict JSON ({exc})")
-        if not isinstance(value, dict | list):
-            return self._errors("an SSE event is not a JSON-RPC message")
+        value, unreadable = _read(text)
+        if unreadable:
+            return self._errors(f"an SSE event {unreadable}")
         new, changed = self._owner.rewrite_value(value, self._answered)
         if not changed:
             return None
@@ -434,6 +428,17 @@ class SseFilter:
 
 class _Refused(Exception):
     """Our strict reading refuses the JSON text."""
+
+
+def _read(text: str | bytes) -> tuple[Any, str]:
+    """The message or batch ``text`` holds, or why it cannot be read (then the value is None)."""
+    try:
+        value = _strict(text)
+    except _Refused as exc:
+        return None, f"is not strict JSON ({exc})"
+    if not isinstance(value, dict | list):
+        return None, "is not a JSON-RPC message"
+    return value, ""
 
 
 def _dumps(value: Any) -> bytes:

@@ -7,7 +7,6 @@ inbound sidecar with a reader/admin policy, listed by the official SDK client (w
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -19,13 +18,9 @@ from mcp.shared.exceptions import MCPError
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, serve_mcp
-from sidecar.runtime import Sidecar
-from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import log_lines
-from tests.proxy.test_mcp_policy_e2e import bearer, free_port
+from sidecar.demo.mcp_server import TOOL_NAMES, serve_mcp
+from tests.proxy.mesh import oauth_ingress
 
 READER_TOOLS = ["echo", "get_time"]
 POLICY: dict[str, Any] = {
@@ -176,37 +171,10 @@ async def ingress(
         return observer.wrap(middleware(app) if middleware else app)
 
     server = await serve_mcp("127.0.0.1", 0, json_response=json_response, middleware=wrap)
-    issuer = await Issuer().start()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}{MCP_PATH}"
-    log = io.StringIO()
-    sidecar = Sidecar(
-        parse_config(
-            {
-                "trust_domain": "example.org",
-                "admin": {"listen": "127.0.0.1:0"},
-                "inbound": {
-                    "listen": f"127.0.0.1:{port}",
-                    "upstream": f"http://127.0.0.1:{server.port}",
-                    "mtls": "off",
-                    "oauth": {"issuer": issuer.url, "audience": url},
-                    "mcp_policy": POLICY,
-                },
-            }
-        ),
-        access_stream=log,
-    )
-    await sidecar.start()
     try:
-        yield (
-            url,
-            lambda role: bearer(issuer, url, [role]),
-            observer,
-            lambda: log_lines(sidecar, log),
-        )
+        async with oauth_ingress(server.port, mcp_policy=POLICY) as sidecar:
+            yield sidecar.url, lambda role: sidecar.bearer(roles=[role]), observer, sidecar.lines
     finally:
-        await sidecar.stop()
-        await issuer.close()
         await server.close()
 
 

@@ -5,10 +5,8 @@ through the mesh), filtered tools/list over SSE, JSON-RPC denials, rate limits, 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,11 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
-from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import WAIT, local_mesh, log_lines
+from tests.proxy.mesh import WAIT, local_mesh
+from tests.proxy.mesh import oauth_ingress as mesh_oauth_ingress
 
 REFERENCE_POLICY: dict[str, Any] = {
     "default": "deny",
@@ -39,12 +36,6 @@ REFERENCE_POLICY: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[McpServerHandle]:
     handle = await serve_mcp("127.0.0.1", 0)
@@ -58,32 +49,8 @@ async def oauth_ingress(
 ) -> AsyncIterator[tuple[str, Issuer, Callable[[], list[str]]]]:
     """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress;
     the third item gives the ingress's log lines so far."""
-    issuer = await Issuer().start()
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}{MCP_PATH}"
-    log = io.StringIO()
-    sidecar = Sidecar(
-        parse_config(
-            {
-                "trust_domain": "example.org",
-                "admin": {"listen": "127.0.0.1:0"},
-                "inbound": {
-                    "listen": f"127.0.0.1:{port}",
-                    "upstream": f"http://127.0.0.1:{server.port}",
-                    "mtls": "off",
-                    "oauth": {"issuer": issuer.url, "audience": resource},
-                    "mcp_policy": REFERENCE_POLICY,
-                },
-            }
-        ),
-        access_stream=log,
-    )
-    await sidecar.start()
-    try:
-        yield resource, issuer, lambda: log_lines(sidecar, log)
-    finally:
-        await sidecar.stop()
-        await issuer.close()
+    async with mesh_oauth_ingress(server.port, mcp_policy=REFERENCE_POLICY) as ingress:
+        yield ingress.url, ingress.issuer, ingress.lines
 
 
 def bearer(issuer: Issuer, resource: str, roles: list[str]) -> dict[str, str]:
