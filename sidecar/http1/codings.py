@@ -67,10 +67,6 @@ class Decoder:
         self._head = b""  # the first byte of a deflate stream, until the second one arrives
         self._done = False  # the last member ended: only another gzip member may follow
 
-    @property
-    def coding(self) -> str:
-        return self._coding
-
     def decode(self, data: bytes, limit: int) -> bytes:
         """The decoded bytes ``data`` completes; ``CodingError`` if they are corrupt or more
         than ``limit`` bytes."""

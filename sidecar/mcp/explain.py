@@ -269,8 +269,8 @@ def build_body(
         raise ExplainError("--id and --notification exclude each other")
     params: list[str] = []
     if kind is not None:
-        params.append(f"{json.dumps('uri' if kind == 'resource' else 'name')}:")
-        params[-1] += json.dumps(given[kind])
+        name_key = "uri" if kind == "resource" else "name"
+        params.append(f"{json.dumps(name_key)}:{json.dumps(given[kind])}")
     if arguments is not None:
         params.append(f'"arguments":{_one_json_value(arguments, "--args")}')
     parts = ['"jsonrpc":"2.0"']

@@ -114,6 +114,11 @@ class Exchange:
 def list_exchange(parsed: Parsed) -> Exchange | None:
     """The exchange of a parsed request body, or None if it holds no list request (its answer
     is then never touched)."""
+    for m in parsed.messages:  # the common case, a body without list request, costs one loop
+        if m.method in LIST_FIELDS and m.kind is Kind.REQUEST:
+            break
+    else:
+        return None
     requests: dict[RequestKey, str] = {}
     ids: list[str | int] = []
     for m in parsed.messages:
@@ -126,8 +131,6 @@ def list_exchange(parsed: Parsed) -> Exchange | None:
             requests[key] = m.method
         elif m.method in LIST_FIELDS:
             requests[key] = m.method
-    if not any(method in LIST_FIELDS for method in requests.values()):
-        return None
     return Exchange(requests, tuple(ids), parsed.batch)
 
 
@@ -247,12 +250,7 @@ class ListRewrite:
 
 
 def _shown(message: Mapping[str, Any]) -> str:
-    if "id" not in message:
-        return "(none)"
-    try:
-        return json.dumps(message["id"])[:64]
-    except ValueError:  # not JSON-serialisable: cannot happen for parsed JSON
-        return "(unreadable)"
+    return json.dumps(message["id"])[:64] if "id" in message else "(none)"
 
 
 # ----------------------------------------------------------------------------------------- SSE

@@ -20,32 +20,20 @@ __all__ = ["INVALID_STATUS", "Judgement", "judge"]
 INVALID_STATUS: Final = 400
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Judgement:
     """``parsed`` is None when the body is refused as invalid (``invalid`` says why);
-    ``decisions`` (one per message) are None when there is no policy."""
+    ``decisions`` (one per message) are None when there is no policy; ``allowed``: the body may
+    be forwarded (it is valid and every message of it is allowed)."""
 
     parsed: Parsed | None
+    allowed: bool
     invalid: JsonRpcError | None = None
     decisions: tuple[Decision, ...] | None = None
 
-    @property
-    def allowed(self) -> bool:
-        """The body may be forwarded: it is valid and every message of it is allowed."""
-        return self.invalid is None and (
-            self.decisions is None or all(d.allowed for d in self.decisions)
-        )
-
-    @property
-    def outcome(self) -> str:
-        """``allow``, ``deny`` (some message is denied, so the whole body is) or ``invalid``."""
-        if self.invalid is not None:
-            return "invalid"
-        return "allow" if self.allowed else "deny"
-
     def elements(self) -> list[tuple[Message, Decision | None, str]]:
         """Each message with its own decision and its own verdict (``allow`` / ``deny``): an
-        allowed element of a denied batch is ``allow`` here, the batch's ``outcome`` is not."""
+        allowed element of a denied batch is ``allow`` here, though the batch is refused."""
         if self.parsed is None:
             return []
         decisions = self.decisions or (None,) * len(self.parsed.messages)
@@ -72,7 +60,13 @@ def judge(policy: Policy | None, principal: Principal, body: bytes) -> Judgement
     try:
         parsed = parse_body(body)
     except JsonRpcError as exc:
-        return Judgement(None, invalid=exc)
+        return Judgement(None, False, invalid=exc)
     if policy is None:
-        return Judgement(parsed)
-    return Judgement(parsed, decisions=decide_each(policy, principal, parsed))
+        return Judgement(parsed, True)
+    decisions = decide_each(policy, principal, parsed)
+    allowed = True
+    for decision in decisions:
+        if not decision.allowed:
+            allowed = False
+            break
+    return Judgement(parsed, allowed, decisions=decisions)

@@ -66,20 +66,22 @@ class McpGuard:
             return Verdict()
         policy = self.policy.current if self.policy is not None else None
         judgement = judge(policy, principal, body)
-        refusal = judgement.refusal()
-        if judgement.invalid is not None:
+        if not judgement.allowed:
+            refusal = judgement.refusal()
             assert refusal is not None
-            self._audit_invalid(request, principal, judgement.invalid.reason)
-            return Verdict(refusal=json_response(refusal[1], status=refusal[0]))
-        parsed = judgement.parsed
-        assert parsed is not None
-        if refusal is not None:
+            status, answer = refusal
+            if judgement.invalid is not None:
+                self._audit_invalid(request, principal, judgement.invalid.reason)
+                return Verdict(refusal=json_response(answer, status=status))
+            assert judgement.parsed is not None
             return Verdict(
-                refusal=json_response(refusal[1], status=refusal[0]),
+                refusal=json_response(answer, status=status),
                 audits=judgement.elements(),
                 outcome="deny",
-                batch=parsed.batch,
+                batch=judgement.parsed.batch,
             )
+        parsed = judgement.parsed
+        assert parsed is not None
         if self.limiter is not None:
             limited = self._rate_limit(principal, parsed)
             if limited is not None:
