@@ -108,6 +108,8 @@ class Exchange:
     a list method wins (its answer is filtered)."""
     ids: tuple[str | int, ...]
     """Their ids, in body order, each once."""
+    keys: tuple[RequestKey, ...]
+    """The same, as keys of ``requests``."""
     batch: bool
 
 
@@ -121,6 +123,7 @@ def list_exchange(parsed: Parsed) -> Exchange | None:
         return None
     requests: dict[RequestKey, str] = {}
     ids: list[str | int] = []
+    keys: list[RequestKey] = []
     for m in parsed.messages:
         if m.kind is not Kind.REQUEST or m.id is None or m.method is None:
             continue
@@ -128,10 +131,11 @@ def list_exchange(parsed: Parsed) -> Exchange | None:
         assert key is not None  # parse_body admits string and integer ids only
         if key not in requests:
             ids.append(m.id)
+            keys.append(key)
             requests[key] = m.method
         elif m.method in LIST_FIELDS:
             requests[key] = m.method
-    return Exchange(requests, tuple(ids), parsed.batch)
+    return Exchange(requests, tuple(ids), tuple(keys), parsed.batch)
 
 
 def filter_list_result(method: str, response: Mapping[str, Any], allow: Allow) -> dict[str, Any]:
@@ -238,9 +242,12 @@ class ListRewrite:
             return message, False  # an error answer lists nothing
         if method is None:
             why = f"the answer's id {_shown(message)} matches no request id (type and value)"
+            if self.exchange.batch:
+                return self.errors((message_id,), why)[0], True
             # A lone request's stream or body answers that request, whatever the id says.
-            reply_id = message_id if self.exchange.batch else self.exchange.ids[0]
-            return self.errors((reply_id,), why)[0], True
+            if answered is not None:
+                answered.add(self.exchange.keys[0])
+            return self.errors(self.exchange.ids, why)[0], True
         if method not in LIST_FIELDS:
             return message, False
         try:
@@ -336,7 +343,11 @@ class SseFilter:
 
     def _errors(self, reason: str) -> bytes:
         exchange = self._owner.exchange
-        unanswered = tuple(i for i in exchange.ids if request_key(i) not in self._answered)
+        unanswered = tuple(
+            i
+            for i, key in zip(exchange.ids, exchange.keys, strict=True)
+            if key not in self._answered
+        )
         self._answered.update(exchange.requests)
         errors = self._owner.errors(unanswered, reason)
         return b"".join(b"data: " + _dumps(error) + b"\n\n" for error in errors)

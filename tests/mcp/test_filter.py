@@ -380,8 +380,9 @@ def test_sse_unreadable_event_after_every_answer_is_dropped() -> None:
 @pytest.mark.parametrize("answer_id", ["1", 1.0, 99, None])
 def test_sse_answer_with_a_mismatched_id_fails_closed(answer_id: Any) -> None:
     """The Python SDK takes *any* response on a request's SSE stream as that request's answer."""
-    out = run(rewrite(), [sse_event(tools_result(answer_id))])
+    out = run(rewrite(), [sse_event(tools_result(answer_id)), b"data: {bad\n\n"])
     assert HIDDEN not in out
+    assert [e["id"] for e in events(out)] == [1]  # that error answered the request: once
     assert_error(events(out)[0], 1)
 
 
