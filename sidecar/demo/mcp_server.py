@@ -35,7 +35,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Literal
@@ -299,11 +299,15 @@ async def serve_mcp(
     *,
     allowed_hosts: Sequence[str] = (),
     startup_timeout: float = 10.0,
+    json_response: bool = False,
+    middleware: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> McpServerHandle:
     """Start the demo server in the running asyncio loop; ``port=0`` picks a free port.
 
     ``allowed_hosts`` extends the accepted ``Host`` names (see the module docstring); the bind
-    ``host`` itself is always accepted unless it is a wildcard address.
+    ``host`` itself is always accepted unless it is a wildcard address. ``json_response`` makes
+    the SDK answer POSTs with ``application/json`` instead of an SSE stream; ``middleware``
+    wraps the app (e.g. Starlette's ``GZipMiddleware``).
     """
     requests: list[RequestRecord] = []
     tool_events: list[ToolEvent] = []
@@ -313,10 +317,11 @@ async def serve_mcp(
         extra_hosts.insert(0, host_header_name(host))
     app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
+        json_response=json_response,
         transport_security=transport_security(extra_hosts),
         host=host,
     )
-    recorder = _RecordingApp(app, requests)
+    recorder = _RecordingApp(middleware(app) if middleware else app, requests)
     sock = _bind(host, port)
     bound_port: int = sock.getsockname()[1]
     config = uvicorn.Config(

@@ -1,14 +1,18 @@
-"""``mcp-sidecar explain``: what the inbound sidecar would decide for one MCP call, and why.
+"""``mcp-sidecar explain``: what the inbound sidecar would decide for an MCP request, and why.
 
 Reads the configuration file, builds the caller (``--spiffe-id``, and a token from ``--sub`` /
-``--claims`` the way the token layer would read it) and the JSON-RPC request (``--method``,
-``--tool`` / ``--resource`` / ``--prompt``, ``--args``), runs the request through the same
-``parse_body`` and ``decide_all`` the proxy uses, and prints ``ALLOW`` or ``DENY`` with the rule
-and the reason. Before the policy it applies the admission checks the proxy makes first (SPIFFE-ID
-allowlist, JWT-SVID peer binding, OAuth required scopes), so a caller those refuse is a DENY too.
-Token signatures, audiences and lifetimes are not simulated: the token is taken as valid.
+``--claims`` the way the token layer would read it) and the exact request body the sidecar would
+receive - from ``--method``, ``--tool`` / ``--resource`` / ``--prompt``, ``--args`` (embedded as
+written, so numbers such as ``-1e400`` reach the policy as the sidecar reads them) and ``--id``
+(none for ``notifications/...`` methods: a notification), or given whole with ``--body`` (a
+batch, say) - and runs it through ``sidecar.mcp.judge``, the function the proxy's MCP guard
+calls. Prints ``ALLOW`` or ``DENY`` with the rule and the reason (per element for a batch).
+Before the policy it applies the admission checks the proxy makes first (SPIFFE-ID allowlist,
+JWT-SVID peer binding, OAuth required scopes), so a caller those refuse is a DENY too. Token
+signatures, audiences and lifetimes are not simulated: the token is taken as valid.
 
-Exit status: 0 allow, 3 deny, 1 bad input or configuration (the message names the flag or key).
+Exit status: 0 allow, 3 deny, 1 bad input or configuration (the message names the flag or key),
+including a body the sidecar would refuse as invalid JSON-RPC (it answers 400).
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from typing import Any, Final
 
 from sidecar.config import Config, ConfigErrors, InboundConfig, load_config, parse_config
 from sidecar.errors import ConfigError
-from sidecar.mcp.jsonrpc import JsonRpcError, parse_body
+from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, parse_body
+from sidecar.mcp.judge import judge
 from sidecar.mcp.policy import (
     ARGUMENT_METHODS,
+    NOTIFICATION_PREFIX,
     TARGET_KINDS,
     Decision,
     Policy,
-    decide_all,
     parse_policy,
+    summarise,
 )
 from sidecar.schema import load_yaml
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
@@ -60,12 +66,16 @@ class ExplainError(Exception):
 @dataclass(frozen=True, slots=True)
 class Explanation:
     decision: Decision
+    """The verdict on the whole body (a batch is denied if any element is)."""
     stage: str
     """``mcp_policy``, or the admission check that refused: ``inbound.allow_spiffe_ids``,
     ``inbound.jwt_svid.bind_to_peer``, ``inbound.oauth.required_scopes``."""
     notes: tuple[str, ...] = ()
     principal: Principal | None = None
     """Who the call was judged as (user = ``sub``, agent = ``actor``)."""
+    elements: tuple[tuple[Message, Decision], ...] = ()
+    """Each message of the body with its own decision (the admission check's, if one refused)."""
+    batch: bool = False
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -264,9 +274,16 @@ def build_body(
     tool: str | None = None,
     resource: str | None = None,
     prompt: str | None = None,
-    arguments: Mapping[str, Any] | None = None,
+    arguments: str | None = None,
+    request_id: str | None = None,
+    notification: bool | None = None,
 ) -> bytes:
-    """The JSON-RPC request the flags describe (checked: each flag must fit ``--method``)."""
+    """The JSON-RPC request the flags describe (checked: each flag must fit ``--method``).
+
+    ``arguments`` and ``request_id`` are JSON texts, embedded as written. Without
+    ``request_id`` the message is a notification if ``notification`` says so - by default when
+    ``method`` starts with ``notifications/`` - else a request with id ``1``.
+    """
     if not method:
         raise ExplainError("--method must not be empty")
     given = {k: v for k, v in (("tool", tool), ("resource", resource), ("prompt", prompt)) if v}
@@ -283,43 +300,67 @@ def build_body(
         raise ExplainError(
             f"--args only applies to --method {' / '.join(sorted(ARGUMENT_METHODS))}"
         )
-    params: dict[str, Any] = {}
+    if request_id is not None and notification:
+        raise ExplainError("--id and --notification exclude each other")
+    params: list[str] = []
     if kind is not None:
-        params["uri" if kind == "resource" else "name"] = given[kind]
+        name_key = "uri" if kind == "resource" else "name"
+        params.append(f"{json.dumps(name_key)}:{json.dumps(given[kind])}")
     if arguments is not None:
-        params["arguments"] = dict(arguments)
-    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+        params.append(f'"arguments":{_one_json_value(arguments, "--args")}')
+    parts = ['"jsonrpc":"2.0"']
+    if notification is None:
+        notification = request_id is None and method.startswith(NOTIFICATION_PREFIX)
+    if not notification:
+        parts.append(f'"id":{_one_json_value(request_id or "1", "--id")}')
+    parts.append(f'"method":{json.dumps(method)}')
     if params:
-        message["params"] = params
-    return json.dumps(message).encode()
+        parts.append('"params":{' + ",".join(params) + "}")
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+def _one_json_value(text: str, flag: str) -> str:
+    """``text`` if it holds exactly one JSON value (so embedding it cannot change the rest of
+    the message); whether the sidecar accepts that value is for ``parse_body`` to say."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(text.strip())
+    except (ValueError, RecursionError) as exc:
+        raise ExplainError(f"{flag}: not valid JSON: {exc}") from None
+    if end != len(text.strip()):
+        raise ExplainError(f"{flag}: text after the JSON value")
+    return text.strip()
 
 
 def explain(
     config: Config,
     policy: Policy,
+    body: bytes,
     *,
     spiffe_id: str | None,
     sub: str | None = None,
     claims: Mapping[str, Any] | None = None,
-    method: str,
-    tool: str | None = None,
-    resource: str | None = None,
-    prompt: str | None = None,
-    arguments: Mapping[str, Any] | None = None,
+    blame: str = "--body",
 ) -> Explanation:
-    """Admission checks, then ``decide_all`` on the parsed request: what the proxy does."""
+    """Admission checks, then ``judge`` on the body: what the proxy does. A body the sidecar
+    refuses as invalid is an ``ExplainError`` naming ``blame`` (the flag that made it) - even
+    for a caller the admission checks refuse, whose body the proxy would not read."""
     if config.inbound is None:
         raise ExplainError("the configuration has no inbound section")
-    body = build_body(method, tool=tool, resource=resource, prompt=prompt, arguments=arguments)
-    try:
-        parsed = parse_body(body)
-    except JsonRpcError as exc:
-        raise ExplainError(f"the request is not valid JSON-RPC: {exc.message}") from None
     principal, denial, stage, notes = build_principal(config.inbound, spiffe_id, sub, claims)
+    judgement = judge(policy, principal, body)
+    if judgement.invalid is not None:
+        raise ExplainError(
+            f"{blame}: the sidecar refuses this request with HTTP 400 and JSON-RPC error "
+            f"{judgement.invalid.code}: {judgement.invalid.message}"
+        )
+    parsed = judgement.parsed
+    assert parsed is not None and judgement.decisions is not None
     if denial is not None:
-        return Explanation(denial, stage, tuple(notes), principal)
-    decision = decide_all(policy, principal, parsed)
-    return Explanation(decision, "mcp_policy", tuple(notes), principal)
+        elements = tuple((m, denial) for m in parsed.messages)
+        return Explanation(denial, stage, tuple(notes), principal, elements, parsed.batch)
+    elements = tuple(zip(parsed.messages, judgement.decisions, strict=True))
+    decision = summarise(judgement.decisions)
+    return Explanation(decision, "mcp_policy", tuple(notes), principal, elements, parsed.batch)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -341,34 +382,74 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a delegated token's actor (RFC 8693 act.sub), e.g. the agent's SPIFFE ID; repeat "
         "for a chain, current actor first",
     )
-    parser.add_argument(
-        "--method", required=True, metavar="M", help="JSON-RPC method, e.g. tools/call"
-    )
+    parser.add_argument("--method", metavar="M", help="JSON-RPC method, e.g. tools/call")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--tool", metavar="NAME", help="tool name (tools/call)")
     target.add_argument("--resource", metavar="URI", help="resource URI (resources/read...)")
     target.add_argument("--prompt", metavar="NAME", help="prompt name (prompts/get)")
     parser.add_argument("--args", metavar="JSON", help="call arguments as a JSON object")
+    ident = parser.add_mutually_exclusive_group()
+    ident.add_argument(
+        "--id", metavar="JSON", help="the request id as JSON, e.g. 7 or '\"a\"' (default 1)"
+    )
+    ident.add_argument(
+        "--notification",
+        action="store_true",
+        default=None,
+        help="send no id (the default for notifications/... methods)",
+    )
+    parser.add_argument(
+        "--body",
+        metavar="JSON|@FILE",
+        help="the whole request body instead of --method...: a message or a batch",
+    )
+
+
+_MESSAGE_FLAGS: Final = ("method", "tool", "resource", "prompt", "args", "id", "notification")
+
+
+def _body_from_args(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The request body the flags describe, and the flag to blame if the sidecar refuses it."""
+    if args.body is not None:
+        used = [f"--{name}" for name in _MESSAGE_FLAGS if getattr(args, name) is not None]
+        if used:
+            raise ExplainError(f"--body excludes {' / '.join(used)}")
+        text: str = args.body
+        if text.startswith("@"):
+            try:
+                return Path(text[1:]).read_bytes(), "--body"
+            except OSError as exc:
+                raise ExplainError(f"--body: {text[1:]}: {exc.strerror or exc}") from None
+        return text.encode("utf-8", "surrogateescape"), "--body"
+    if args.method is None:
+        raise ExplainError("--method (or --body) is required")
+    body = build_body(
+        args.method,
+        tool=args.tool,
+        resource=args.resource,
+        prompt=args.prompt,
+        arguments=args.args,
+        request_id=args.id,
+        notification=args.notification,
+    )
+    if args.id is not None:
+        probe = f'{{"jsonrpc":"2.0","id":{_one_json_value(args.id, "--id")},"method":"ping"}}'
+        try:
+            parse_body(probe.encode())
+        except JsonRpcError as exc:
+            raise ExplainError(f"--id: {exc.message}") from None
+    return body, "--args" if args.args is not None else "--method"
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
         claims = _json_object(args.claims, "--claims")
-        arguments = _json_object(args.args, "--args")
         if args.actor:
             claims = _with_actors(claims, args.actor)
+        body, blame = _body_from_args(args)
         config, policy = load(args.config)
         result = explain(
-            config,
-            policy,
-            spiffe_id=args.spiffe_id,
-            sub=args.sub,
-            claims=claims,
-            method=args.method,
-            tool=args.tool,
-            resource=args.resource,
-            prompt=args.prompt,
-            arguments=arguments,
+            config, policy, body, spiffe_id=args.spiffe_id, sub=args.sub, claims=claims, blame=blame
         )
     except ConfigErrors as exc:
         for problem in exc.problems:
@@ -380,10 +461,26 @@ def run_from_args(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
+    for line in render(result):
+        print(line)
+    return EXIT_ALLOW if result.decision.allowed else EXIT_DENY
+
+
+def render(result: Explanation) -> list[str]:
+    """The report: the verdict, the call (or each element of a batch), rule, reason, stage."""
     decision = result.decision
-    target = args.tool or args.resource or args.prompt
-    print("ALLOW" if decision.allowed else "DENY")
-    print(f"  call:   {args.method}" + (f" {target!r}" if target else ""))
+    lines = ["ALLOW" if decision.allowed else "DENY"]
+    if result.batch:
+        count = len(result.elements)
+        lines.append(f"  batch:  {count} messages, forwarded only if every one is allowed")
+        for index, (message, own) in enumerate(result.elements):
+            verdict = "ALLOW" if own.allowed else "DENY "
+            lines.append(
+                f"  [{index}]    {verdict} {_call(message)}: rule {own.rule or '-'}, "
+                f"reason {own.reason}"
+            )
+    elif result.elements:
+        lines.append(f"  call:   {_call(result.elements[0][0])}")
     who = result.principal
     if who is not None:
         caller = [f"spiffe_id={who.spiffe_id}"] if who.spiffe_id is not None else []
@@ -391,13 +488,21 @@ def run_from_args(args: argparse.Namespace) -> int:
             caller.append(f"sub={who.sub}")
         caller += [f"actor={who.actor}"] if who.actor is not None else []
         caller += [f"prior_actors={','.join(who.actors[1:])}"] if len(who.actors) > 1 else []
-        print(f"  caller: {' '.join(caller) or '-'}")
-    print(f"  rule:   {decision.rule or '-'}")
-    print(f"  reason: {decision.reason}")
-    print(f"  stage:  {result.stage}")
-    for note in result.notes:
-        print(f"  note:   {note}")
-    return EXIT_ALLOW if decision.allowed else EXIT_DENY
+        lines.append(f"  caller: {' '.join(caller) or '-'}")
+    lines.append(f"  rule:   {decision.rule or '-'}")
+    lines.append(f"  reason: {decision.reason}")
+    lines.append(f"  stage:  {result.stage}")
+    lines.extend(f"  note:   {note}" for note in result.notes)
+    return lines
+
+
+def _call(message: Message) -> str:
+    text = message.method or "(response)"
+    if message.target is not None:
+        text += f" {message.target!r}"
+    if message.kind is Kind.NOTIFICATION:
+        text += " (notification)"
+    return text
 
 
 def _with_actors(claims: dict[str, Any] | None, actors: list[str]) -> dict[str, Any]:

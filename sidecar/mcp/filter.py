@@ -1,64 +1,75 @@
-"""Filtering ``tools/list``, ``resources/list``, ``resources/templates/list`` and ``prompts/list``
-results so a caller only sees what the policy lets it use - in ``application/json`` bodies and in
-``text/event-stream`` responses alike. Pure: no I/O.
+"""Filtering the answers to ``tools/list``, ``resources/list``, ``resources/templates/list`` and
+``prompts/list`` so a caller only sees what the policy lets it use. Pure: no I/O.
 
-Only responses whose ``id`` is one of the *pending list requests* of the exchange are touched
-(``pending_list_requests`` finds them in the parsed request); everything else passes through
-byte-for-byte. A rewritten response is re-serialised as compact JSON.
+The answer to a request body holding list requests (its ``Exchange``) is rewritten by a
+``ListRewrite`` - the ``AnswerRewrite`` that ``sidecar.proxy.rewrite`` applies under its one rule
+(read and rewritten, or replaced; never forwarded unread). It handles ``application/json`` bodies
+(``json``) and ``text/event-stream`` streams (``sse``) alike.
 
-**Fail closed.** A response to a pending list request that cannot be filtered is replaced by a
-JSON-RPC error ``INTERNAL_ERROR_CODE`` (-32603, ``data.reason: unfilterable_list_response``)
-rather than forwarded with unfiltered items:
+**Ids match exactly.** A JSON-RPC response (an object with ``result`` or ``error``) answers a
+request of the exchange only if its ``id`` has the same JSON type and value: ``"5"``, ``5.0`` or
+``true`` do not answer ``5``. A ``result`` answering a list request is filtered; one answering
+another request of the exchange (a batch) passes unchanged; a ``result`` answering *no* request -
+another type, an altered id, no id - is replaced by the error: with the id of the request when
+the body held one request (its answer, whatever the id says), with its own id in a batch. Lax
+clients match ids loosely (the SDKs read ``"5"`` as ``5``, the Python SDK takes any response on
+a request's SSE stream as that request's answer), so no unfiltered list can reach them that way,
+and the error reaches the request that waits for it.
 
-* a result that is not an object, or whose item list is not a list (items that are not objects
-  with a string ``name`` / ``uri`` / ``uriTemplate`` are dropped, the rest kept);
-* a message our strict reading refuses (duplicate keys, ``NaN``, invalid UTF-8, a byte-order
-  mark...) but that a laxer client could still read: it is re-read leniently only to find which
-  ids it answers (every ``id`` key counts, duplicates included), and those get the error;
-* a JSON body that is not JSON at all (or nested too deeply to read) while list requests are
-  pending: every pending list request gets the error (the body answers exactly those requests).
+**Fail closed.** The error is a JSON-RPC error ``INTERNAL_ERROR_CODE`` (-32603) with
+``data.reason: unfilterable_list_response`` and ``data.detail`` saying why. It replaces:
 
-In an SSE stream an event whose data is not JSON even leniently passes through (no JSON client can
-read it either, and it cannot be tied to a request); data nested too deeply to read, or an event
-larger than ``max_event_size``, raises ``FilterError``: the caller aborts the stream.
+* a list ``result`` that is not an object or whose item list is not a list (items that are not
+  objects with a string ``name`` / ``uri`` / ``uriTemplate`` are dropped, the rest kept);
+* a JSON body our strict reading refuses (duplicate keys, ``NaN``, numbers too large for a
+  double, invalid UTF-8, a byte-order mark, too deep) or that is not an object or an array: one
+  error per request of the exchange (an array for a batch);
+* in a stream, an event whose data cannot be read that way: one error event per request of the
+  exchange not answered yet (nothing, if all were); likewise when the stream fails half-way
+  (``fail``: an event larger than ``max_event_size``, a corrupt content coding) or ends inside
+  an event that has data.
 
-Response ids are compared as JSON values: ``1.0`` answers request ``1`` (as in JavaScript);
-``true`` answers nothing.
+Everything else passes through byte for byte; a rewritten message is re-serialised as compact
+JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sidecar.errors import SidecarError
 from sidecar.mcp.jsonrpc import Kind, Parsed
-from sidecar.mcp.policy import LIST_METHODS, TargetKind
+from sidecar.mcp.policy import TargetKind
 
 __all__ = [
     "INTERNAL_ERROR_CODE",
     "LIST_FIELDS",
     "MAX_SSE_EVENT",
     "Allow",
+    "Exchange",
     "FilterError",
+    "ListRewrite",
     "SseFilter",
-    "filter_json_body",
     "filter_list_result",
-    "pending_list_requests",
+    "list_exchange",
+    "request_key",
     "unfilterable_response",
 ]
 
 INTERNAL_ERROR_CODE: Final = -32603
-"""JSON-RPC ``error.code`` replacing a list response that could not be filtered."""
+"""JSON-RPC ``error.code`` replacing a list answer that could not be filtered."""
 MAX_SSE_EVENT: Final = 4 * 1024 * 1024
 """Default largest SSE event (bytes, up to its terminating blank line) an ``SseFilter`` holds."""
 
 Allow = Callable[[TargetKind, str], bool]
 """``allow(kind, name)``: whether a list item is shown (``sidecar.mcp.policy.visibility``)."""
-Pending = Mapping[Any, str]
-"""Request id (str or int) -> list method, of the list requests awaiting their response."""
+RequestKey = tuple[bool, str | int]
+"""A request id with its JSON type: ``(True, 5)`` for ``5``, ``(False, "5")`` for ``"5"``."""
 
 LIST_FIELDS: Final[Mapping[str, tuple[str, TargetKind, str]]] = {
     "tools/list": ("tools", "tool", "name"),
@@ -70,21 +81,61 @@ LIST_FIELDS: Final[Mapping[str, tuple[str, TargetKind, str]]] = {
 
 
 class FilterError(SidecarError):
-    """A response cannot be filtered safely; the proxy must not forward it (502)."""
+    """A list result cannot be filtered safely."""
 
     status = 502
     reason = "unfilterable_response"
 
 
-def pending_list_requests(parsed: Parsed) -> dict[str | int, str]:
-    """The list requests of a parsed request body: ``{id: method}``."""
-    pending: dict[str | int, str] = {}
+def request_key(value: Any) -> RequestKey | None:
+    """``value`` as a request id with its JSON type, or None if no request can have it (JSON-RPC
+    ids are strings or integers; ``parse_body`` refuses every other id)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (True, value)
+    if isinstance(value, str):
+        return (False, value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """The requests of one body holding list requests: what its answer may answer."""
+
+    requests: Mapping[RequestKey, str]
+    """Every request of the body (by id and id type) -> its method. Should a batch reuse an id,
+    a list method wins (its answer is filtered)."""
+    ids: tuple[str | int, ...]
+    """Their ids, in body order, each once."""
+    keys: tuple[RequestKey, ...]
+    """The same, as keys of ``requests``."""
+    batch: bool
+
+
+def list_exchange(parsed: Parsed) -> Exchange | None:
+    """The exchange of a parsed request body, or None if it holds no list request (its answer
+    is then never touched)."""
+    for m in parsed.messages:  # the common case, a body without list request, costs one loop
+        if m.method in LIST_FIELDS and m.kind is Kind.REQUEST:
+            break
+    else:
+        return None
+    requests: dict[RequestKey, str] = {}
+    ids: list[str | int] = []
+    keys: list[RequestKey] = []
     for m in parsed.messages:
-        method = m.method
-        if m.kind is Kind.REQUEST and m.id is not None and method in LIST_METHODS:
-            assert method is not None
-            pending[m.id] = method
-    return pending
+        if m.kind is not Kind.REQUEST or m.id is None or m.method is None:
+            continue
+        key = request_key(m.id)
+        assert key is not None  # parse_body admits string and integer ids only
+        if key not in requests:
+            ids.append(m.id)
+            keys.append(key)
+            requests[key] = m.method
+        elif m.method in LIST_FIELDS:
+            requests[key] = m.method
+    return Exchange(requests, tuple(ids), tuple(keys), parsed.batch)
 
 
 def filter_list_result(method: str, response: Mapping[str, Any], allow: Allow) -> dict[str, Any]:
@@ -116,41 +167,97 @@ def filter_list_result(method: str, response: Mapping[str, Any], allow: Allow) -
     return {**response, "result": {**result, key: kept}}
 
 
-def unfilterable_response(message_id: str | int | None) -> dict[str, Any]:
-    """The error replacing a list response that could not be filtered (-32603)."""
+def unfilterable_response(message_id: Any, detail: str) -> dict[str, Any]:
+    """The error replacing a list answer that could not be filtered (-32603); ``message_id``
+    becomes null unless it is a JSON-RPC id (a string or an integer)."""
     return {
         "jsonrpc": "2.0",
-        "id": message_id,
+        "id": message_id if request_key(message_id) is not None else None,
         "error": {
             "code": INTERNAL_ERROR_CODE,
-            "message": "Internal error: the list response could not be filtered by policy",
-            "data": {"reason": "unfilterable_list_response"},
+            "message": "Internal error: the list answer could not be filtered by policy",
+            "data": {"reason": "unfilterable_list_response", "detail": detail},
         },
     }
 
 
-def filter_json_body(
-    body: bytes, request_ids_to_method: Pending, allow: Allow, *, batch: bool = False
-) -> bytes:
-    """Filter an ``application/json`` response body (one response or a batch).
+class ListRewrite:
+    """Rewrites the answer to one ``Exchange`` (``sidecar.proxy.rewrite.AnswerRewrite``).
 
-    Returned unchanged (the same bytes) unless it answers a pending list request. If the body
-    cannot be read at all while list requests are pending, the result is one -32603 error per
-    pending list request: a single object when there is one and ``batch`` is false, else an
-    array.
+    ``failure`` is the first reason an answer (or part of it) was replaced, for the access log.
     """
-    if not request_ids_to_method:
-        return body
-    try:
-        outcome = _rewrite(body, request_ids_to_method, allow)
-    except FilterError:  # nested too deeply to read
-        outcome = _NOT_JSON
-    if outcome is _UNCHANGED:
-        return body
-    if outcome is _NOT_JSON:
-        errors = [unfilterable_response(i) for i in request_ids_to_method]
-        outcome = errors[0] if len(errors) == 1 and not batch else errors
-    return _dumps(outcome)
+
+    def __init__(
+        self, exchange: Exchange, allow: Allow, *, max_event_size: int = MAX_SSE_EVENT
+    ) -> None:
+        self.exchange = exchange
+        self._allow = allow
+        self._max_event_size = max_event_size
+        self.failure: str | None = None
+
+    def json(self, body: bytes) -> bytes:
+        """An ``application/json`` answer: ``body`` itself unless something in it was rewritten."""
+        value, unreadable = _read(body)
+        if unreadable:
+            return self.replacement(f"the answer {unreadable}")
+        new, changed = self.rewrite_value(value, None)
+        return _dumps(new) if changed else body
+
+    def sse(self) -> SseFilter:
+        return SseFilter(self, max_event_size=self._max_event_size)
+
+    def replacement(self, reason: str) -> bytes:
+        """The body answering every request of the exchange with the error."""
+        errors = self.errors(self.exchange.ids, reason)
+        return _dumps(errors if self.exchange.batch else errors[0])
+
+    def errors(self, ids: tuple[Any, ...], reason: str) -> list[dict[str, Any]]:
+        if self.failure is None:
+            self.failure = reason
+        return [unfilterable_response(i, reason) for i in ids]
+
+    def rewrite_value(self, value: Any, answered: set[RequestKey] | None) -> tuple[Any, bool]:
+        """``value`` (a message or a batch) rewritten, and whether anything changed; the keys of
+        the requests it answers are added to ``answered``."""
+        if not isinstance(value, list):
+            return self._rewrite_message(value, answered)
+        changed = False
+        items: list[Any] = []
+        for item in value:
+            new, item_changed = self._rewrite_message(item, answered)
+            items.append(new)
+            changed = changed or item_changed
+        return items, changed
+
+    def _rewrite_message(self, message: Any, answered: set[RequestKey] | None) -> tuple[Any, bool]:
+        if not isinstance(message, dict) or ("result" not in message and "error" not in message):
+            return message, False  # a request or a notification: the server may send those
+        message_id = message.get("id")
+        key = request_key(message_id) if "id" in message else None
+        method = self.exchange.requests.get(key) if key is not None else None
+        if method is not None and answered is not None:
+            assert key is not None
+            answered.add(key)
+        if "result" not in message:
+            return message, False  # an error answer lists nothing
+        if method is None:
+            why = f"the answer's id {_shown(message)} matches no request id (type and value)"
+            if self.exchange.batch:
+                return self.errors((message_id,), why)[0], True
+            # A lone request's stream or body answers that request, whatever the id says.
+            if answered is not None:
+                answered.add(self.exchange.keys[0])
+            return self.errors(self.exchange.ids, why)[0], True
+        if method not in LIST_FIELDS:
+            return message, False
+        try:
+            return filter_list_result(method, message, self._allow), True
+        except FilterError as exc:
+            return self.errors((message_id,), exc.message)[0], True
+
+
+def _shown(message: Mapping[str, Any]) -> str:
+    return json.dumps(message["id"])[:64] if "id" in message else "(none)"
 
 
 # ----------------------------------------------------------------------------------------- SSE
@@ -161,31 +268,24 @@ _EOL_RE: Final = re.compile(rb"[\r\n]")
 
 
 class SseFilter:
-    """Rewrites list responses inside a ``text/event-stream`` as it flows.
+    """Rewrites the answers inside a ``text/event-stream`` as it flows (a ``StreamRewriter``).
 
     ``feed(chunk)`` returns the bytes that can be sent now: every event completed by this chunk,
-    as soon as its terminating blank line arrives (nothing is held back longer); ``flush()`` at
+    as soon as its terminating blank line arrives (nothing is held back longer); ``finish()`` at
     the end of the stream. Lines end with LF, CRLF or CR (a CR at the end of a chunk is resolved
-    by the next chunk). Events that are not a JSON-RPC response to a pending list request -
-    comments, keep-alives, notifications, other responses, incomplete events at the end - pass
-    through byte-identical; a rewritten event keeps its other lines (``event:``, ``id:``,
-    ``retry:``, comments) and carries the JSON in one ``data:`` line, with LF line ends.
-    The output never depends on how the input was split into chunks.
-
-    Without pending list requests the stream is passed through without any buffering.
-    An event larger than ``max_event_size`` raises ``FilterError`` (abort the stream).
+    by the next chunk). Events without data (comments, keep-alives, ``retry:``) and events whose
+    messages need no rewrite pass through byte-identical; a rewritten event keeps its other lines
+    (``event:``, ``id:``, ``retry:``, comments) and carries the JSON in one ``data:`` line, with
+    LF line ends; error events are ``data: <error>`` lines. The output never depends on how the
+    input was split into chunks. ``fail(reason)`` ends the stream with error events for the
+    requests not answered yet; so does an event larger than ``max_event_size``. Never raises.
     """
 
-    def __init__(
-        self,
-        request_ids_to_method: Pending,
-        allow: Allow,
-        *,
-        max_event_size: int = MAX_SSE_EVENT,
-    ) -> None:
-        self._pending = dict(request_ids_to_method)
-        self._allow = allow
+    def __init__(self, owner: ListRewrite, *, max_event_size: int = MAX_SSE_EVENT) -> None:
+        self._owner = owner
         self._max = max_event_size
+        self._answered: set[RequestKey] = set()
+        self._done = False
         self._buf = bytearray()
         self._scan = 0  # next index of _buf to look for a line end
         self._line_start = 0  # start of the current, incomplete line
@@ -194,10 +294,12 @@ class SseFilter:
         self._orphan: bool | None = None  # an event ended in such a CR: drop (True) / pass a LF
         self._stream_start = True
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def feed(self, chunk: bytes) -> bytes:
-        if not self._pending:
-            return bytes(chunk)
-        if not chunk:
+        if self._done or not chunk:
             return b""
         out = bytearray()
         if self._orphan is not None:
@@ -209,25 +311,46 @@ class SseFilter:
         self._buf += chunk
         self._process(out)
         if len(self._buf) > self._max:
-            raise FilterError(
-                f"SSE event larger than {self._max} bytes", reason="sse_event_too_large"
-            )
+            out += self.fail(f"SSE event larger than {self._max} bytes")
         return bytes(out)
 
-    def flush(self) -> bytes:
-        """The incomplete event left at the end of the stream, unchanged - SSE clients discard
-        it - or nothing if it would have been rewritten (so a lax client cannot use it)."""
+    def finish(self) -> bytes:
+        """The end of the stream. An incomplete event left over is passed on unless it has data
+        (SSE clients discard it; a lax one might not): then the requests not answered yet get
+        the error instead."""
+        if self._done:
+            return b""
+        self._done = True
         if not self._buf:
             return b""
         lines = list(self._lines)
         if self._line_start < len(self._buf):
             lines.append((self._line_start, len(self._buf)))
         rest = bytes(self._buf)
-        rewritten = self._event(rest, lines) if lines else None
         self._buf.clear()
-        self._lines = []
-        self._scan = self._line_start = 0
-        return rest if rewritten is None else b""
+        data, _ = self._fields(rest, lines)
+        if not data or not "\n".join(data):
+            return rest
+        return self._errors("the stream ended inside an event")
+
+    def fail(self, reason: str) -> bytes:
+        """End the stream now: the requests not answered yet get the error (as events)."""
+        if self._done:
+            return b""
+        self._done = True
+        self._buf.clear()
+        return self._errors(reason)
+
+    def _errors(self, reason: str) -> bytes:
+        exchange = self._owner.exchange
+        unanswered = tuple(
+            i
+            for i, key in zip(exchange.ids, exchange.keys, strict=True)
+            if key not in self._answered
+        )
+        self._answered.update(exchange.requests)
+        errors = self._owner.errors(unanswered, reason)
+        return b"".join(b"data: " + _dumps(error) + b"\n\n" for error in errors)
 
     def _process(self, out: bytearray) -> None:
         buf = self._buf
@@ -268,8 +391,10 @@ class SseFilter:
             self._skip_lf = end_of_data
         self._scan = i
 
-    def _event(self, raw: bytes, lines: list[tuple[int, int]]) -> bytes | None:
-        """The rewritten event, or None to pass ``raw`` through."""
+    def _fields(
+        self, raw: bytes, lines: list[tuple[int, int]]
+    ) -> tuple[list[str], list[tuple[bytes, bool]]]:
+        """The event's data values, and every line with whether it is a data line."""
         data: list[str] = []
         fields: list[tuple[bytes, bool]] = []
         for start, end in lines:
@@ -282,19 +407,27 @@ class SseFilter:
             if is_data:
                 data.append(value[1:] if value.startswith(" ") else value)
             fields.append((raw[start:end], is_data))
-        if not data:
+        return data, fields
+
+    def _event(self, raw: bytes, lines: list[tuple[int, int]]) -> bytes | None:
+        """The event to send instead of ``raw`` (possibly nothing), or None to pass ``raw``."""
+        data, fields = self._fields(raw, lines)
+        text = "\n".join(data)
+        if not text:  # no data: SSE dispatches nothing
             return None
-        outcome = _rewrite("\n".join(data), self._pending, self._allow)
-        if outcome is _UNCHANGED or outcome is _NOT_JSON:
+        value, unreadable = _read(text)
+        if unreadable:
+            return self._errors(f"an SSE event {unreadable}")
+        new, changed = self._owner.rewrite_value(value, self._answered)
+        if not changed:
             return None
-        text = _dumps(outcome)
         result = bytearray()
         wrote = False
         for line_bytes, is_data in fields:
             if not is_data:
                 result += line_bytes + b"\n"
             elif not wrote:
-                result += b"data: " + text + b"\n"
+                result += b"data: " + _dumps(new) + b"\n"
                 wrote = True
         return bytes(result + b"\n")
 
@@ -302,20 +435,19 @@ class SseFilter:
 # ------------------------------------------------------------------------------------- helpers
 
 
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-_UNCHANGED: Final = _Marker("UNCHANGED")
-_NOT_JSON: Final = _Marker("NOT_JSON")
-
-
 class _Refused(Exception):
     """Our strict reading refuses the JSON text."""
+
+
+def _read(text: str | bytes) -> tuple[Any, str]:
+    """The message or batch ``text`` holds, or why it cannot be read (then the value is None)."""
+    try:
+        value = _strict(text)
+    except _Refused as exc:
+        return None, f"is not strict JSON ({exc})"
+    if not isinstance(value, dict | list):
+        return None, "is not a JSON-RPC message"
+    return value, ""
 
 
 def _dumps(value: Any) -> bytes:
@@ -325,35 +457,27 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
-def _rewrite(text: str | bytes, pending: Pending, allow: Allow) -> Any:
-    """The JSON value to send instead of ``text``, ``_UNCHANGED``, or ``_NOT_JSON`` (not readable
-    even leniently, nor deep enough to tie to a request)."""
-    try:
-        value = _strict(text)
-    except _Refused:
-        return _lenient(text, pending)
-    new, changed = _rewrite_value(value, pending, allow)
-    return new if changed else _UNCHANGED
-
-
 def _strict(text: str | bytes) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
         if text.startswith("\ufeff"):
-            raise _Refused
-        value = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant)
-    except (ValueError, UnicodeError, RecursionError) as exc:
-        raise _Refused from exc
-    return value
+            raise _Refused("a byte-order mark")
+        return json.loads(
+            text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_float=_finite
+        )
+    except UnicodeError:
+        raise _Refused("not UTF-8") from None
+    except RecursionError:
+        raise _Refused("nested too deeply") from None
+    except ValueError as exc:
+        raise _Refused(str(exc).partition(":")[0]) from None
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("duplicate key")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
     return result
 
 
@@ -361,69 +485,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class _Object(list[tuple[str, Any]]):
-    """A JSON object read leniently: every (key, value) pair, duplicates kept."""
-
-
-def _lenient(text: str | bytes, pending: Pending) -> Any:
-    """For a text our strict reading refused: errors for the pending list requests it answers
-    (as a laxer parser could read it), ``_UNCHANGED`` if none, ``_NOT_JSON`` if unreadable."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    try:
-        value = json.loads(text.lstrip("\ufeff"), object_pairs_hook=_Object)
-    except RecursionError:
-        raise FilterError("response nested too deeply to filter", reason="too_deep") from None
-    except ValueError:
-        return _NOT_JSON
-    candidates = [value] if isinstance(value, _Object) else value if isinstance(value, list) else []
-    answered: list[Any] = []
-    for candidate in candidates:
-        if not isinstance(candidate, _Object):
-            continue
-        for key, item in candidate:
-            if key == "id":
-                method_id = _pending_id(item, pending)
-                if method_id is not None and method_id not in answered:
-                    answered.append(method_id)
-    if not answered:
-        return _UNCHANGED
-    errors = [unfilterable_response(i) for i in answered]
-    return errors[0] if isinstance(value, _Object) else errors
-
-
-def _pending_id(value: Any, pending: Pending) -> str | int | None:
-    """The pending request id ``value`` answers (as JSON values compare), or None."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    if value != value:  # NaN
-        return None
-    for key in pending:
-        same_kind = type(key) is type(value) or (isinstance(key, int) and isinstance(value, float))
-        if same_kind and key == value:
-            return key  # type: ignore[no-any-return]
-    return None
-
-
-def _rewrite_value(value: Any, pending: Pending, allow: Allow) -> tuple[Any, bool]:
-    if isinstance(value, list):
-        changed = False
-        items: list[Any] = []
-        for item in value:
-            new, item_changed = _rewrite_message(item, pending, allow)
-            items.append(new)
-            changed = changed or item_changed
-        return items, changed
-    return _rewrite_message(value, pending, allow)
-
-
-def _rewrite_message(message: Any, pending: Pending, allow: Allow) -> tuple[Any, bool]:
-    if not isinstance(message, dict) or "result" not in message or "id" not in message:
-        return message, False
-    message_id = _pending_id(message["id"], pending)
-    if message_id is None:
-        return message, False
-    try:
-        return filter_list_result(pending[message_id], message, allow), True
-    except FilterError:
-        return unfilterable_response(message_id), True
+def _finite(text: str) -> float:
+    """A JSON number as a float; one that no double holds (``1e400``) would be written back as
+    ``Infinity``, which is not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value

@@ -136,6 +136,7 @@ __all__ = [
     "denial_response",
     "load_policy_file",
     "parse_policy",
+    "summarise",
     "visibility",
     "visible",
 ]
@@ -528,10 +529,14 @@ def decide_each(policy: Policy, principal: Principal, parsed: Parsed) -> tuple[D
 
 
 def decide_all(policy: Policy, principal: Principal, parsed: Parsed) -> Decision:
-    """The verdict on a whole body: a batch is denied if any element is (the first denied
-    element's decision is returned); if all are allowed, the first decision made by a rule, or
-    else the first element's decision."""
-    decisions = decide_each(policy, principal, parsed)
+    """The verdict on a whole body (``summarise`` of ``decide_each``)."""
+    return summarise(decide_each(policy, principal, parsed))
+
+
+def summarise(decisions: Sequence[Decision]) -> Decision:
+    """The verdict on a whole body from its elements': a batch is denied if any element is (the
+    first denied element's decision is returned); if all are allowed, the first decision made by
+    a rule, or else the first element's decision."""
     for decision in decisions:
         if not decision.allowed:
             return decision

@@ -130,7 +130,11 @@ class AccessRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditRecord:
-    """One MCP request (one JSON-RPC message) and the policy's verdict on it."""
+    """One MCP request (one JSON-RPC message) and the policy's verdict on it.
+
+    ``decision`` is the message's own verdict; ``batch`` (for the elements of a batch only) the
+    verdict on the whole batch, which is forwarded only if every element is allowed - so an
+    allowed element of a denied batch is ``decision: allow`` with ``batch: deny``."""
 
     time: str = field(default_factory=rfc3339)
     kind: str = "mcp_audit"
@@ -140,6 +144,7 @@ class AuditRecord:
     request_id: str | int | None
     decision: str  # allow | deny | rate_limited | invalid
     rule: str | None
+    batch: str | None = None  # allow | deny | rate_limited, for batch elements
     status: int
     latency_ms: float
     mcp_session_id: str | None
@@ -154,6 +159,7 @@ class AuditRecord:
             "request_id": self.request_id,
             "decision": self.decision,
             "rule": self.rule,
+            "batch": self.batch,
             "status": self.status,
             "latency_ms": round(self.latency_ms, 3) if math.isfinite(self.latency_ms) else None,
             "mcp_session_id": self.mcp_session_id,

@@ -10,14 +10,17 @@ exchange. SSE responses are exempt from idle and total timeouts — an MCP strea
 minutes — and instead get an SSE comment line (``: keepalive``) every ``sse_heartbeat`` seconds
 of upstream silence, written only between events, which keeps intermediaries from reaping the
 stream and makes a vanished client show up as a write error.
+
+An answer a policy must rewrite (``rewrite``: MCP list filtering) goes through
+``sidecar.proxy.rewrite``'s one rule instead: read and rewritten, or replaced; every other
+answer is passed on without being looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Protocol
+from collections.abc import AsyncIterator, Iterable
 
 from multidict import CIMultiDict
 
@@ -25,6 +28,16 @@ from sidecar.config import Limits
 from sidecar.errors import SidecarError
 from sidecar.proxy.errors import Forbidden, UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.messages import Request, Response, json_response
+from sidecar.proxy.rewrite import (
+    MAX_REWRITTEN_BODY,
+    AnswerRewrite,
+    Shape,
+    StreamRewriter,
+    decoding_stream,
+    plan_rewrite,
+    rewrite_json,
+    rewritten_headers,
+)
 from sidecar.proxy.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -48,18 +61,6 @@ _NOT_FORWARDED = tuple(HOP_BY_HOP | _REWRITTEN)
 _NOT_FORWARDED_BACK = HOP_BY_HOP | {"content-length"}
 SSE_HEARTBEAT = b": keepalive\n\n"
 SMALL_BODY = 256 * 1024  # answered in one write when the upstream declared its length
-
-
-class RewriteError(Exception):
-    """A body rewriter cannot continue safely (e.g. an oversized SSE event): abort the stream."""
-
-
-class BodyRewriter(Protocol):
-    """Transforms a response body chunk by chunk (``feed``), then ``finish`` flushes the rest."""
-
-    def feed(self, chunk: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
 
 
 def check_origin(headers: CIMultiDict[str], allowed: tuple[str, ...]) -> None:
@@ -97,14 +98,14 @@ async def forward(
     body: bytes,
     limits: Limits,
     *,
-    rewriter: Callable[[str], BodyRewriter | None] | None = None,
+    rewrite: AnswerRewrite | None = None,
 ) -> Response:
     """Send the request upstream; answer with its response, streamed unless small.
 
-    ``rewriter(content_type)`` may return a ``BodyRewriter`` that transforms the response body
-    on the way (MCP list filtering); the response is then sent chunked. Raises ``ProxyError``
-    only before the response has started; a failure mid-stream makes the stream raise, and the
-    engine aborts the client connection (a truncated body must not look complete).
+    ``rewrite`` is applied to the answer under ``sidecar.proxy.rewrite``'s rule (the result is
+    then sent chunked, or whole for JSON). Raises ``ProxyError`` only before the response has
+    started; a failure mid-stream makes the stream raise, and the engine aborts the client
+    connection (a truncated body must not look complete).
     """
     upstream = await pool.request(
         request.method,
@@ -115,27 +116,44 @@ async def forward(
     )
     released = False
     try:
-        content_type = upstream.content_type
-        body_rewriter = rewriter(content_type) if rewriter is not None else None
-        length = upstream.content_length
-        is_sse = content_type == "text/event-stream"
         out_headers = CIMultiDict(
             (k, v) for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED_BACK
         )
-        if body_rewriter is None and length is not None and length <= SMALL_BODY and not is_sse:
+        if rewrite is not None:
+            plan = plan_rewrite(upstream.status, upstream.headers)
+            if plan.shape is not Shape.NO_BODY:
+                reason = upstream.head.reason
+                headers = rewritten_headers(out_headers, plan.media_type)
+                if plan.shape is Shape.REPLACE:  # the body is not read: the connection closes
+                    data = rewrite.replacement(plan.reason)
+                    return Response(upstream.status, headers, data, reason=reason)
+                if plan.shape is Shape.JSON:
+                    raw = await _read_whole(upstream, limits, MAX_REWRITTEN_BODY)
+                    data = rewrite_json(raw, plan.coding, rewrite)
+                    return Response(upstream.status, headers, data, reason=reason)
+                stream = _sse_body(
+                    upstream, limits.sse_heartbeat, decoding_stream(plan.coding, rewrite.sse())
+                )
+                released = True  # the stream releases the connection when it ends
+                return Response(
+                    upstream.status, headers, reason=reason, stream=stream, release=upstream.release
+                )
+        length = upstream.content_length
+        is_sse = upstream.content_type == "text/event-stream"
+        if length is not None and length <= SMALL_BODY and not is_sse:
             data = await _read_small(upstream, limits)
             return Response(upstream.status, out_headers, data, reason=upstream.head.reason)
         if is_sse:
-            stream = _sse_body(upstream, limits.sse_heartbeat, body_rewriter)
+            stream = _sse_body(upstream, limits.sse_heartbeat, None)
         else:
-            stream = _body(upstream, limits, body_rewriter)
+            stream = _body(upstream, limits)
         released = True  # the stream releases the connection when it ends
         return Response(
             upstream.status,
             out_headers,
             reason=upstream.head.reason,
             stream=stream,
-            content_length=length if body_rewriter is None else None,
+            content_length=length,
             release=upstream.release,
         )
     finally:
@@ -146,14 +164,29 @@ async def forward(
 async def _read_small(upstream: UpstreamResponse, limits: Limits) -> bytes:
     """A small body of known length (the common MCP JSON answer) is read whole and answered in
     one write, head and body together."""
+    return await _read_whole(upstream, limits, SMALL_BODY)
+
+
+async def _read_whole(upstream: UpstreamResponse, limits: Limits, cap: int) -> bytes:
+    """The whole body, each silence bounded by ``idle_timeout`` and the whole by
+    ``total_timeout``; reading stops once more than ``cap`` bytes came (the caller sees that
+    from the length and the connection is not reused)."""
     whole = upstream.take_body()  # usually the whole body has arrived with the head
     if whole is not None:
         return whole
-    pieces: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.total_timeout
     wait = min(limits.idle_timeout, limits.total_timeout)
+    pieces: list[bytes] = []
+    size = 0
     try:
-        while piece := await upstream.read(wait):
+        while size <= cap and (piece := await upstream.read(wait)):
+            if loop.time() > deadline:
+                raise UpstreamTimeout(
+                    "upstream body exceeded total_timeout", reason="upstream_timeout"
+                )
             pieces.append(piece)
+            size += len(piece)
     except (ConnectionError, UpstreamUnavailable) as exc:
         raise UpstreamUnavailable(
             f"upstream failed while sending its body: {exc!r}", reason="upstream_reset"
@@ -163,9 +196,7 @@ async def _read_small(upstream: UpstreamResponse, limits: Limits) -> bytes:
     return b"".join(pieces)
 
 
-async def _body(
-    upstream: UpstreamResponse, limits: Limits, rewriter: BodyRewriter | None
-) -> AsyncIterator[bytes]:
+async def _body(upstream: UpstreamResponse, limits: Limits) -> AsyncIterator[bytes]:
     """A non-SSE body: each silence bounded by ``idle_timeout``; ``total_timeout`` is checked
     at every piece and every silence (so a silent body overruns it by ``idle_timeout`` at most)."""
     loop = asyncio.get_running_loop()
@@ -182,21 +213,17 @@ async def _body(
                 )
             if not chunk:
                 break
-            if rewriter is not None:
-                chunk = rewriter.feed(chunk)
-            if chunk:
-                yield chunk
-        if rewriter is not None and (tail := rewriter.finish()):
-            yield tail
+            yield chunk
     finally:
         upstream.release()
 
 
 async def _sse_body(
-    upstream: UpstreamResponse, heartbeat: float, rewriter: BodyRewriter | None
+    upstream: UpstreamResponse, heartbeat: float, rewriter: StreamRewriter | None
 ) -> AsyncIterator[bytes]:
     """An SSE stream: no idle/total timeout; a heartbeat comment after ``heartbeat`` seconds of
-    upstream silence, only between events."""
+    upstream silence, only between events. A ``rewriter`` that is ``done`` ends the stream (the
+    rest of the upstream's is not read)."""
     at_boundary = True
     wait = heartbeat if heartbeat > 0 else None
     try:
@@ -210,6 +237,10 @@ async def _sse_body(
                 break
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)  # emits whole events only
+                if rewriter.done:
+                    if chunk:
+                        yield chunk
+                    return
                 if not chunk:
                     continue
             yield chunk

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sidecar.config import InboundConfig
 from sidecar.errors import SidecarError
+from sidecar.mcp.filter import ListRewrite
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
@@ -28,6 +29,7 @@ from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
 
 XFCC = "X-Forwarded-Client-Cert"
+UNFILTERABLE = "unfilterable_list_response"
 LOCAL_IDLE_REUSE = 4.0  # seconds an idle connection to the local MCP server is reused
 
 
@@ -107,6 +109,11 @@ class InboundProxy(ProxyHandler):
             # we never saw, so they could not be filtered: under a policy, fail closed and let
             # the server start a fresh stream instead of replaying.
             headers.popall("Last-Event-ID", None)
+        rewrite = verdict.rewrite
+        if rewrite is not None:
+            # The answer will be read and rewritten: the local hop gains nothing from
+            # compression, so ask for none (a server that compresses anyway is decoded).
+            headers["Accept-Encoding"] = "identity"
         if peer is not None:
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
@@ -119,12 +126,14 @@ class InboundProxy(ProxyHandler):
                 headers,
                 body,
                 self.limits,
-                rewriter=verdict.rewriter,
+                rewrite=rewrite,
             )
         except SidecarError as exc:
             self.guard.record(request, principal, verdict, exc.status, started)
             raise
         self.guard.record(request, principal, verdict, response.status, started)
+        if rewrite is not None:
+            _log_rewrite_failure(response, rewrite, info)
         return response
 
     def _verified_peer(self, conn: PeerInfo, info: RequestInfo) -> SpiffeId:
@@ -138,3 +147,21 @@ class InboundProxy(ProxyHandler):
             raise Forbidden("no verified SPIFFE identity on this connection", reason="no_peer")
         info.peer = str(conn.peer)
         return conn.peer
+
+
+def _log_rewrite_failure(response: Response, rewrite: ListRewrite, info: RequestInfo) -> None:
+    """Name a list answer (or part of one) replaced by the error in the access log: at once for
+    a whole body, when the stream ends for SSE (``release`` runs before the line is written)."""
+    if response.stream is None:
+        if rewrite.failure is not None:
+            info.reason = UNFILTERABLE
+        return
+    release = response.release
+
+    def released() -> None:
+        if rewrite.failure is not None and info.reason is None:
+            info.reason = UNFILTERABLE
+        if release is not None:
+            release()
+
+    response.release = released

@@ -1,81 +1,46 @@
 """MCP enforcement on the inbound side: policy decision, rate limits, list filtering, audit.
 
 Thin glue over the pure ``sidecar.mcp`` modules. Only POST bodies are JSON-RPC; the body is
-parsed only when a policy or a rate limit is configured. A refused body never reaches the
-upstream; an allowed one is forwarded unchanged, and list responses to it are filtered.
+parsed only when a policy or a rate limit is configured, and judged by ``sidecar.mcp.judge`` (as
+``mcp-sidecar explain`` does). A refused body never reaches the upstream; an allowed one is
+forwarded unchanged, and the answer to one holding list requests is rewritten
+(``sidecar.mcp.filter.ListRewrite`` under ``sidecar.proxy.rewrite``'s rule).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.mcp.filter import FilterError, SseFilter, filter_json_body, pending_list_requests
-from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, Parsed, parse_body
-from sidecar.mcp.policy import (
-    KNOWN_METHODS,
-    Decision,
-    Policy,
-    TargetKind,
-    decide_each,
-    denial_body,
-    visibility,
-)
+from sidecar.mcp.filter import ListRewrite, list_exchange
+from sidecar.mcp.jsonrpc import Kind, Message, Parsed
+from sidecar.mcp.judge import judge
+from sidecar.mcp.policy import KNOWN_METHODS, Decision, Policy, TargetKind, visibility
 from sidecar.mcp.ratelimit import RateLimiter, principal_key, rate_limited_response
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AuditRecord, mcp_session_id
-from sidecar.proxy.forward import BodyRewriter, RewriteError
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.tokens.claims import Principal
 
-MAX_FILTERED_JSON = 16 * 1024 * 1024
 MAX_TOOL_LABELS = 256
-
-
-class JsonListRewriter:
-    """Buffers an ``application/json`` answer to list requests and filters it at the end."""
-
-    def __init__(self, filter_body: Callable[[bytes], bytes]) -> None:
-        self._filter = filter_body
-        self._buf = bytearray()
-
-    def feed(self, chunk: bytes) -> bytes:
-        self._buf += chunk
-        if len(self._buf) > MAX_FILTERED_JSON:
-            raise RewriteError("list response too large to filter")
-        return b""
-
-    def finish(self) -> bytes:
-        return self._filter(bytes(self._buf))
-
-
-class SseListRewriter:
-    def __init__(self, sse: SseFilter) -> None:
-        self._sse = sse
-
-    def feed(self, chunk: bytes) -> bytes:
-        try:
-            return self._sse.feed(chunk)
-        except FilterError as exc:
-            raise RewriteError(str(exc)) from exc
-
-    def finish(self) -> bytes:
-        try:
-            return self._sse.flush()
-        except FilterError as exc:
-            raise RewriteError(str(exc)) from exc
 
 
 @dataclass
 class Verdict:
-    """What the guard decided for one request body."""
+    """What the guard decided for one request body.
+
+    ``audits``: each message with its own decision and verdict (``allow``, ``deny``,
+    ``rate_limited``, ``invalid``); ``outcome``: the verdict on the whole body; ``batch``: whether
+    the body was a batch (its audit lines then carry ``outcome`` as ``batch``)."""
 
     refusal: Response | None = None
-    rewriter: Callable[[str], BodyRewriter | None] | None = None
+    rewrite: ListRewrite | None = None
     audits: list[tuple[Message, Decision | None, str]] = field(default_factory=list)
+    outcome: str = "allow"
+    batch: bool = False
 
 
 class McpGuard:
@@ -99,39 +64,38 @@ class McpGuard:
     def inspect(self, request: Request, principal: Principal, body: bytes) -> Verdict:
         if not self.active or request.method != "POST":
             return Verdict()
-        try:
-            parsed = parse_body(body)
-        except JsonRpcError as exc:
-            error = {
-                "jsonrpc": "2.0",
-                "id": None,
-                "error": {"code": exc.code, "message": exc.message},
-            }
-            verdict = Verdict(refusal=json_response(error, status=400))
-            self._audit_invalid(request, principal, exc)
-            return verdict
         policy = self.policy.current if self.policy is not None else None
-        decisions = decide_each(policy, principal, parsed) if policy is not None else None
-        if decisions is not None and not all(d.allowed for d in decisions):
-            answer = denial_body(parsed, decisions)
-            denied = json_response(
-                answer if answer is not None else {"error": "forbidden_by_policy"}, status=403
-            )
+        judgement = judge(policy, principal, body)
+        if not judgement.allowed:
+            refusal = judgement.refusal()
+            assert refusal is not None
+            status, answer = refusal
+            if judgement.invalid is not None:
+                self._audit_invalid(request, principal, judgement.invalid.reason)
+                return Verdict(refusal=json_response(answer, status=status))
+            assert judgement.parsed is not None
             return Verdict(
-                refusal=denied,
-                audits=[(m, d, "deny") for m, d in zip(parsed.messages, decisions, strict=True)],
+                refusal=json_response(answer, status=status),
+                audits=judgement.elements(),
+                outcome="deny",
+                batch=judgement.parsed.batch,
             )
+        parsed = judgement.parsed
+        assert parsed is not None
         if self.limiter is not None:
             limited = self._rate_limit(principal, parsed)
             if limited is not None:
                 return Verdict(
-                    refusal=limited, audits=[(m, None, "rate_limited") for m in parsed.messages]
+                    refusal=limited,
+                    audits=[(m, None, "rate_limited") for m in parsed.messages],
+                    outcome="rate_limited",
+                    batch=parsed.batch,
                 )
-        audits = [
-            (m, decisions[i] if decisions is not None else None, "allow")
-            for i, m in enumerate(parsed.messages)
-        ]
-        return Verdict(rewriter=self._rewriter(policy, principal, parsed), audits=audits)
+        return Verdict(
+            rewrite=self._list_rewrite(policy, principal, parsed),
+            audits=judgement.elements(),
+            batch=parsed.batch,
+        )
 
     def _rate_limit(self, principal: Principal, parsed: Parsed) -> Response | None:
         assert self.limiter is not None
@@ -148,11 +112,14 @@ class McpGuard:
         response.headers["Retry-After"] = str(int(wait))
         return response
 
-    def _rewriter(
+    def _list_rewrite(
         self, policy: Policy | None, principal: Principal, parsed: Parsed
-    ) -> Callable[[str], BodyRewriter | None] | None:
-        pending = pending_list_requests(parsed)
-        if policy is None or not pending:
+    ) -> ListRewrite | None:
+        """The rewrite of the answer, for a body holding list requests under a policy."""
+        if policy is None:
+            return None
+        exchange = list_exchange(parsed)
+        if exchange is None:
             return None
         allowed = visibility(policy, principal)
 
@@ -161,16 +128,7 @@ class McpGuard:
                 self.known_tools.add(name)  # server-declared names become metric labels
             return allowed(kind, name)
 
-        def make(content_type: str) -> BodyRewriter | None:
-            if content_type == "text/event-stream":
-                return SseListRewriter(SseFilter(pending, allow))
-            if content_type == "application/json":
-                return JsonListRewriter(
-                    lambda data: filter_json_body(data, pending, allow, batch=parsed.batch)
-                )
-            return None
-
-        return make
+        return ListRewrite(exchange, allow)
 
     # -- audit and metrics -------------------------------------------------------------------
 
@@ -191,11 +149,14 @@ class McpGuard:
             latency = (time.perf_counter() - started) * 1000
             session = mcp_session_id(request.headers)
         who: Mapping[str, Any] | None = None
-        for message, decision, outcome in verdict.audits:
+        batch = verdict.outcome if verdict.batch else None
+        for message, decision, own in verdict.audits:
             if message.kind is Kind.RESPONSE:
                 continue
+            # metrics count what happened: an allowed element of a refused batch was refused
+            happened = own if own != "allow" else verdict.outcome
             self.metrics.mcp_request(
-                self._method_label(message.method), self._tool_label(message), outcome
+                self._method_label(message.method), self._tool_label(message), happened
             )
             if not auditing:
                 continue
@@ -207,7 +168,8 @@ class McpGuard:
                     method=message.method,
                     tool=message.target,
                     request_id=message.id,
-                    decision=outcome,
+                    decision=own,
+                    batch=batch,
                     rule=decision.rule if decision is not None else None,
                     status=status,
                     latency_ms=latency,
@@ -215,7 +177,7 @@ class McpGuard:
                 )
             )
 
-    def _audit_invalid(self, request: Request, principal: Principal, exc: JsonRpcError) -> None:
+    def _audit_invalid(self, request: Request, principal: Principal, reason: str) -> None:
         self.metrics.mcp_request("other", "none", "invalid")
         self.audit_log.log(
             AuditRecord(
@@ -224,7 +186,7 @@ class McpGuard:
                 tool=None,
                 request_id=None,
                 decision="invalid",
-                rule=exc.reason,
+                rule=reason,
                 status=400,
                 latency_ms=0.0,
                 mcp_session_id=mcp_session_id(request.headers),

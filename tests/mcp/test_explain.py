@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import textwrap
 from pathlib import Path
 
@@ -169,3 +171,75 @@ def test_bad_configuration_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "inbound.mcp_policy.rules[0].tool: unknown key 'tool'" in capsys.readouterr().err
     missing = ["explain", "-c", str(tmp_path / "nope.yaml"), "--spiffe-id", AGENT, "--method", "x"]
     assert main(missing) == 1
+
+
+def test_notifications_and_ids_as_the_sidecar_reads_them(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = explain(config, "--spiffe-id", AGENT, "--claims", '{"sub": "a", "scope": "mcp"}')
+    assert main([*base, "--method", "notifications/initialized"]) == 0
+    out = capsys.readouterr().out
+    assert "call:   notifications/initialized (notification)" in out
+    assert "reason: always_allowed" in out
+    # With an id it is a request, which the rules judge (and none allows it).
+    assert main([*base, "--method", "notifications/initialized", "--id", "1"]) == 3
+    capsys.readouterr()
+    add = [*base, "--method", "tools/call", "--tool", "add"]
+    assert main([*add, "--args", '{"a": -1e400, "b": 1}']) == 3  # -inf < min
+    assert "no rule allows" in capsys.readouterr().out
+    assert main([*add, "--args", '{"a": 1e-400, "b": 1}', "--id", '"x"']) == 0  # 0.0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag", "text"),
+    [
+        (["--id", "1.5"], "--id", "string or an integer"),
+        (["--id", "true"], "--id", "string or an integer"),
+        (["--id", "1 2"], "--id", "text after the JSON value"),
+        (["--args", '{"a": 1} {"b": 2}'], "--args", "text after the JSON value"),
+        (["--args", '{"a": NaN}'], "--args", "HTTP 400"),
+        (["--id", "1", "--notification"], "--notification", "not allowed with"),
+    ],
+)
+def test_ids_and_args_the_sidecar_refuses(
+    config: Path, capsys: pytest.CaptureFixture[str], extra: list[str], flag: str, text: str
+) -> None:
+    argv = explain(config, "--spiffe-id", AGENT, "--sub", "a", "--method", "tools/call")
+    with contextlib.suppress(SystemExit):  # argparse refuses exclusive flags itself
+        assert main([*argv, "--tool", "add", *extra]) == 1
+    err = capsys.readouterr().err
+    assert flag in err and text in err
+
+
+def test_a_whole_body_batch_is_judged_element_by_element(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": 1}},
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
+    ]
+    base = explain(config, "--spiffe-id", AGENT, "--claims", '{"sub": "a", "scope": "mcp"}')
+    assert main([*base, "--body", json.dumps(batch)]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "DENY"
+    assert lines[1] == "  batch:  2 messages, forwarded only if every one is allowed"
+    assert lines[2] == "  [0]    ALLOW tools/call 'add': rule agents-add, reason rule:agents-add"
+    assert lines[3] == "  [1]    DENY  tools/call 'multiply': rule -, reason no rule allows"
+    body_file = tmp_path / "body.json"
+    body_file.write_text(json.dumps(batch[:1]))
+    assert main([*base, "--body", f"@{body_file}"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--body", "[]"]) == 1
+    assert "--body: the sidecar refuses this request with HTTP 400" in capsys.readouterr().err
+    assert main([*base, "--body", "{}", "--method", "ping"]) == 1
+    assert "--body excludes --method" in capsys.readouterr().err
+    assert main([*base, "--body", f"@{tmp_path / 'missing'}"]) == 1
+    assert "--body:" in capsys.readouterr().err
+    assert main(base) == 1
+    assert "--method (or --body) is required" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """A whole local mesh for tests: dev Workload API, recording upstream, inbound and outbound
-sidecars (real processes' code, in-process), all on loopback and unix sockets in a temp dir."""
+sidecars (real processes' code, in-process), all on loopback and unix sockets in a temp dir; and
+an OAuth-only ingress (an inbound sidecar with ``mtls: off`` and its own token issuer)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import io
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,9 +16,11 @@ from typing import Any
 
 from sidecar.config import parse_config
 from sidecar.demo import mesh as demo_mesh
+from sidecar.demo.mcp_server import MCP_PATH
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
+from tests.proxy.issuer import Issuer
 from tests.proxy.upstream import RecordingUpstream
 
 TD = "example.org"
@@ -132,3 +136,55 @@ async def local_mesh(
                     await sidecar.stop()
             await upstream.close()
             await api.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Ingress:
+    url: str
+    """The MCP endpoint through the sidecar (also the tokens' audience)."""
+    issuer: Issuer
+    sidecar: Sidecar
+    log: io.StringIO
+
+    def lines(self) -> list[str]:
+        return log_lines(self.sidecar, self.log)
+
+    def bearer(self, **claims: Any) -> dict[str, str]:
+        """An ``Authorization`` header with a token for this ingress carrying ``claims``."""
+        return {"Authorization": f"Bearer {self.issuer.token(aud=self.url, **claims)}"}
+
+
+@contextlib.asynccontextmanager
+async def oauth_ingress(
+    upstream_port: int, *, oauth: dict[str, Any] | None = None, **inbound: Any
+) -> AsyncIterator[Ingress]:
+    """An OAuth-only inbound sidecar forwarding to ``upstream_port``, with its own issuer;
+    ``oauth`` adds ``inbound.oauth`` keys, ``inbound`` other inbound keys (``mcp_policy``...)."""
+    issuer = await Issuer().start()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}{MCP_PATH}"
+    log = io.StringIO()
+    config = {
+        "trust_domain": TD,
+        "admin": {"listen": "127.0.0.1:0"},
+        "inbound": {
+            "listen": f"127.0.0.1:{port}",
+            "upstream": f"http://127.0.0.1:{upstream_port}",
+            "mtls": "off",
+            "oauth": {"issuer": issuer.url, "audience": url, **(oauth or {})},
+            **inbound,
+        },
+    }
+    sidecar = Sidecar(parse_config(config), access_stream=log)
+    try:
+        await sidecar.start(svid_timeout=WAIT)
+        yield Ingress(url, issuer, sidecar, log)
+    finally:
+        await sidecar.stop()
+        await issuer.close()

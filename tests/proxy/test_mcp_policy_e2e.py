@@ -5,10 +5,8 @@ through the mesh), filtered tools/list over SSE, JSON-RPC denials, rate limits, 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,11 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
-from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import WAIT, local_mesh, log_lines
+from tests.proxy.mesh import WAIT, local_mesh
+from tests.proxy.mesh import oauth_ingress as mesh_oauth_ingress
 
 REFERENCE_POLICY: dict[str, Any] = {
     "default": "deny",
@@ -39,12 +36,6 @@ REFERENCE_POLICY: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[McpServerHandle]:
     handle = await serve_mcp("127.0.0.1", 0)
@@ -58,32 +49,8 @@ async def oauth_ingress(
 ) -> AsyncIterator[tuple[str, Issuer, Callable[[], list[str]]]]:
     """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress;
     the third item gives the ingress's log lines so far."""
-    issuer = await Issuer().start()
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}{MCP_PATH}"
-    log = io.StringIO()
-    sidecar = Sidecar(
-        parse_config(
-            {
-                "trust_domain": "example.org",
-                "admin": {"listen": "127.0.0.1:0"},
-                "inbound": {
-                    "listen": f"127.0.0.1:{port}",
-                    "upstream": f"http://127.0.0.1:{server.port}",
-                    "mtls": "off",
-                    "oauth": {"issuer": issuer.url, "audience": resource},
-                    "mcp_policy": REFERENCE_POLICY,
-                },
-            }
-        ),
-        access_stream=log,
-    )
-    await sidecar.start()
-    try:
-        yield resource, issuer, lambda: log_lines(sidecar, log)
-    finally:
-        await sidecar.stop()
-        await issuer.close()
+    async with mesh_oauth_ingress(server.port, mcp_policy=REFERENCE_POLICY) as ingress:
+        yield ingress.url, ingress.issuer, ingress.lines
 
 
 def bearer(issuer: Issuer, resource: str, roles: list[str]) -> dict[str, str]:
@@ -244,3 +211,36 @@ async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
             assert resp.status == 200
             await resp.read()
         assert "last-event-id" not in mesh.upstream.requests[0].headers
+
+
+async def test_audit_of_a_denied_batch_records_each_elements_own_decision() -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    async with (
+        local_mesh(inbound={"mcp_policy": REFERENCE_POLICY}) as mesh,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch) as resp:
+            assert resp.status == 403
+            answers = await resp.json()
+        assert [a["error"]["data"]["reason"] for a in answers] == ["batch_denied", "no rule allows"]
+        audits = [json.loads(x) for x in mesh.server_lines() if '"mcp_audit"' in x]
+        assert [(a["tool"], a["decision"], a["rule"], a["batch"]) for a in audits] == [
+            ("add", "allow", "agents-add", "deny"),
+            ("multiply", "deny", None, "deny"),
+            (None, "allow", None, "deny"),
+        ]
+        assert all(a["status"] == 403 for a in audits)
+        # Metrics count what happened: the allowed element was refused with its batch.
+        metrics = mesh.server.metrics.render()[0].decode()
+        assert (
+            'mcp_sidecar_mcp_requests_total{decision="deny",method="tools/call",tool="other"} 2.0'
+            in metrics
+        )
+        async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch[0]) as resp:
+            assert resp.status == 200
+        lone = json.loads([x for x in mesh.server_lines() if '"mcp_audit"' in x][-1])
+        assert (lone["decision"], lone["rule"], lone["batch"]) == ("allow", "agents-add", None)

@@ -4,59 +4,27 @@ whose resource_metadata URL really serves the RFC 9728 document."""
 
 from __future__ import annotations
 
-import io
 import re
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle, serve_mcp
 from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.proxy.mesh import oauth_ingress
 
 
 @pytest.fixture
 async def stack() -> AsyncIterator[tuple[Sidecar, Issuer, McpServerHandle, str]]:
-    issuer = await Issuer().start()
     server = await serve_mcp("127.0.0.1", 0)
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}{MCP_PATH}"
-    sidecar = Sidecar(
-        parse_config(
-            {
-                "trust_domain": "example.org",
-                "admin": {"listen": "127.0.0.1:0"},
-                "inbound": {
-                    "listen": f"127.0.0.1:{port}",
-                    "upstream": f"http://127.0.0.1:{server.port}",
-                    "mtls": "off",
-                    "oauth": {
-                        "issuer": issuer.url,
-                        "audience": resource,
-                        "required_scopes": ["mcp:tools"],
-                    },
-                },
-            }
-        ),
-        access_stream=io.StringIO(),
-    )
-    await sidecar.start(svid_timeout=10)
     try:
-        yield sidecar, issuer, server, resource
+        async with oauth_ingress(server.port, oauth={"required_scopes": ["mcp:tools"]}) as ingress:
+            yield ingress.sidecar, ingress.issuer, server, ingress.url
     finally:
-        await sidecar.stop()
         await server.close()
-        await issuer.close()
 
 
 async def test_sdk_client_with_bearer_token(
