@@ -71,18 +71,31 @@ def check_origin(headers: CIMultiDict[str], allowed: tuple[str, ...]) -> None:
         raise Forbidden(f"origin {origin!r} is not allowed", reason="origin_not_allowed")
 
 
+def _connection_options(headers: CIMultiDict[str]) -> set[str]:
+    """The lower-cased header names a message's ``Connection`` header lists: hop-by-hop too."""
+    return {t.strip(" \t").lower() for v in headers.getall("Connection") for t in v.split(",")}
+
+
 def forwardable_headers(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """Copy end-to-end headers: no hop-by-hop ones (incl. those named in ``Connection``)."""
     out = headers.copy()
     if "Connection" in headers:
-        for value in headers.getall("Connection"):
-            for token in value.split(","):
-                out.popall(token.strip(), None)
+        for name in _connection_options(headers):
+            out.popall(name, None)
     for name in _NOT_FORWARDED:
         out.popall(name, None)
     for name in drop:
         out.popall(name, None)
     return out
+
+
+def answer_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The upstream response's end-to-end headers: hop-by-hop ones and those its ``Connection``
+    header names are dropped (RFC 9110 §7.6.1), and Content-Length (the engine frames)."""
+    drop = _NOT_FORWARDED_BACK
+    if "Connection" in headers:
+        drop = drop | _connection_options(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
 def error_response(exc: SidecarError, *, close: bool = False) -> Response:
@@ -119,9 +132,7 @@ async def forward(
         body_rewriter = rewriter(content_type) if rewriter is not None else None
         length = upstream.content_length
         is_sse = content_type == "text/event-stream"
-        out_headers = CIMultiDict(
-            (k, v) for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED_BACK
-        )
+        out_headers = answer_headers(upstream.headers)
         if body_rewriter is None and length is not None and length <= SMALL_BODY and not is_sse:
             data = await _read_small(upstream, limits)
             return Response(upstream.status, out_headers, data, reason=upstream.head.reason)
