@@ -973,3 +973,16 @@ def test_near_valid_heads_only_raise_http_parse_error(parts: list[str]) -> None:
             if parsed.framing is Framing.LENGTH:
                 assert "transfer-encoding" not in parsed.headers
             assert len(parsed.headers.getall("content-length", [])) <= 1
+
+
+def test_hosts_seen_valid_are_remembered_within_a_bound() -> None:
+    """The Host check is skipped for a value seen valid before; the memo stays bounded and never
+    holds an invalid value."""
+    from sidecar.http1 import parse
+
+    for i in range(parse._VALID_HOSTS_KEPT + 50):
+        parse_request_head(head("GET / HTTP/1.1", f"Host: h{i}.example"))
+        assert len(parse._valid_hosts) <= parse._VALID_HOSTS_KEPT
+    refused(head("GET / HTTP/1.1", "Host: a b"), 400, "bad_host")
+    assert "a b" not in parse._valid_hosts
+    refused(head("GET / HTTP/1.1", "Host: a b"), 400, "bad_host")
