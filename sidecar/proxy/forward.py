@@ -45,7 +45,7 @@ HOP_BY_HOP = frozenset(
 # Framing and routing headers the proxy sets itself.
 _REWRITTEN = frozenset({"host", "content-length"})
 _NOT_FORWARDED = tuple(HOP_BY_HOP | _REWRITTEN)
-_NOT_FORWARDED_BACK = HOP_BY_HOP | {"content-length"}
+_NOT_FORWARDED_BACK = tuple(HOP_BY_HOP | {"content-length"})
 SSE_HEARTBEAT = b": keepalive\n\n"
 SMALL_BODY = 256 * 1024  # answered in one write when the upstream declared its length
 
@@ -76,26 +76,30 @@ def _connection_options(headers: CIMultiDict[str]) -> set[str]:
     return {t.strip(" \t").lower() for v in headers.getall("Connection") for t in v.split(",")}
 
 
-def forwardable_headers(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Copy end-to-end headers: no hop-by-hop ones (incl. those named in ``Connection``)."""
+def _end_to_end(headers: CIMultiDict[str], not_forwarded: Iterable[str]) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers: the fixed ones, and those ``Connection`` names
+    (RFC 9110 §7.6.1). Copy-then-pop costs about half of filtering pair by pair."""
     out = headers.copy()
     if "Connection" in headers:
         for name in _connection_options(headers):
             out.popall(name, None)
-    for name in _NOT_FORWARDED:
+    for name in not_forwarded:
         out.popall(name, None)
+    return out
+
+
+def forwardable_headers(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Copy a request's end-to-end headers, without Host and Content-Length and ``drop``."""
+    out = _end_to_end(headers, _NOT_FORWARDED)
     for name in drop:
         out.popall(name, None)
     return out
 
 
 def answer_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
-    """The upstream response's end-to-end headers: hop-by-hop ones and those its ``Connection``
-    header names are dropped (RFC 9110 §7.6.1), and Content-Length (the engine frames)."""
-    drop = _NOT_FORWARDED_BACK
-    if "Connection" in headers:
-        drop = drop | _connection_options(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    """Copy an upstream answer's end-to-end headers, without Content-Length (the engine frames
+    the answer)."""
+    return _end_to_end(headers, _NOT_FORWARDED_BACK)
 
 
 def error_response(exc: SidecarError, *, close: bool = False) -> Response:
