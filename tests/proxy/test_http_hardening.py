@@ -13,14 +13,13 @@ import shutil
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from sidecar.spiffe.ids import SpiffeId
 from tests.certfactory import IssuedCert
-from tests.proxy.mesh import AGENT, SERVER, WAIT, Mesh, local_mesh
+from tests.proxy.mesh import AGENT, WAIT, Mesh, local_mesh, proxy_outbound_config
 from tests.proxy.test_connection import Answer, Client, client
 from tests.tlsharness import client_context
 
@@ -448,36 +447,11 @@ async def test_headers_named_in_the_upstreams_connection_header_are_not_forwarde
 # -- defect: HTTP proxy mode on the outbound ------------------------------------------------------
 
 
-def proxy_routes(inbound_port: int) -> list[dict[str, Any]]:
-    """``math`` only for the host math.local; anything else goes to a dead end."""
-    return [
-        {
-            "name": "math",
-            "host": "math.local",
-            "path_prefix": "/",
-            "upstream": f"https://127.0.0.1:{inbound_port}",
-            "server_spiffe_id": SERVER,
-        },
-        {
-            "name": "elsewhere",
-            "path_prefix": "/",
-            "upstream": "https://127.0.0.1:9",
-            "server_spiffe_id": SERVER,
-        },
-    ]
-
-
 @pytest.fixture
 async def proxy_mesh() -> AsyncIterator[Mesh]:
     async with local_mesh() as mesh:
-        config = {
-            "trust_domain": "example.org",
-            "workload_api": mesh.sockets["agent"],
-            "admin": {"listen": "127.0.0.1:0"},
-            "outbound": {"listen": "127.0.0.1:0", "routes": proxy_routes(mesh.inbound_port)},
-        }
-        sidecar = await mesh.sidecar(config)
-        mesh.agent = sidecar  # the outbound under test
+        config = proxy_outbound_config(mesh.sockets["agent"], mesh.inbound_port)
+        mesh.agent = await mesh.sidecar(config)  # the outbound under test
         yield mesh
 
 
