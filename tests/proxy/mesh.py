@@ -90,15 +90,9 @@ def proxy_outbound_config(socket: str, inbound_port: int) -> dict[str, Any]:
         {"name": "math", "host": "math.local", "upstream": f"https://127.0.0.1:{inbound_port}"},
         {"name": "elsewhere", "upstream": "https://127.0.0.1:9"},
     ]
-    return {
-        "trust_domain": TD,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "outbound": {
-            "listen": "127.0.0.1:0",
-            "routes": [{**route, "server_spiffe_id": SERVER} for route in routes],
-        },
-    }
+    return outbound_config(
+        socket, inbound_port, routes=[{**route, "server_spiffe_id": SERVER} for route in routes]
+    )
 
 
 @contextlib.asynccontextmanager
