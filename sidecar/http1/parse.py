@@ -7,6 +7,11 @@ matches the start line and one ``findall`` collects every header line. Only when
 does a slower path walk the lines to say exactly what is wrong. Everything ambiguous about the
 body length (several or list-valued Content-Length, Content-Length with Transfer-Encoding, any
 Transfer-Encoding but a single ``chunked``) is refused rather than guessed.
+
+Request-targets come in the four forms of RFC 9112 §3.2: origin-form (the fast pass), and, tried
+only when it fails, absolute-form (``http(s)://authority/path``: a client using us as its HTTP
+proxy), authority-form (CONNECT only) and asterisk-form (OPTIONS only). ``Host`` and the
+authority of a target must be ``host[:port]`` (``sidecar.http1.target``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import NoReturn
 from multidict import CIMultiDict
 
 from sidecar.http1.errors import HttpParseError
+from sidecar.http1.target import is_authority
 
 __all__ = [
     "HEAD_END",
@@ -55,6 +61,12 @@ class RequestHead:
     length: int  # Content-Length for LENGTH, else 0
     keep_alive: bool
     expect_continue: bool
+    # An absolute-form target (a client using us as its HTTP proxy): its lowercased scheme and
+    # its authority, which also replaces ``Host`` (RFC 9112 §3.2.2); ``target`` is then the
+    # origin-form rest. For CONNECT's authority-form, ``authority`` and ``target`` are both the
+    # authority. None for origin-form and asterisk-form targets.
+    scheme: str | None = None
+    authority: str | None = None
 
     @property
     def path(self) -> str:
@@ -89,6 +101,16 @@ _ALLOWED_BYTES = bytes(b for b in range(256) if b == 0x09 or 0x20 <= b <= 0x7E o
 _match_request_line = re.compile(
     f"([{_TCHAR}]+) (/[\x21\x22\x24-\x7e]*|\\*) HTTP/1\\.([01])"
 ).fullmatch
+# absolute-form (scheme "://" authority path-abempty ["?" query]) and authority-form, the
+# targets a client sends to a proxy (RFC 9112 §3.2.2, §3.2.3); only tried when origin-form fails.
+_AUTHORITY_CHARS = "\x21\x22\x24-\x2e\x30-\x3e\x40-\x7e"  # visible, but not # / ?
+_match_absolute_form = re.compile(
+    f"([{_TCHAR}]+) ([A-Za-z][A-Za-z0-9+.-]*)://([{_AUTHORITY_CHARS}]*)([/?][\x21\x22\x24-\x7e]*)?"
+    " HTTP/1\\.([01])"
+).fullmatch
+_match_authority_form = re.compile(
+    f"([{_TCHAR}]+) ([{_AUTHORITY_CHARS}]+) HTTP/1\\.([01])"
+).fullmatch
 _match_status_line = re.compile("HTTP/1\\.([01]) ([1-5][0-9][0-9])(?: (.*))?").fullmatch
 _match_any_version = re.compile("HTTP/([0-9])\\.([0-9])").fullmatch
 _match_any_status_line = re.compile("HTTP/([0-9])\\.([0-9]) ([0-9]{3})(?: .*)?").fullmatch
@@ -117,6 +139,8 @@ _new = object.__new__
     _set_request_length,
     _set_request_keep_alive,
     _set_expect_continue,
+    _set_scheme,
+    _set_authority,
 ) = tuple[_Setter, ...](getattr(RequestHead, f.name).__set__ for f in fields(RequestHead))
 
 
@@ -129,6 +153,8 @@ def _request_head(
     length: int,
     keep_alive: bool,
     expect_continue: bool,
+    scheme: str | None,
+    authority: str | None,
 ) -> RequestHead:
     """``RequestHead(...)``, faster."""
     head: RequestHead = _new(RequestHead)
@@ -140,6 +166,8 @@ def _request_head(
     _set_request_length(head, length)
     _set_request_keep_alive(head, keep_alive)
     _set_expect_continue(head, expect_continue)
+    _set_scheme(head, scheme)
+    _set_authority(head, authority)
     return head
 
 
@@ -201,6 +229,59 @@ def _diagnose_fields(lines: list[str]) -> NoReturn:
     _refuse("malformed header section")  # not reached: the fast pass only fails on the above
 
 
+# Host values seen valid: a connection sends the same one on every request, and a set lookup
+# costs a tenth of the check. Bounded; emptied when full (what it holds stays valid).
+_valid_hosts: set[str] = set()
+_VALID_HOSTS_KEPT = 256
+
+
+def _check_host(host: str) -> None:
+    if not is_authority(host):
+        _refuse(f"invalid Host {host[:100]!r} (expected host[:port])", "bad_host")
+    if len(_valid_hosts) >= _VALID_HOSTS_KEPT:
+        _valid_hosts.clear()
+    _valid_hosts.add(host)
+
+
+def _proxy_forms(line: str) -> tuple[str, str, str, str | None, str]:
+    """A request line with an absolute-form or authority-form target: method, origin-form
+    target (the authority for authority-form), minor version, scheme (None for authority-form),
+    authority."""
+    match = _match_absolute_form(line)
+    if match is not None:
+        method, scheme, authority, rest, minor = match.groups()
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            _refuse(f"absolute-form request-target with scheme {scheme!r} (only http and https)")
+        _check_target_authority(authority)
+        if not rest:
+            target = "/"
+        elif rest[0] == "?":
+            target = "/" + rest
+        else:
+            target = rest
+        return method, target, minor, scheme, authority
+    match = _match_authority_form(line)
+    if match is None:
+        _diagnose_request_line(line)
+    method, authority, minor = match.groups()
+    if method != "CONNECT":
+        _refuse("request-target in authority-form is only allowed for CONNECT")
+    _check_target_authority(authority)
+    if ":" not in authority or authority.endswith("]"):
+        _refuse("CONNECT request-target must be host:port")
+    return method, authority, minor, None, authority
+
+
+def _check_target_authority(authority: str) -> None:
+    if "@" in authority:
+        _refuse("user info in the request-target")
+    if not authority or authority[0] == ":":  # RFC 9110 §4.2.1: an http URI has a host
+        _refuse("request-target without a host")
+    if not is_authority(authority):
+        _refuse(f"invalid authority {authority[:100]!r} in the request-target")
+
+
 def _diagnose_request_line(line: str) -> NoReturn:
     parts = line.split(" ")
     if len(parts) != 3:
@@ -211,12 +292,14 @@ def _diagnose_request_line(line: str) -> NoReturn:
     match = _match_any_version(version)
     if match is None:
         _refuse(f"invalid HTTP version {version!r}")
-    if target[:1] != "/" and target != "*":
-        _refuse("request-target must be in origin-form (absolute and authority form refused)")
-    if target != "*" and not _is_origin_form(target):
-        _refuse("invalid character in the request-target")
     if match[1] != "1" or match[2] not in "01":
         _refuse(f"{version} is not supported", "unsupported_version", 505)
+    if "://" in target and not _is_origin_form(target):
+        _refuse("absolute-form request-target must be scheme://authority[/path][?query]")
+    if target[:1] != "/" and target != "*":
+        _refuse("request-target is not in origin, absolute, authority or asterisk form")
+    if target != "*" and not _is_origin_form(target):
+        _refuse("invalid character in the request-target")
     _refuse("malformed request line")  # not reached
 
 
@@ -308,11 +391,13 @@ def parse_request_head(
     """
     text, lines = _split_head(head, max_field_size, max_headers, "request line")
     match = _match_request_line(lines[0])
-    if match is None:
-        _diagnose_request_line(lines[0])
-    method, target, minor = match.groups()
-    if target == "*" and method != "OPTIONS":
-        _refuse("asterisk-form request-target is only allowed for OPTIONS")
+    if match is not None:
+        method, target, minor = match.groups()
+        if target == "*" and method != "OPTIONS":
+            _refuse("asterisk-form request-target is only allowed for OPTIONS")
+        scheme = authority = None
+    else:
+        method, target, minor, scheme, authority = _proxy_forms(lines[0])
     version = 1 if minor == "1" else 0
     headers = _parse_fields(text, lines)
     getall = headers.getall
@@ -323,6 +408,10 @@ def parse_request_head(
             _refuse("HTTP/1.1 request without a Host header", "missing_host")
     elif len(hosts) > 1:
         _refuse("more than one Host header", "duplicate_host")
+    elif hosts[0] not in _valid_hosts:
+        _check_host(hosts[0])
+    if scheme is not None and authority is not None:
+        headers["Host"] = authority  # absolute-form: the target names the host (RFC 9112 §3.2.2)
 
     framing, length = _declared_framing(headers, version, "request") or (Framing.NONE, 0)
 
@@ -332,7 +421,16 @@ def parse_request_head(
     expect_continue = expect is not None and "100-continue" in _list_tokens(expect)
 
     return _request_head(
-        method, target, version, headers, framing, length, keep_alive, expect_continue
+        method,
+        target,
+        version,
+        headers,
+        framing,
+        length,
+        keep_alive,
+        expect_continue,
+        scheme,
+        authority,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ _VERIFY_REASONS = {
     26: "unsupported_certificate_purpose",
 }
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# A CR not followed by LF, or an LF not preceded by CR: a head with one can never end in CRLFCRLF
+# (``GET / HTTP/1.1\nHost: x\n\n``), so it is refused at once instead of at ``header_timeout``.
+_find_bare_cr_or_lf = re.compile(b"\r[^\n]|(?<!\r)\n").search
 
 
 def handshake_failure_reason(exc: BaseException) -> str:
@@ -119,6 +123,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._body_waiter: asyncio.Future[None] | None = None
         self._expect_continue = False
         self._head_started = False
+        self._head_scanned = 0  # bytes of an incomplete head already searched (but the last)
         self._lingering = False
         #: The verified peer of this connection (TLS listeners), or why it was refused.
         self.peer: SpiffeId | None = None
@@ -249,19 +254,25 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             end = data.find(HEAD_END)
             if end < 0:
                 buf += data
-        else:
-            end = buf.find(HEAD_END)
+        else:  # what was searched before is searched again only where a HEAD_END could start
+            end = buf.find(HEAD_END, max(0, self._head_scanned - 2))
         if end < 0:
             if not buf:  # idle between requests
                 if self.deadline == 0.0:
                     self.deadline = self._loop.time() + self._settings.keepalive_timeout
-            elif not self._head_started:  # first bytes of a new head: the head clock starts
+                return
+            if not self._head_started:  # first bytes of a new head: the head clock starts
                 self._head_started = True
                 self.deadline = self._loop.time() + self._settings.header_timeout
+            if _find_bare_cr_or_lf(buf, self._head_scanned):
+                self._refuse(400, "malformed_request", "bare CR or LF (lines must end with CRLF)")
+                return
+            self._head_scanned = len(buf) - 1  # a final CR is judged with the byte after it
             limit = self._settings.max_header_size
             if len(buf) > limit * 4 or (buf.find(b"\r\n") < 0 and len(buf) > limit):
                 self._refuse(431, "header_too_large", "request head too large")
             return
+        self._head_scanned = 0
         if data is None:
             data = bytes(buf)
             buf.clear()
@@ -296,7 +307,14 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         else:
             self._body_done = True
         request = Request(
-            head.method, head.target, head.version, head.headers, self.scheme, self, self._read_body
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            self.scheme,
+            self,
+            self._read_body,
+            head.scheme,
         )
         self._task = self._loop.create_task(self._handle(request, head))
         if rest:

@@ -24,6 +24,17 @@ class NoRoute(ProxyError):
     reason = "no_route"
 
 
+class MethodNotAllowed(ProxyError):
+    """Answered with an ``Allow`` header listing ``allow`` (RFC 9110 §15.5.6)."""
+
+    status = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     reason = "request_body_too_large"

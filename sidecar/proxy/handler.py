@@ -1,6 +1,14 @@
-"""What every proxied request goes through, in either direction: the Origin check (framing was
-refused by the parser already), one JSON error body per refusal, one access-log line and one
-metrics observation per request."""
+"""What every proxied request goes through, in either direction: the method, body and path
+checks and the Origin check (framing was refused by the parser already), one JSON error body per
+refusal, one access-log line and one metrics observation per request.
+
+Methods are those of MCP's Streamable HTTP transport (POST, GET, DELETE) plus HEAD (RFC 9110
+§9.1), and OPTIONS only where ``allowed_origins`` admits browser clients (CORS preflight); they
+are case-sensitive. Only POST may carry a body: POST bodies are the JSON-RPC messages the MCP
+guard inspects, so no other method can carry one past it. CONNECT is refused and the connection
+closed: a tunnel could not be inspected. The path is normalised (``http1.target``) before any
+decision, and only the normalised path is routed and forwarded.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +19,17 @@ from dataclasses import dataclass
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
+from sidecar.http1.errors import HttpParseError
+from sidecar.http1.target import normalize_path
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
-from sidecar.proxy.errors import ProxyError
+from sidecar.proxy.errors import BadRequest, MethodNotAllowed, ProxyError
 from sidecar.proxy.forward import check_origin, error_response
 from sidecar.proxy.messages import Request, Response
 from sidecar.tokens.claims import Principal
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the response
+MCP_METHODS = ("POST", "GET", "DELETE", "HEAD")  # + OPTIONS with allowed_origins
 
 
 @dataclass(slots=True)
@@ -52,13 +63,51 @@ class ProxyHandler:
         self.allowed_origins = allowed_origins
         self.metrics = metrics
         self.access_log = access_log
+        methods = MCP_METHODS + (("OPTIONS",) if allowed_origins else ())
+        self.methods = frozenset(methods)
+        self._allow = ", ".join(methods)
 
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
         raise NotImplementedError
 
     def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
         """The JSON answer for a refusal; subclasses add headers (e.g. WWW-Authenticate)."""
-        return error_response(exc, close=info.close_connection)
+        response = error_response(exc, close=info.close_connection)
+        if isinstance(exc, MethodNotAllowed):
+            response.headers["Allow"] = exc.allow
+        return response
+
+    def admit(self, request: Request, info: RequestInfo) -> None:
+        """Method, body and path checks; the path is replaced by its normalised form."""
+        method = request.method
+        if method not in self.methods:
+            if method == "CONNECT":
+                info.close_connection = True  # tunnel bytes may follow: none is read as HTTP
+                raise MethodNotAllowed(
+                    "CONNECT is not supported: the sidecar must see every request and opens no "
+                    "tunnels; send plain http:// requests (the outbound upgrades them to mTLS)",
+                    allow=self._allow,
+                )
+            raise MethodNotAllowed(
+                f"method {method[:32]!r} is not allowed (methods are case-sensitive); "
+                f"allowed: {self._allow}",
+                allow=self._allow,
+            )
+        if method != "POST":
+            headers = request.headers
+            if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+                raise BadRequest(
+                    f"a {method} request must not carry a body (only POST bodies, the MCP "
+                    "messages, are accepted)",
+                    reason="body_not_allowed",
+                )
+        path = request.path
+        try:
+            normal = normalize_path(path)
+        except HttpParseError as exc:
+            raise BadRequest(exc.message, reason=exc.reason) from None
+        if normal is not path:
+            request.path = normal
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -67,6 +116,7 @@ class ProxyHandler:
         streaming = False
         try:
             try:
+                self.admit(request, info)
                 check_origin(request.headers, self.allowed_origins)
                 response = await self.proxy(request, info)
             except SidecarError as exc:

@@ -1,11 +1,13 @@
 """Inbound: mTLS from other workloads' sidecars -> plain HTTP to the local MCP server.
 
 Order of checks (cheapest first, fail closed): TLS handshake + SPIFFE verification + allowlist
-(once per connection, in ``proxy.connection``) -> strict head and framing (``http1``) -> Origin
--> token layer (JWT-SVID / OAuth, ``tokens.gate``) -> body size -> forward. A refused peer gets
-a 403 JSON body naming the reason, a missing or bad token a 401/403 with ``WWW-Authenticate``;
-not one byte reaches the upstream.
+(once per connection, in ``proxy.connection``) -> strict head and framing (``http1``) -> method,
+body and path (``ProxyHandler.admit``) -> Origin -> token layer (JWT-SVID / OAuth,
+``tokens.gate``) -> body size -> forward. A refused peer gets a 403 JSON body naming the reason,
+a missing or bad token a 401/403 with ``WWW-Authenticate``; not one byte reaches the upstream.
 With ``mtls: off`` the listener is plain HTTP and the OAuth layer is mandatory (config-checked).
+An absolute-form target (``https://math.mcp.svc:8443/mcp``) is served like its origin-form path:
+the Host sent upstream is the local server's either way.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class InboundProxy(ProxyHandler):
             response = await forward(
                 request,
                 self.pool,
-                request.raw_path,
+                request.target,
                 headers,
                 body,
                 self.limits,

@@ -31,9 +31,24 @@ class PeerInfo(Protocol):
 
 
 class Request:
-    """One parsed request; the body is read on demand (``read_body``), bounded by the listener."""
+    """One parsed request; the body is read on demand (``read_body``), bounded by the listener.
 
-    __slots__ = ("_body", "conn", "headers", "method", "path", "raw_path", "scheme", "version")
+    ``raw_path`` is the origin-form target as received (logged); ``path`` starts as its path
+    and is replaced by the normalised path before routing (``ProxyHandler``); ``target`` is
+    what is routed and forwarded. ``target_scheme`` is the scheme of an absolute-form target
+    (a client using us as its HTTP proxy), None otherwise."""
+
+    __slots__ = (
+        "_body",
+        "conn",
+        "headers",
+        "method",
+        "path",
+        "raw_path",
+        "scheme",
+        "target_scheme",
+        "version",
+    )
 
     def __init__(
         self,
@@ -44,6 +59,7 @@ class Request:
         scheme: str,
         conn: PeerInfo,
         body: Callable[[], Awaitable[bytes]],
+        target_scheme: str | None = None,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -53,6 +69,13 @@ class Request:
         self.scheme = scheme
         self.conn = conn
         self._body = body
+        self.target_scheme = target_scheme
+
+    @property
+    def target(self) -> str:
+        """``path`` and the query exactly as received."""
+        query = self.raw_path.find("?")
+        return self.path if query < 0 else self.path + self.raw_path[query:]
 
     async def read_body(self) -> bytes:
         """The whole body (``PayloadTooLarge`` beyond the listener's ``max_request_body``)."""

@@ -3,6 +3,11 @@
 The upstream must present exactly the route's ``server_spiffe_id`` (never a hostname check,
 never system CAs). That is checked right after the TLS handshake, inside the connector, so a
 wrong server never receives a single byte of the request.
+
+The agent may also use the outbound as its HTTP proxy (``HTTP_PROXY``): an absolute-form
+``http://math.local/mcp`` target is routed by its authority (which the parser made the ``Host``)
+and path like any other request, and upgraded to mTLS. ``https://`` targets are refused: the
+agent would expect a TLS session with the server itself, which we neither give nor can inspect.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from sidecar.identity.snapshot import JwtSvid
 from sidecar.identity.workload_api import WorkloadApiError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
-from sidecar.proxy.errors import JwtSvidUnavailable, NoRoute
+from sidecar.proxy.errors import BadRequest, JwtSvidUnavailable, NoRoute
 from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.messages import Request, Response
@@ -109,9 +114,16 @@ class OutboundProxy(ProxyHandler):
         return response
 
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
-        match = select_route(self.config.routes, request.headers.get("Host"), request.raw_path)
+        if request.target_scheme == "https":
+            raise BadRequest(
+                "https:// proxy requests are not supported: send http:// (e.g. "
+                "http://math.mcp.svc/mcp); the outbound upgrades the request to mTLS",
+                reason="https_proxy_request",
+            )
+        target = request.target
+        match = select_route(self.config.routes, request.headers.get("Host"), target)
         if match is None:
-            raise NoRoute(f"no route for {request.raw_path!r}")
+            raise NoRoute(f"no route for {target!r}")
         route = match.route
         info.route = route.name
         info.peer = str(route.server_spiffe_id)

@@ -1,7 +1,10 @@
-"""Outbound route selection (pure): Host match first, then the longest path prefix.
+"""Outbound route selection (pure): Host match first (``host:port`` before ``host`` before
+none), then the longest path prefix.
 
 Prefixes match whole path segments only: ``/math`` matches ``/math``, ``/math/`` and
-``/math/mcp`` but never ``/mathematics``.
+``/math/mcp`` but never ``/mathematics``. Routes are chosen by the Host the parser validated
+(for an absolute-form target: its authority) and by the normalised path (``http1.target``),
+which is also the path forwarded, so the route matched is the resource the server resolves.
 """
 
 from __future__ import annotations
@@ -39,18 +42,25 @@ def prefix_matches(prefix: str, path: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
-def select_route(routes: Sequence[R], host: str | None, raw_path: str) -> RouteMatch[R] | None:
-    """The route for a request, or None. ``raw_path`` is the undecoded path with its query."""
-    path, sep, query = raw_path.partition("?")
+def select_route(routes: Sequence[R], host: str | None, target: str) -> RouteMatch[R] | None:
+    """The route for a request, or None. ``target`` is the normalised path with its query."""
+    path, sep, query = target.partition("?")
+    host = host.lower() if host is not None else ""
     host_name = _host_without_port(host)
     best: R | None = None
     best_key: tuple[int, int] = (-1, -1)
     for route in routes:
-        if route.host is not None and route.host != host_name and route.host != (host or ""):
+        if route.host is None:
+            rank = 0
+        elif route.host == host:  # host and port as configured: the most specific
+            rank = 2
+        elif route.host == host_name:
+            rank = 1
+        else:
             continue
         if not prefix_matches(route.path_prefix, path):
             continue
-        key = (1 if route.host is not None else 0, len(route.path_prefix.rstrip("/")))
+        key = (rank, len(route.path_prefix.rstrip("/")))
         if key > best_key:
             best, best_key = route, key
     if best is None:
@@ -63,10 +73,7 @@ def select_route(routes: Sequence[R], host: str | None, raw_path: str) -> RouteM
     return RouteMatch(best, upstream_path + sep + query)
 
 
-def _host_without_port(host: str | None) -> str | None:
-    if host is None:
-        return None
-    host = host.strip().lower()
+def _host_without_port(host: str) -> str:
     if host.startswith("["):  # [v6]:port
         end = host.find("]")
         return host[: end + 1] if end > 0 else host

@@ -180,9 +180,28 @@ def test_valid_request_lines(line: str, method: str, target: str, version: int) 
         "/ HTTP/1.1",
         "G(T / HTTP/1.1",  # '(' is not a tchar
         "GÉT / HTTP/1.1",
-        "GET http://example.com/ HTTP/1.1",  # absolute-form
-        "CONNECT example.com:443 HTTP/1.1",  # authority-form
-        "GET example HTTP/1.1",
+        "GET example HTTP/1.1",  # authority-form is only for CONNECT
+        "GET example.com:443 HTTP/1.1",
+        "CONNECT example.com HTTP/1.1",  # CONNECT needs host:port
+        "CONNECT [::1] HTTP/1.1",
+        "CONNECT user@example.com:443 HTTP/1.1",
+        "GET ftp://example.com/ HTTP/1.1",  # absolute-form: http and https only
+        "GET urn:isbn:123 HTTP/1.1",
+        "GET http:/example.com/ HTTP/1.1",
+        "GET http:///mcp HTTP/1.1",  # an http URI has a host (RFC 9110 §4.2.1)
+        "GET http://:80/mcp HTTP/1.1",
+        "GET http://user@example.com/ HTTP/1.1",  # user info
+        "GET http://user:pw@example.com/ HTTP/1.1",
+        "GET http://exa mple.com/ HTTP/1.1",
+        "GET http://example.com:99999/ HTTP/1.1",
+        "GET http://example.com:0/ HTTP/1.1",
+        "GET http://example.com:/ HTTP/1.1",
+        "GET http://[::1/ HTTP/1.1",
+        "GET http://[not:v6]/ HTTP/1.1",
+        "GET http://[fe80::1%25eth0]/ HTTP/1.1",  # zone ids are not part of RFC 3986
+        "GET http://a:1:2/ HTTP/1.1",
+        "GET http://example.com/a#frag HTTP/1.1",
+        "GET http://example.com/café HTTP/1.1",
         "GET * HTTP/1.1",  # asterisk-form is only for OPTIONS
         "OPTIONS ** HTTP/1.1",
         "GET /a#frag HTTP/1.1",
@@ -197,6 +216,54 @@ def test_valid_request_lines(line: str, method: str, target: str, version: int) 
 )
 def test_malformed_request_lines_are_refused(line: str) -> None:
     refused(req(line=line), 400, "malformed_request")
+
+
+@pytest.mark.parametrize(
+    ("line", "target", "scheme", "authority"),
+    [
+        ("GET http://math.local/mcp HTTP/1.1", "/mcp", "http", "math.local"),
+        ("GET http://math.local HTTP/1.1", "/", "http", "math.local"),
+        ("GET http://math.local?x=1 HTTP/1.1", "/?x=1", "http", "math.local"),
+        ("POST HTTP://Math.Local:8080/a/b?c=d HTTP/1.1", "/a/b?c=d", "http", "Math.Local:8080"),
+        ("GET https://[::1]:8443/mcp HTTP/1.1", "/mcp", "https", "[::1]:8443"),
+        ("GET http://127.0.0.1:15001/ HTTP/1.0", "/", "http", "127.0.0.1:15001"),
+        ("GET http://math.local/a/../b HTTP/1.1", "/a/../b", "http", "math.local"),  # as sent
+        ("CONNECT math.local:443 HTTP/1.1", "math.local:443", None, "math.local:443"),
+        ("CONNECT [::1]:443 HTTP/1.1", "[::1]:443", None, "[::1]:443"),
+        ("GET /mcp HTTP/1.1", "/mcp", None, None),
+        ("OPTIONS * HTTP/1.1", "*", None, None),
+    ],
+)
+def test_request_target_forms(
+    line: str, target: str, scheme: str | None, authority: str | None
+) -> None:
+    """RFC 9112 §3.2: a server MUST accept absolute-form (a client using it as HTTP proxy);
+    authority-form is CONNECT's. The parser splits them; what to do with them is the proxy's."""
+    parsed = parse_request_head(req(line=line))
+    assert (parsed.target, parsed.scheme, parsed.authority) == (target, scheme, authority)
+
+
+def test_absolute_form_authority_replaces_host() -> None:
+    """RFC 9112 §3.2.2: the received Host is ignored, the target's authority is the host."""
+    parsed = parse_request_head(
+        head("GET http://math.local:8080/mcp HTTP/1.1", "Host: other.example", "X: y")
+    )
+    assert parsed.headers.getall("Host") == ["math.local:8080"]
+    assert parsed.path == "/mcp"
+    # HTTP/1.1 still needs a Host header (RFC 9112 §3.2), even with an absolute-form target
+    refused(head("GET http://math.local/ HTTP/1.1"), 400, "missing_host")
+    assert parse_request_head(head("GET http://math.local/ HTTP/1.0")).headers["Host"] == (
+        "math.local"
+    )
+
+
+def test_proxy_forms_keep_version_errors() -> None:
+    refused(req(line="GET http://example.com/ HTTP/2.0"), 505, "unsupported_version")
+    refused(req(line="CONNECT example.com:443 HTTP/1.2"), 505, "unsupported_version")
+    message = refused(req(line="GET ftp://example.com/ HTTP/1.1"), 400, "malformed_request").message
+    assert "ftp" in message
+    message = refused(req(line="GET http://u@h/ HTTP/1.1"), 400, "malformed_request").message
+    assert "user info" in message
 
 
 @pytest.mark.parametrize("data", [b"", b"GET /\x7f HTTP/1.1\r\nHost: a", b"GET /\x00 HTTP/1.1"])
@@ -433,10 +500,63 @@ def test_smuggling_classic_with_bare_lf_line_ending() -> None:
         ("GET / HTTP/1.1", ("Host:",)),  # empty Host is allowed (no authority)
         ("GET / HTTP/1.0", ()),
         ("GET / HTTP/1.0", ("Host: a",)),
+        ("GET / HTTP/1.1", ("Host: math.mcp.svc",)),
+        ("GET / HTTP/1.1", ("Host: Math.Local:15001",)),
+        ("GET / HTTP/1.1", ("Host: 127.0.0.1:65535",)),
+        ("GET / HTTP/1.1", ("Host: [::1]",)),
+        ("GET / HTTP/1.1", ("Host: [2001:db8::1]:8443",)),
+        ("GET / HTTP/1.1", ("Host: [::ffff:1.2.3.4]:1",)),
+        ("GET / HTTP/1.1", ("Host: [v1.fe80::a+en1]",)),  # IPvFuture
+        ("GET / HTTP/1.1", ("Host: ex%41mple",)),  # reg-name allows pct-encoded
+        ("GET / HTTP/1.1", ("Host: a_b~c!$&'()*+,;=",)),  # and sub-delims
+        ("GET / HTTP/1.1", ("Host:  a ",)),  # surrounding OWS is not part of the value
     ],
 )
 def test_valid_host(line: str, lines: tuple[str, ...]) -> None:
     assert parse_request_head(head(line, *lines)).method == "GET"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a b",
+        "a\tb",
+        "user@host",
+        "user:pw@host",
+        "host/path",
+        "host/",
+        "host?x",
+        "host#x",
+        "host:",
+        "host:0",
+        "host:65536",
+        "host:123456",
+        "host:8o",
+        "host:-1",
+        "host: 80",
+        "a:b:c",
+        "::1",
+        "[::1",
+        "::1]",
+        "[::1]x",
+        "[::1]:",
+        "[1.2.3.4]",
+        "[fe80::1%25eth0]",
+        "[::g]",
+        "[]",
+        "ex%4",
+        "ex%zz",
+        "ex\\ample",
+        'ex"ample',
+        "exa\x80mple",
+        "[v1.]",
+    ],
+)
+def test_invalid_host_is_refused(value: str) -> None:
+    """RFC 9110 §7.2: Host is uri-host [":" port]; routing uses it, so nothing else passes."""
+    error = refused(head("GET / HTTP/1.1", f"Host: {value}"), 400, "bad_host")
+    assert "Host" in error.message
+    refused(head("GET http://ok.example/ HTTP/1.1", f"Host: {value}"), 400, "bad_host")
 
 
 @pytest.mark.parametrize(
@@ -853,3 +973,16 @@ def test_near_valid_heads_only_raise_http_parse_error(parts: list[str]) -> None:
             if parsed.framing is Framing.LENGTH:
                 assert "transfer-encoding" not in parsed.headers
             assert len(parsed.headers.getall("content-length", [])) <= 1
+
+
+def test_hosts_seen_valid_are_remembered_within_a_bound() -> None:
+    """The Host check is skipped for a value seen valid before; the memo stays bounded and never
+    holds an invalid value."""
+    from sidecar.http1 import parse
+
+    for i in range(parse._VALID_HOSTS_KEPT + 50):
+        parse_request_head(head("GET / HTTP/1.1", f"Host: h{i}.example"))
+        assert len(parse._valid_hosts) <= parse._VALID_HOSTS_KEPT
+    refused(head("GET / HTTP/1.1", "Host: a b"), 400, "bad_host")
+    assert "a b" not in parse._valid_hosts
+    refused(head("GET / HTTP/1.1", "Host: a b"), 400, "bad_host")

@@ -89,6 +89,18 @@ def outbound_config(
     return demo_mesh.outbound_config(socket, inbound_port, server_id, route, **outbound)
 
 
+def proxy_outbound_config(socket: str, inbound_port: int) -> dict[str, Any]:
+    """An outbound for HTTP proxy mode: route ``math`` serves only the host ``math.local``
+    (any path, to the inbound at ``inbound_port``); every other host goes to a dead end."""
+    routes = [
+        {"name": "math", "host": "math.local", "upstream": f"https://127.0.0.1:{inbound_port}"},
+        {"name": "elsewhere", "upstream": "https://127.0.0.1:9"},
+    ]
+    return outbound_config(
+        socket, inbound_port, routes=[{**route, "server_spiffe_id": SERVER} for route in routes]
+    )
+
+
 @contextlib.asynccontextmanager
 async def local_mesh(
     *,

@@ -724,6 +724,56 @@ async def test_malformed_pipelined_request_is_refused_after_the_good_one() -> No
     assert calls.paths == ["/good"]
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        (b"GET / HTTP/1.1\nHost: x\n\n",),  # bare LF throughout: never a CRLFCRLF
+        (b"GET / HTTP/1.1\r\nHost: x\n\r\n",),  # mixed
+        (b"GET / HTTP/1.1\r\nHost: x\n",),  # the head is not even complete yet
+        (b"GET / HTTP/1.1\rHost: x\r\r",),  # bare CR
+        (b"GET / HTTP/1.1\r", b"\nHost: x\r", b"\r"),  # CR judged with the next read
+        (b"GET / HT", b"TP/1.1\r\nHo", b"st: x\n"),  # the bare LF comes in a later read
+    ],
+    ids=["bare-lf", "mixed", "incomplete", "bare-cr", "split-cr", "split-lf"],
+)
+async def test_head_with_bare_lf_or_cr_gets_400_at_once(pieces: tuple[bytes, ...]) -> None:
+    """No CRLFCRLF will ever end such a head: 400 as soon as the bare line end arrives, not a
+    silent close at header_timeout (30 s here, longer than the client waits)."""
+    calls = Calls()
+    async with serving(calls) as listener, client(listener.port) as c:
+        await c.trickle(*pieces)
+        answer = await c.response()
+        assert await c.closed_by_server() == b""
+    assert answer.status == 400
+    assert answer.json()["error"] == "malformed_request"
+    assert "CR or LF" in answer.json()["message"]
+    assert calls.paths == []
+
+
+async def test_head_trickled_byte_by_byte_is_served() -> None:
+    """CR and LF of one CRLF in separate reads are no bare line end."""
+    async with serving(echo) as listener, client(listener.port) as c:
+        data = get("/trickled", "X-A: 1")
+        for i in range(0, len(data), 3):
+            await c.send(data[i : i + 3])
+            await asyncio.sleep(0.005)
+        answer = await c.response()
+    assert answer.status == 200
+    assert answer.json()["path"] == "/trickled"
+
+
+async def test_pipelined_request_with_bare_lf_is_refused_after_the_good_one() -> None:
+    calls = Calls()
+    async with serving(calls) as listener, client(listener.port) as c:
+        await c.send(get("/good") + b"GET /bad HTTP/1.1\nHost: x\n\n")
+        first = await c.response()
+        second = await c.response()
+        assert await c.closed_by_server() == b""
+    assert first.json()["path"] == "/good"
+    assert second.status == 400
+    assert calls.paths == ["/good"]
+
+
 async def test_oversized_header_line_gets_431() -> None:
     calls = Calls()
     async with serving(calls, max_header_size=1024) as listener:

@@ -1,6 +1,7 @@
-"""The forwarder on its own: the Origin check, and answers a policy rewrites over every framing
-and coding, against scripted raw upstreams. (Framing — duplicate Content-Length, Content-Length
-with Transfer-Encoding — is refused by the HTTP/1.1 parser: tests/http1 and test_http_hardening.)"""
+"""The forwarder on its own: the Origin check, header filtering, and answers a policy rewrites
+over every framing and coding, against scripted raw upstreams. (Framing — duplicate
+Content-Length, Content-Length with Transfer-Encoding — is refused by the HTTP/1.1 parser:
+tests/http1 and test_http_hardening.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sidecar.config import Limits
 from sidecar.mcp.filter import ListRewrite, list_exchange
 from sidecar.mcp.jsonrpc import parse_body
 from sidecar.proxy.errors import Forbidden
-from sidecar.proxy.forward import check_origin, forward
+from sidecar.proxy.forward import answer_headers, check_origin, forward, forwardable_headers
 from sidecar.proxy.messages import Request
 from tests.proxy.test_upstream import HOST, pool_to, read_request, upstream
 
@@ -111,3 +112,32 @@ class _NoPeer:
 
 
 NO_PEER = _NoPeer()
+
+
+def test_answer_headers_drop_hop_by_hop_and_connection_named_ones() -> None:
+    """RFC 9110 §7.6.1: what the upstream's Connection header names is hop-by-hop too."""
+    upstream = request(
+        ("Content-Type", "application/json"),
+        ("Connection", "X-Hop ,  keep-alive"),
+        ("Connection", "x-other"),
+        ("X-Hop", "secret"),
+        ("x-other", "secret"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Length", "5"),
+        ("Mcp-Session-Id", "s1"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    )
+    assert list(answer_headers(upstream).items()) == [
+        ("Content-Type", "application/json"),
+        ("Mcp-Session-Id", "s1"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+
+
+def test_request_headers_drop_connection_named_ones_in_both_directions_alike() -> None:
+    sent = request(("Connection", "X-Hop"), ("X-Hop", "1"), ("Accept", "*/*"), ("Host", "h"))
+    assert list(forwardable_headers(sent).items()) == [("Accept", "*/*")]
+    assert list(answer_headers(sent).items()) == [("Accept", "*/*"), ("Host", "h")]

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle, serve_mcp
-from tests.proxy.mesh import Mesh, local_mesh, outbound_config
+from tests.proxy.mesh import Mesh, local_mesh, outbound_config, proxy_outbound_config
 
 
 @pytest.fixture
@@ -87,3 +87,19 @@ async def test_rogue_workload_is_refused_by_the_mesh(mesh: Mesh, server: McpServ
     raw = await mcp_client.post_raw(rogue_url, {"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert raw.status == 403 and '"not_allowlisted"' in raw.body
     assert server.requests == []
+
+
+async def test_official_client_through_the_outbound_as_its_http_proxy(
+    mesh: Mesh, server: McpServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent keeps its ordinary URL and only sets HTTP_PROXY (the SDK's HTTP client reads
+    it): the outbound routes http://math.local/mcp by its host and upgrades it to mTLS."""
+    proxy = await mesh.sidecar(proxy_outbound_config(mesh.sockets["agent"], mesh.inbound_port))
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port('outbound')}")
+    ordinary_url = f"http://math.local{MCP_PATH}"
+    assert set(await mcp_client.list_tool_names(ordinary_url)) == set(TOOL_NAMES)
+    result = await mcp_client.call_tool(ordinary_url, "add", {"a": 2, "b": 40})
+    assert result.structured == {"result": 42}
+    assert {r.host for r in server.requests} == {f"127.0.0.1:{server.port}"}
