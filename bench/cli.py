@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,16 @@ from bench import checks as checks_mod
 from bench import envoy, identity, load, ours, procs, profiling, report
 from bench.upstream import DEFAULT_EVENT_SIZE, DEFAULT_RESPONSE_SIZE, tool_result
 
-VARIANTS = ("direct", "envoy-mtls", "envoy-full", "ours-mtls", "ours-full")
+VARIANTS = (
+    "direct",
+    "envoy-mtls",
+    "envoy-full",
+    "ours-mtls",
+    "ours-full",
+    "ours-mtls-batch",
+    "ours-full-batch",
+)
+DEFAULT_VARIANTS = VARIANTS[:5]  # the *-batch ones (process.scheduler: batch) on request
 RUNS = ("keepalive", "newconn", "newtls", "sse")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -80,14 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         type=_csv(VARIANTS),
-        default=list(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
         help="comma list: " + ",".join(VARIANTS),
     )
     p.add_argument(
         "--runs", type=_csv(RUNS), default=list(RUNS), help="comma list: " + ",".join(RUNS)
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="measure each run N times, report the median (1)"
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each run N times, variants alternating; report the median (1)",
     )
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="results file to append to (bench/RESULTS.md)"
@@ -136,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, default=None, help="keep certificates, configs and logs here"
     )
+    p.add_argument(
+        "--busy-app",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="also run a CPU-busy application on the proxy CPUs (US µs of CPU per request), "
+        "loaded directly by its own wrk during every measured run; its rate and latency are "
+        "reported per variant (0: none)",
+    )
+    p.add_argument(
+        "--busy-app-connections", type=int, default=2, help="connections into the busy app (2)"
+    )
     return p
 
 
@@ -172,6 +197,8 @@ class Context:
     policy: ours.PolicyStatus | None
     envoy_mcp_note: str = ""
     peak_reset_failed: bool = False
+    app: procs.Proc | None = None  # --busy-app: the application sharing the proxies' CPUs
+    app_port: int = 0
 
 
 def start_stack(ctx: Context, variant: str) -> Stack:
@@ -188,7 +215,8 @@ def start_stack(ctx: Context, variant: str) -> Stack:
             None,
             checks_mod.Expect(jwt=False, jwt_bound=False, tool_policy=False),
         )
-    full = variant.endswith("-full")
+    full = "-full" in variant
+    scheduler = "batch" if variant.endswith("-batch") else "normal"
     workdir = ctx.state / variant
     logs = workdir if args.access_log else None
     if variant.startswith("envoy"):
@@ -255,6 +283,7 @@ def start_stack(ctx: Context, variant: str) -> Stack:
                 full=full,
                 mcp_policy=policy,
                 access_log=args.access_log,
+                scheduler=scheduler,
             ),
             i_admin,
             workdir,
@@ -264,7 +293,13 @@ def start_stack(ctx: Context, variant: str) -> Stack:
         stack.procs["outbound"] = ours.start(
             "outbound",
             ours.outbound_config(
-                ctx.ids, o_port, o_admin, i_port, full=full, access_log=args.access_log
+                ctx.ids,
+                o_port,
+                o_admin,
+                i_port,
+                full=full,
+                access_log=args.access_log,
+                scheduler=scheduler,
             ),
             o_admin,
             workdir,
@@ -351,40 +386,78 @@ def _maybe_profile(ctx: Context, stack: Stack, run: str, rep: int) -> Iterator[N
         _say(summary)
 
 
-def measure(ctx: Context, stack: Stack, run: str, tools: dict[str, str]) -> report.Measurement:
+def measure_once(
+    ctx: Context, stack: Stack, run: str, tools: dict[str, str], rep: int
+) -> report.Measurement:
+    """One warm-up and one measured run of ``run`` through ``stack``."""
     args = ctx.args
     roles = {**stack.procs, "upstream": ctx.upstream}
-    reps: list[report.Measurement] = []
-    for rep in range(args.repeat):
-        if args.warmup > 0:
-            generate(ctx, stack, run, args.warmup, tools)
-        time.sleep(0.3)
-        for proc in roles.values():
-            proc.reset_peak()
-            ctx.peak_reset_failed |= not proc.peak_resettable
-        before = {role: proc.cpu_seconds() for role, proc in roles.items()}
-        with _maybe_profile(ctx, stack, run, rep):
-            result = generate(ctx, stack, run, args.duration, tools)
-        after = {role: proc.cpu_seconds() for role, proc in roles.items()}
-        for proc in roles.values():
-            proc.check_alive()
-        m = report.Measurement(
-            stack.variant,
-            run,
-            result,
-            cpu={role: after[role] - before[role] for role in roles},
-            peak_rss={role: roles[role].peak_rss_mib() for role in stack.procs},
-            profiled=args.profile == stack.variant,
+    if args.warmup > 0:
+        generate(ctx, stack, run, args.warmup, tools)
+    time.sleep(0.3)
+    for proc in roles.values():
+        proc.reset_peak()
+        ctx.peak_reset_failed |= not proc.peak_resettable
+    before = {role: proc.cpu_seconds() for role, proc in roles.items()}
+    with _maybe_profile(ctx, stack, run, rep), _app_load(ctx, tools) as app:
+        result = generate(ctx, stack, run, args.duration, tools)
+    after = {role: proc.cpu_seconds() for role, proc in roles.items()}
+    for proc in roles.values():
+        proc.check_alive()
+    unit = "events/s" if run == "sse" else "req/s"
+    p99 = f", p99 {result.p99_ms:.2f} ms" if result.p99_ms is not None else ""
+    err = f", {result.errors} errors ({result.error_detail})" if result.errors else ""
+    _say(f"  [{stack.variant}] {run} #{rep + 1}: {result.rate:,.0f} {unit}{p99}{err}")
+    return report.Measurement(
+        stack.variant,
+        run,
+        result,
+        cpu={role: after[role] - before[role] for role in roles},
+        peak_rss={role: roles[role].peak_rss_mib() for role in stack.procs},
+        profiled=args.profile == stack.variant,
+        app=app.result if app is not None else None,
+    )
+
+
+@dataclass
+class _AppLoad:
+    result: load.LoadResult | None = None
+
+
+@contextlib.contextmanager
+def _app_load(ctx: Context, tools: dict[str, str]) -> Iterator[_AppLoad | None]:
+    """With ``--busy-app``: the application's own load (wrk straight into it) for as long as
+    the measured run lasts, on a thread beside the run's generator."""
+    if ctx.app is None:
+        yield None
+        return
+    outcome = _AppLoad()
+
+    def drive() -> None:
+        outcome.result = load.wrk(
+            tools["wrk"],
+            f"http://127.0.0.1:{ctx.app_port}/mcp",
+            connections=ctx.args.busy_app_connections,
+            duration=ctx.args.duration,
+            close=False,
+            cpus=ctx.load_cpus,
         )
-        reps.append(m)
-        unit = "events/s" if run == "sse" else "req/s"
-        p99 = f", p99 {result.p99_ms:.2f} ms" if result.p99_ms is not None else ""
-        err = f", {result.errors} errors ({result.error_detail})" if result.errors else ""
-        _say(f"  [{stack.variant}] {run}: {result.rate:,.0f} {unit}{p99}{err}")
-    reps.sort(key=lambda m: m.result.rate if m.result else 0.0)
-    chosen = reps[len(reps) // 2]
-    chosen.rates = [m.result.rate for m in reps if m.result is not None]
-    return chosen
+
+    thread = threading.Thread(target=drive, name="busy-app-load")
+    thread.start()
+    try:
+        yield outcome
+    finally:
+        thread.join(ctx.args.duration + 90)
+
+
+def rotated(items: Sequence[str], rep: int) -> list[str]:
+    """``items`` starting at position ``rep`` (wrapping): repeat 1 runs A B C, repeat 2 B C A,
+    ... so that no variant is always measured first (or right after the same neighbour)."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return [*items[k:], *items[:k]]
 
 
 # ---------------------------------------------------------------------------- environment
@@ -583,6 +656,26 @@ def _run(
             block = yaml.safe_load(args.mcp_policy.read_text())
         policy = ours.mcp_policy_status(block, ids, up_port)
     ctx = Context(args, state, ids, upstream, up_port, proxy_cpus, load_cpus, envoy_bin, policy)
+    if args.busy_app > 0:
+        ctx.app_port = procs.free_ports(1)[0]
+        ctx.app = procs.start(
+            "busy-app",
+            [
+                sys.executable,
+                "-m",
+                "bench.upstream",
+                "--port",
+                str(ctx.app_port),
+                "--work-us",
+                str(args.busy_app),
+            ],
+            state / "busy-app.log",
+            cpus=proxy_cpus,
+            cwd=REPO,
+        )
+        cleanup.callback(ctx.app.stop)
+        app_port = ctx.app_port
+        procs.wait_until("busy-app", lambda: procs.tcp_open(app_port), 30.0, [ctx.app])
     if envoy_bin and "envoy-full" in args.variants:
         ctx.envoy_mcp_note = _envoy_mcp_support(ctx)
     expected_body = tool_result(args.response_size)
@@ -591,10 +684,15 @@ def _run(
     idle: dict[str, dict[str, float]] = {}
     checks: dict[str, list[checks_mod.Check]] = {}
     notes: list[str] = []
-    for variant in args.variants:
-        _say(f"bench: {variant}")
-        stack = start_stack(ctx, variant)
-        try:
+    # Every variant's processes run side by side (idle but for the one being measured), so
+    # that the repeats can alternate: repeat 1 measures A B C, repeat 2 B C A, ... On a host
+    # whose speed drifts within minutes, measuring all repeats of one variant before the next
+    # would put the drift into the ratio; alternating spreads it over every variant alike.
+    stacks: dict[str, Stack] = {}
+    try:
+        for variant in args.variants:
+            _say(f"bench: starting {variant}")
+            stacks[variant] = stack = start_stack(ctx, variant)
             time.sleep(1.0)
             idle[variant] = {role: proc.rss_mib() for role, proc in stack.procs.items()}
             checks[variant] = checks_mod.run_checks(
@@ -611,14 +709,25 @@ def _run(
                     notes.append(f"{variant}: check {check.describe()}")
                     _say(f"  WARNING {variant}: {check.describe()}")
             notes += [f"{variant}: {n}" for n in stack.notes]
+        reps: dict[tuple[str, str], list[report.Measurement]] = {}
+        for round_ in range(args.repeat):
+            _say(f"bench: repeat {round_ + 1} of {args.repeat}")
+            for run in args.runs:
+                for variant in rotated(args.variants, round_):
+                    if applies(variant, run):
+                        continue
+                    measured = measure_once(ctx, stacks[variant], run, tools, round_)
+                    reps.setdefault((variant, run), []).append(measured)
+                    time.sleep(0.5)
+        for variant in args.variants:
             for run in args.runs:
                 why = applies(variant, run)
                 if why:
                     measurements.append(report.Measurement(variant, run, None, note=why))
-                    continue
-                measurements.append(measure(ctx, stack, run, tools))
-                time.sleep(0.5)
-        finally:
+                else:
+                    measurements.append(report.combine(reps[variant, run]))
+    finally:
+        for variant, stack in stacks.items():
             stack.stop()
             if args.profile == variant and args.profiler == "cprofile":
                 _cprofile_summaries(ctx, variant)
@@ -682,6 +791,11 @@ def _settings(args: argparse.Namespace) -> dict[str, str]:
         "SSE": f"{args.sse_streams or args.connections} streams x {args.sse_event_size} B events",
         "access logs": "on (files)" if args.access_log else "off (both)",
         "Envoy jwt_cache_size": str(args.envoy_jwt_cache) if args.envoy_jwt_cache else "off",
+        "busy app": (
+            f"{args.busy_app:g} µs CPU per request, {args.busy_app_connections} connections"
+            if args.busy_app
+            else "none"
+        ),
     }
 
 

@@ -5,6 +5,7 @@ loopback ports and are ready when their admin ``/readyz`` answers 200.
 
 * ``ours-mtls``: inbound with mTLS + ``allow_spiffe_ids`` only; outbound route with
   ``server_spiffe_id``.
+* ``ours-mtls-batch`` / ``ours-full-batch``: the same, run with ``process.scheduler: batch``.
 * ``ours-full``: also ``inbound.jwt_svid`` (audience = the server's SPIFFE ID, ``bind_to_peer``),
   the outbound route's ``jwt_svid_audience`` (fetched from the Workload API and cached by the
   sidecar) and ``inbound.mcp_policy`` allowing the benchmarked tool only — when this version of
@@ -88,6 +89,7 @@ def inbound_config(
     full: bool,
     mcp_policy: dict[str, Any] | None,
     access_log: bool,
+    scheduler: str = "normal",
 ) -> dict[str, Any]:
     inbound: dict[str, Any] = {
         "listen": f"127.0.0.1:{listen_port}",
@@ -106,6 +108,7 @@ def inbound_config(
         "inbound": inbound,
         "log": {"level": "warning", "access_log": access_log},
         "shutdown": {"drain_timeout": "1s"},  # nothing is in flight when the bench stops us
+        "process": {"scheduler": scheduler},
     }
 
 
@@ -117,6 +120,7 @@ def outbound_config(
     *,
     full: bool,
     access_log: bool,
+    scheduler: str = "normal",
 ) -> dict[str, Any]:
     route: dict[str, Any] = {
         "name": "math",
@@ -133,6 +137,7 @@ def outbound_config(
         "outbound": {"listen": f"127.0.0.1:{listen_port}", "routes": [route]},
         "log": {"level": "warning", "access_log": access_log},
         "shutdown": {"drain_timeout": "1s"},
+        "process": {"scheduler": scheduler},
     }
 
 

@@ -10,7 +10,14 @@ from bench.checks import Check
 from bench.load import SATURATED, LoadResult
 
 ROLES = ("outbound", "inbound", "upstream")
-PAIRS = (("ours-full", "envoy-full"), ("ours-mtls", "envoy-mtls"))
+PAIRS = (
+    ("ours-full", "envoy-full"),
+    ("ours-mtls", "envoy-mtls"),
+    ("ours-full-batch", "envoy-full"),
+    ("ours-mtls-batch", "envoy-mtls"),
+    ("ours-full-batch", "ours-full"),
+    ("ours-mtls-batch", "ours-mtls"),
+)
 RSS_TARGET_MIB = 60.0
 LOG_START = "<!-- bench:optimization-log -->"
 LOG_END = "<!-- bench:optimization-log-end -->"
@@ -36,6 +43,8 @@ class Measurement:
     rates: list[float] = field(default_factory=list)  # every repeat
     note: str = ""
     profiled: bool = False
+    reps: list[Measurement] = field(default_factory=list)  # every repeat, in the order run
+    app: LoadResult | None = None  # --busy-app: the application's own requests meanwhile
 
     def per_1k(self, role: str) -> float | None:
         if self.result is None or not self.result.count:
@@ -68,18 +77,97 @@ class Report:
     commit: str
 
 
+DRIFT_LIMIT = 0.15
+"""Envoy's own spread between repeats ((max - min) / median of its rate) above which a run's
+ratio is flagged: the machine moved more than most changes we measure."""
+
+
+def combine(reps: list[Measurement]) -> Measurement:
+    """The repeats of one variant and run: the median one (by rate) stands for them, with
+    every repeat's rate and the repeats themselves (for ratios paired by repeat)."""
+    ordered = sorted(reps, key=lambda m: m.result.rate if m.result else 0.0)
+    chosen = ordered[len(ordered) // 2]
+    chosen.rates = [m.result.rate for m in reps if m.result is not None]
+    chosen.reps = list(reps)
+    return chosen
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median: how much one variant moved between repeats."""
+    if len(values) < 2:
+        return None
+    ordered = sorted(values)
+    middle = ordered[len(ordered) // 2]
+    return (ordered[-1] - ordered[0]) / middle if middle else None
+
+
+@dataclass
+class PairedRatio:
+    """ours / Envoy per repeat (both measured within the same repeat, minutes apart at most),
+    summarised: the median, the range, and whether the machine's drift makes it unreliable."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+    envoy_spread: float | None
+
+    @property
+    def flags(self) -> list[str]:
+        flags = []
+        if self.envoy_spread is not None and self.envoy_spread > DRIFT_LIMIT:
+            flags.append(f"Envoy moved {100 * self.envoy_spread:.0f}% between repeats")
+        if self.count > 1 and self.low < 1.0 < self.high:
+            flags.append("repeats fall on both sides of 1.0")
+        return flags
+
+    def text(self, digits: int = 2) -> str:
+        out = f"{self.median:.{digits}f}x"
+        if self.count > 1:
+            out += f" ({self.low:.{digits}f}-{self.high:.{digits}f})"
+        return out
+
+
+def paired(a: Measurement, b: Measurement, value: str) -> PairedRatio | None:
+    """Ratios of ``value`` ("rate", "p99" or "cpu") between ``a`` (ours) and ``b`` (Envoy),
+    repeat by repeat; falls back to the medians when repeats cannot be paired."""
+    left = a.reps or [a]
+    right = b.reps or [b]
+    if len(left) != len(right):
+        left, right = [a], [b]
+    ratios = []
+    for x, y in zip(left, right, strict=True):
+        ours, theirs = _value(x, value), _value(y, value)
+        if ours is not None and theirs:
+            ratios.append(ours / theirs)
+    if not ratios:
+        return None
+    ratios.sort()
+    return PairedRatio(
+        ratios[len(ratios) // 2], ratios[0], ratios[-1], len(ratios), spread(b.rates)
+    )
+
+
+def _value(m: Measurement, value: str) -> float | None:
+    if m.result is None:
+        return None
+    if value == "rate":
+        return m.result.rate
+    if value == "p99":
+        return m.result.p99_ms
+    return m.proxies_per_1k()
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def _rate(value: float) -> str:
     return f"{value:,.0f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "-"
-    return f"{a / b:.2f}x"
 
 
 def find(report: Report, variant: str, run: str) -> Measurement | None:
@@ -139,23 +227,61 @@ def run_table(report: Report, run: str) -> list[str]:
         a, b = find(report, ours, run), find(report, theirs, run)
         if a is None or b is None or a.result is None or b.result is None:
             continue
-        p99 = "-" if sse else _ratio(a.result.p99_ms, b.result.p99_ms)
+        rate_ratio = paired(a, b, "rate")
+        p99 = None if sse else paired(a, b, "p99")
+        cpu = paired(a, b, "cpu")
         ratio_lines.append(
-            f"| {ours} / {theirs} | **{_ratio(a.result.rate, b.result.rate)}** | {p99} "
-            f"| {_ratio(a.proxies_per_1k(), b.proxies_per_1k())} |"
+            f"| {ours} / {theirs} | **{rate_ratio.text() if rate_ratio else '-'}** "
+            f"| {p99.text() if p99 else '-'} | {cpu.text() if cpu else '-'} "
+            f"| {_pct(spread(b.rates))} / {_pct(spread(a.rates))} |"
         )
+        for flag in rate_ratio.flags if rate_ratio else []:
+            notes.append(f"{ours} / {theirs}: ratio unreliable: {flag}")
     if ratio_lines:
         lines += [
             "",
-            f"| ratio ours / Envoy | {unit} (≥ 1 is better) | p99 (≤ 1 is better) "
-            f"| proxy CPU per {per} (≤ 1 is better) |",
-            "|---|--:|--:|--:|",
+            f"| ratio, per repeat: median (range) | {unit} (≥ 1 is better) "
+            f"| p99 (≤ 1 is better) | proxy CPU per {per} (≤ 1 is better) "
+            "| spread between repeats: second / first |",
+            "|---|--:|--:|--:|--:|",
             *ratio_lines,
         ]
+    lines += app_table(report, run)
     notes += [f"{n} ({', '.join(vs)})" for n, vs in run_notes.items()]
     if notes:
         lines += ["", *(f"- {n}" for n in dict.fromkeys(notes))]
     return lines
+
+
+def app_table(report: Report, run: str) -> list[str]:
+    """``--busy-app``: how the application sharing the proxies' core fared during each variant's
+    runs (its own requests, straight into it): median over the repeats."""
+    rows = []
+    for variant in report.variants:
+        m = next((x for x in report.measurements if x.variant == variant and x.run == run), None)
+        if m is None or m.result is None:
+            continue
+        apps = [r.app for r in (m.reps or [m]) if r.app is not None]
+        if not apps:
+            continue
+        rows.append(
+            f"| {variant} | {_rate(_median([a.rate for a in apps]) or 0.0)} "
+            f"| {_f(_median([a.p50_ms for a in apps]))} "
+            f"| {_f(_median([a.p99_ms for a in apps]))} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "| busy application (its own requests, meanwhile) | req/s | p50 ms | p99 ms |",
+        "|---|--:|--:|--:|",
+        *rows,
+    ]
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return present[len(present) // 2] if present else None
 
 
 def idle_table(report: Report) -> list[str]:
@@ -232,9 +358,13 @@ def log_rows(report: Report, label: str, date: str) -> list[str]:
                 cells.append("-")
                 continue
             found = True
-            cell = _ratio(a.result.rate, b.result.rate)
-            if run != "sse":
-                cell += f" · p99 {_ratio(a.result.p99_ms, b.result.p99_ms)}"
+            rate = paired(a, b, "rate")
+            cell = rate.text() if rate is not None else "-"
+            p99 = None if run == "sse" else paired(a, b, "p99")
+            if p99 is not None:
+                cell += f" · p99 {p99.median:.2f}x"
+            if rate is not None and rate.flags:
+                cell += " ⚠"
             cells.append(cell)
         if not found:
             continue
@@ -258,8 +388,10 @@ to the optimization log. On a shared 2-core machine absolute numbers are noise: 
 ## Optimization log
 
 Ratios ours / Envoy of each run (requests/s, or events/s for SSE: ≥ 1 means we are faster;
-`p99` ≤ 1 means our tail latency is lower), and our idle RSS in MiB. Name a run with `--label`
-(e.g. `--label "before: <change>"`, then `--label "after: <change>"`).
+`p99` ≤ 1 means our tail latency is lower), and our idle RSS in MiB. With repeats, variants
+alternate within each repeat and the ratio is the median of the per-repeat ratios (their range in
+brackets); ⚠ marks a ratio the machine's drift makes unreliable (see the run's notes). Name a run
+with `--label` (e.g. `--label "before: <change>"`, then `--label "after: <change>"`).
 
 {LOG_START}
 | date | label | commit | pair | keepalive | newconn | newtls | sse | idle RSS ours out / in |

@@ -21,6 +21,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -62,8 +63,16 @@ def sse_event(size: int, seq: int = 0) -> bytes:
     return head + body + b"x" * pad + tail
 
 
+def burn(seconds: float) -> None:
+    """Keep the CPU busy for ``seconds``: the work of an application that computes its answer."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 class _Http(asyncio.Protocol):
-    def __init__(self, response: bytes) -> None:
+    def __init__(self, response: bytes, work: float = 0.0) -> None:
+        self._work = work
         self._response = response
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
@@ -147,6 +156,8 @@ class _Http(asyncio.Protocol):
             body = b"ok\n"
             ctype = b"text/plain"
         else:
+            if self._work:
+                burn(self._work)
             body = self._response
             ctype = b"application/json"
         head = (
@@ -218,16 +229,17 @@ def _chunked_length(buf: bytearray, pos: int) -> int | None:
         pos += size + 2
 
 
-def serve_protocol(response_size: int) -> Callable[[], asyncio.Protocol]:
-    """The protocol factory of the upstream (also run in-process by ``bench.inproc``)."""
+def serve_protocol(response_size: int, work: float = 0.0) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory of the upstream (also run in-process by ``bench.inproc``); ``work``
+    seconds of CPU are spent on every POST before it is answered."""
     response = tool_result(response_size)
-    return lambda: _Http(response)
+    return lambda: _Http(response, work)
 
 
-async def serve(host: str, port: int, response_size: int) -> None:
+async def serve(host: str, port: int, response_size: int, work: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        serve_protocol(response_size), host, port, reuse_address=True, backlog=4096
+        serve_protocol(response_size, work), host, port, reuse_address=True, backlog=4096
     )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -242,13 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18000)
     parser.add_argument("--response-size", type=int, default=DEFAULT_RESPONSE_SIZE)
+    parser.add_argument(
+        "--work-us", type=float, default=0.0, help="CPU µs spent on every POST (a busy app)"
+    )
     args = parser.parse_args(argv)
+    main_coro = serve(args.host, args.port, args.response_size, args.work_us / 1e6)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve(args.host, args.port, args.response_size))
+        asyncio.run(main_coro)
     else:
-        uvloop.run(serve(args.host, args.port, args.response_size))
+        uvloop.run(main_coro)
     return 0
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "McpPolicyConfig",
     "OAuthConfig",
     "OutboundConfig",
+    "ProcessConfig",
     "RouteConfig",
     "TokenExchangeConfig",
     "load_config",
@@ -106,7 +107,16 @@ RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
 """RFC 9728 protected resource metadata; the resource's path is appended (section 3.1)."""
 
 SCHEMA: Mapping[str, tuple[str, ...]] = {
-    "": ("trust_domain", "workload_api", "admin", "inbound", "outbound", "log", "shutdown"),
+    "": (
+        "trust_domain",
+        "workload_api",
+        "admin",
+        "inbound",
+        "outbound",
+        "log",
+        "shutdown",
+        "process",
+    ),
     "admin": ("listen",),
     "inbound": (
         "listen",
@@ -177,6 +187,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
     ),
     "log": ("level", "access_log"),
     "shutdown": ("drain_timeout",),
+    "process": ("scheduler",),
 }
 """Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
 
@@ -187,6 +198,8 @@ here, and add it to ``SCHEMA``, when its feature lands."""
 
 MtlsMode = Literal["required", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+Scheduler = Literal["normal", "batch"]
+SCHEDULERS: tuple[Scheduler, ...] = ("normal", "batch")
 MTLS_MODES: tuple[MtlsMode, ...] = ("required", "off")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
@@ -492,6 +505,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    scheduler: Scheduler = "normal"
+    """Linux CPU scheduling policy of the whole process (``sidecar.process``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -504,6 +523,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     drain_timeout: float = 10.0
     """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def summary(self) -> list[str]:
         """A few human-readable lines: listeners, routes, allowlist size, token layers."""
@@ -1188,6 +1208,7 @@ class _Parser:
         outbound: OutboundConfig | None = f.optional("outbound", self.outbound, None)
         log = f.optional("log", self.log, LogConfig())
         drain_timeout = f.optional("shutdown", self.shutdown, 10.0)
+        process = f.optional("process", self.process, ProcessConfig())
         if "inbound" not in f and "outbound" not in f:
             self.error(
                 ROOT,
@@ -1211,6 +1232,7 @@ class _Parser:
             outbound=outbound,
             log=log,
             drain_timeout=drain_timeout,
+            process=process,
         )
 
     def check_listeners(self, listeners: list[tuple[str, ListenAddress | None]]) -> None:
@@ -1246,6 +1268,13 @@ class _Parser:
         if f.failed:
             raise _Failed
         return drain_timeout
+
+    def process(self, value: object, path: str) -> ProcessConfig:
+        f = self.fields(value, path, "process")
+        scheduler = f.optional("scheduler", _scheduler, ProcessConfig().scheduler)
+        if f.failed:
+            raise _Failed
+        return ProcessConfig(scheduler=scheduler)
 
     def limits(self, value: object, path: str) -> Limits:
         f = self.fields(value, path, path)  # path == schema: inbound.limits / outbound.limits
@@ -1933,6 +1962,10 @@ def _mtls(value: object, path: str) -> MtlsMode:
     return _choice(value, path, MTLS_MODES)
 
 
+def _scheduler(value: object, path: str) -> Scheduler:
+    return _choice(value, path, SCHEDULERS)
+
+
 def _log_level(value: object, path: str) -> LogLevel:
     return _choice(value.lower() if isinstance(value, str) else value, path, LOG_LEVELS)
 
@@ -1940,14 +1973,25 @@ def _log_level(value: object, path: str) -> LogLevel:
 def _unknown_key_message(key: str, schema: str) -> str:
     message = f"unknown key {_short(key)}"
     close = difflib.get_close_matches(key, SCHEMA[schema], n=1)
-    if close:
-        return f"{message}; did you mean {close[0]!r}?"
     homes = [name for name, keys in SCHEMA.items() if key in keys and name != schema]
     homes += [k.rpartition(".")[0] for k in UNSUPPORTED_KEYS if k.rpartition(".")[2] == key]
+    # A near-miss here ('audience' for 'audiences') is a typo; a key spelled exactly as in
+    # another section, with only a faint likeness here ('routes' / 'process'), was misplaced.
+    if close and not (homes and _likeness(key, close[0]) < CLEAR_TYPO):
+        return f"{message}; did you mean {close[0]!r}?"
     if homes:
         where = " or ".join(repr(_display_schema(home)) for home in homes)
         return f"{message}; it belongs under {where}"
     return f"{message}; expected one of: {', '.join(SCHEMA[schema])}"
+
+
+CLEAR_TYPO = 0.75
+"""difflib likeness above which an unknown key is taken for a typo of a known one even when
+the same spelling is a key of another section."""
+
+
+def _likeness(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def _display_schema(schema: str) -> str:

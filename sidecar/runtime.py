@@ -23,6 +23,7 @@ from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.mcp.policy import Policy, load_policy_file
 from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
+from sidecar.process import apply_scheduler
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.admin import build_admin_handler, operator_views, readiness, start_admin
 from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
@@ -288,6 +289,7 @@ def run(config: Config) -> int:
         level=config.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    apply_scheduler(config.process.scheduler)  # before any thread: they inherit it
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop

@@ -126,3 +126,40 @@ def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
     assert re.fullmatch(
         rf"{re.escape(variant)}: \d+\.\d µs CPU per request \(median of 3: .*\)\n", done.stdout
     ), done.stdout
+
+
+def test_repeats_alternate_variants() -> None:
+    from bench.cli import rotated
+
+    variants = ["envoy-full", "ours-full", "envoy-mtls"]
+    orders = [rotated(variants, rep) for rep in range(3)]
+    assert orders == [
+        ["envoy-full", "ours-full", "envoy-mtls"],
+        ["ours-full", "envoy-mtls", "envoy-full"],
+        ["envoy-mtls", "envoy-full", "ours-full"],
+    ]
+    assert {tuple(sorted(o)) for o in orders} == {tuple(sorted(variants))}
+
+
+def _repeats(variant: str, rates: list[int]) -> report.Measurement:
+    return report.combine([_measurement(variant, "keepalive", r, 2.0) for r in rates])
+
+
+def test_ratio_is_paired_by_repeat_and_flags_drift() -> None:
+    """A machine that slows down between repeats moves both variants of a repeat alike: the
+    per-repeat ratio stays put where a ratio of medians would not, and the drift is flagged."""
+    envoy = _repeats("envoy-full", [10000, 6000, 8000])
+    ours = _repeats("ours-full", [11000, 6600, 8800])
+    rate = report.paired(ours, envoy, "rate")
+    assert rate is not None
+    assert (round(rate.low, 3), round(rate.median, 3), round(rate.high, 3)) == (1.1, 1.1, 1.1)
+    assert rate.envoy_spread == 0.5
+    assert rate.flags == ["Envoy moved 50% between repeats"]
+    steady = report.paired(_repeats("o", [9000, 10500, 9900]), _repeats("e", [10000] * 3), "rate")
+    assert steady is not None and steady.flags == ["repeats fall on both sides of 1.0"]
+    assert steady.text() == "0.99x (0.90-1.05)"
+    rep = _report()
+    rep.measurements = [envoy, ours]
+    text = report.markdown(rep)
+    assert "| ours-full / envoy-full | **1.10x (1.10-1.10)** |" in text
+    assert "ratio unreliable: Envoy moved 50% between repeats" in text
