@@ -22,7 +22,7 @@ from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.mcp_guard import McpGuard
 from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
-from sidecar.proxy.upstream import pool_for
+from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
@@ -59,15 +59,19 @@ class InboundProxy(ProxyHandler):
         self.guard = guard
         # Idle connections to the local MCP server are dropped before common servers drop them
         # (uvicorn: 5 s), so a request rarely meets a connection the server is just closing.
-        self.pool, self.upstream_host = pool_for(
-            config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
-        )
+        self.pool: UpstreamPool | None = None
+        self.upstream_host = ""
+        if config.upstream is not None:
+            self.pool, self.upstream_host = pool_for(
+                config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
+            )
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
         )
 
     async def close(self) -> None:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
         await self.tokens.close()
 
     def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
@@ -106,6 +110,7 @@ class InboundProxy(ProxyHandler):
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
         headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
+        assert self.pool is not None  # an edge gateway (targets) is served above
         try:
             response = await forward(
                 request,

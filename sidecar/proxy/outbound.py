@@ -48,6 +48,8 @@ class OutboundProxy(ProxyHandler):
         self.pools: dict[str, UpstreamPool] = {}
         self.upstream_hosts: dict[str, str] = {}
         for route in config.routes:
+            if route.upstream is None:
+                continue  # a multiplexing route: its targets have their own pools
             self.pools[route.name], self.upstream_hosts[route.name] = pool_for(
                 route.upstream,
                 config.limits,
@@ -58,9 +60,12 @@ class OutboundProxy(ProxyHandler):
     def _verifier(
         self, route: RouteConfig, on_rejected: Callable[[PeerRejected], None]
     ) -> Callable[[Any], object]:
+        expected = route.server_spiffe_id
+        assert expected is not None  # a route with an upstream has its server's ID
+
         def verify(ssl_object: Any) -> object:
             try:
-                return self.tls.verify_server(ssl_object, route.server_spiffe_id)
+                return self.tls.verify_server(ssl_object, expected)
             except PeerRejected as exc:
                 on_rejected(exc)
                 raise
