@@ -295,15 +295,18 @@ async def serve_mcp(
     *,
     allowed_hosts: Sequence[str] = (),
     startup_timeout: float = 10.0,
+    mcp: MCPServer | None = None,
 ) -> McpServerHandle:
     """Start the demo server in the running asyncio loop; ``port=0`` picks a free port.
 
     ``allowed_hosts`` extends the accepted ``Host`` names (see the module docstring); the bind
-    ``host`` itself is always accepted unless it is a wildcard address.
+    ``host`` itself is always accepted unless it is a wildcard address. ``mcp`` serves another
+    server than the demo's (its ``tool_events`` then stay empty).
     """
     requests: list[RequestRecord] = []
     tool_events: list[ToolEvent] = []
-    mcp = build_mcp_server(tool_events)
+    if mcp is None:
+        mcp = build_mcp_server(tool_events)
     extra_hosts = list(allowed_hosts)
     if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
         extra_hosts.insert(0, host_header_name(host))

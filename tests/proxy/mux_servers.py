@@ -1,0 +1,80 @@
+"""Two real MCP servers (official SDK) for the multiplexing tests: ``math`` and ``clock``.
+
+``math.wait_for_release`` reports progress, then waits on ``gate`` (set by the test when the
+first progress event reached the client), so "streamed, not buffered" is shown by an event,
+not by timing. ``math.confirm`` asks the client through elicitation. Both serve a resource, a
+resource template and a prompt; both have ``echo`` (a name collision for ``prefix_mode: never``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
+
+
+class Answer(BaseModel):
+    ok: bool
+
+
+def math_server(gate: asyncio.Event) -> MCPServer:
+    mcp: MCPServer = MCPServer("math", instructions="Adds numbers.")
+
+    @mcp.tool(description="Add two numbers.")
+    def add(a: float, b: float) -> float:
+        return a + b
+
+    @mcp.tool(description="Return the text unchanged.")
+    def echo(text: str) -> str:
+        return f"math: {text}"
+
+    @mcp.tool(description="Report progress, then wait until the test releases the gate.")
+    async def wait_for_release(ctx: Context) -> str:
+        await ctx.report_progress(1, 2, "waiting for the gate")
+        await gate.wait()
+        await ctx.report_progress(2, 2, "released")
+        return "released"
+
+    @mcp.tool(description="Ask the user a yes/no question (elicitation).")
+    async def confirm(question: str, ctx: Context) -> str:
+        result = await ctx.elicit(question, Answer)
+        if result.action == "accept":
+            return f"accepted: ok={result.data.ok}"
+        return result.action
+
+    @mcp.resource("memo://notes", name="notes", mime_type="text/plain")
+    def notes() -> str:
+        return "pi is about 3.14159"
+
+    @mcp.resource("memo://topics/{topic}", name="topic")
+    def topic(topic: str) -> str:
+        return f"all about {topic}"
+
+    @mcp.prompt(description="Explain a topic.")
+    def explain(topic: str) -> str:
+        return f"Explain {topic} simply."
+
+    return mcp
+
+
+def clock_server() -> MCPServer:
+    mcp: MCPServer = MCPServer("clock", instructions="Tells the time.")
+
+    @mcp.tool(description="Current time (always noon here).")
+    def get_time() -> str:
+        return "12:00"
+
+    @mcp.tool(description="Return the text unchanged.")
+    def echo(text: str) -> str:
+        return f"clock: {text}"
+
+    @mcp.resource("memo://notes", name="zones", mime_type="text/plain")
+    def zones() -> str:
+        return "UTC, CET"
+
+    @mcp.prompt(description="Plan a day.")
+    def schedule(day: str) -> str:
+        return f"Plan {day}."
+
+    return mcp

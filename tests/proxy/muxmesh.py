@@ -1,0 +1,136 @@
+"""A mesh with two real MCP servers (``math``, ``clock``), each behind its own inbound sidecar
+with its own SPIFFE ID, and the agent's outbound sidecar whose route ``/tools`` multiplexes
+them; optionally an edge gateway (OAuth in, ``targets:`` out) with its own SPIFFE ID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import parse_config
+from sidecar.demo import mesh as demo_mesh
+from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.identity.devca import DevCA
+from sidecar.identity.devserver import DevWorkloadApi
+from sidecar.runtime import Sidecar
+from tests.proxy.mesh import TD, WAIT
+from tests.proxy.mux_servers import clock_server, math_server
+
+IDENTITIES = {
+    "agent": f"spiffe://{TD}/ns/agents/sa/agent",
+    "gateway": f"spiffe://{TD}/ns/gateway/sa/gateway",
+    "math": f"spiffe://{TD}/ns/mcp/sa/math",
+    "clock": f"spiffe://{TD}/ns/mcp/sa/clock",
+}
+SERVERS = ("math", "clock")
+
+
+@dataclass
+class MuxMesh:
+    sockets: dict[str, str]
+    gate: asyncio.Event
+    servers: dict[str, McpServerHandle]
+    inbound: dict[str, Sidecar]
+    agent: Sidecar
+    extra: list[Sidecar] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The agent's one MCP endpoint for both servers."""
+        return f"http://127.0.0.1:{self.agent.port('outbound')}/tools{MCP_PATH}"
+
+    def targets(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "upstream": f"https://127.0.0.1:{self.inbound[name].port('inbound')}",
+                "server_spiffe_id": IDENTITIES[name],
+            }
+            for name in SERVERS
+        ]
+
+    async def stop_server(self, name: str) -> None:
+        await self.servers[name].close()
+
+    async def restart_server(self, name: str) -> None:
+        """The same server (a new process would lose its sessions too), on the same port."""
+        port = self.servers[name].port
+        mcp = math_server(self.gate) if name == "math" else clock_server()
+        self.servers[name] = await serve_mcp("127.0.0.1", port, mcp=mcp)
+
+    async def sidecar(self, config: dict[str, Any]) -> Sidecar:
+        sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
+        await sidecar.start(svid_timeout=WAIT)
+        self.extra.append(sidecar)
+        return sidecar
+
+    async def gateway(self, **inbound: Any) -> Sidecar:
+        """An edge gateway with ``inbound`` settings and both servers as targets."""
+        return await self.sidecar(
+            {
+                "trust_domain": TD,
+                "workload_api": self.sockets["gateway"],
+                "admin": {"listen": "127.0.0.1:0"},
+                "inbound": {"listen": "127.0.0.1:0", "targets": self.targets(), **inbound},
+            }
+        )
+
+
+@contextlib.asynccontextmanager
+async def mux_mesh(**route: Any) -> AsyncIterator[MuxMesh]:
+    """``route``: extra keys of the agent's multiplexing route (e.g. ``prefix_mode``)."""
+    with tempfile.TemporaryDirectory(prefix="muxmesh-", dir="/tmp") as tmp:
+        d = Path(tmp)
+        ca = DevCA.load_or_create(d / "state", TD)
+        sockets = {name: f"unix://{d}/{name}.sock" for name in IDENTITIES}
+        api = DevWorkloadApi(ca, {sockets[n]: sid for n, sid in IDENTITIES.items()})
+        await api.start()
+        gate = asyncio.Event()
+        servers: dict[str, McpServerHandle] = {}
+        sidecars: list[Sidecar] = []
+        mesh: MuxMesh | None = None
+        allowed = [f"spiffe://{TD}/ns/agents/**", f"spiffe://{TD}/ns/gateway/**"]
+        try:
+            servers["math"] = await serve_mcp("127.0.0.1", 0, mcp=math_server(gate))
+            servers["clock"] = await serve_mcp("127.0.0.1", 0, mcp=clock_server())
+            inbound: dict[str, Sidecar] = {}
+            for name in SERVERS:
+                config = demo_mesh.inbound_config(sockets[name], servers[name].port, allowed)
+                inbound[name] = Sidecar(parse_config(config), access_stream=io.StringIO())
+                sidecars.append(inbound[name])
+                await inbound[name].start(svid_timeout=WAIT)
+            mesh = MuxMesh(sockets, gate, servers, inbound, agent=None)  # type: ignore[arg-type]
+            agent_config = {
+                "trust_domain": TD,
+                "workload_api": sockets["agent"],
+                "admin": {"listen": "127.0.0.1:0"},
+                "outbound": {
+                    "listen": "127.0.0.1:0",
+                    "routes": [
+                        {
+                            "name": "tools",
+                            "path_prefix": "/tools",
+                            "targets": mesh.targets(),
+                            "target_wait": 5,
+                            **route,
+                        }
+                    ],
+                },
+            }
+            mesh.agent = Sidecar(parse_config(agent_config), access_stream=io.StringIO())
+            sidecars.append(mesh.agent)
+            await mesh.agent.start(svid_timeout=WAIT)
+            yield mesh
+        finally:
+            gate.set()
+            for sidecar in reversed([*sidecars, *(mesh.extra if mesh else [])]):
+                await sidecar.stop()
+            for server in servers.values():
+                await server.close()
+            await api.stop()
