@@ -4,11 +4,17 @@ elicitation, resources and prompts; one server dies and comes back."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from mcp import MCPError
+from mcp.types import ElicitRequestParams, ElicitResult, TextContent
 
 from sidecar.demo import mcp_client
+from sidecar.mcp.mux.merge import UNAVAILABLE_META
+from sidecar.proxy.mux import TARGET_UNAVAILABLE
 from tests.proxy.muxmesh import MuxMesh, mux_mesh
 
 
@@ -32,3 +38,115 @@ async def test_one_endpoint_lists_and_calls_both_servers(mesh: MuxMesh) -> None:
     assert added.structured == {"result": 42}
     assert (await mcp_client.call_tool(mesh.url, "clock__echo", {"text": "hi"})).text == "clock: hi"
     assert (await mcp_client.call_tool(mesh.url, "math__echo", {"text": "hi"})).text == "math: hi"
+
+
+async def test_progress_is_streamed_not_buffered(mesh: MuxMesh) -> None:
+    # The tool reports progress, then waits on the gate that this callback opens: the call can
+    # only complete if the first progress event crossed both sidecars while the tool was running.
+    seen_while_waiting: list[bool] = []
+
+    def on_progress(event: mcp_client.ProgressEvent) -> None:
+        if event.seq == 0:
+            seen_while_waiting.append(not mesh.gate.is_set())
+            mesh.gate.set()
+
+    result, events = await mcp_client.call_with_progress(
+        mesh.url, "math__wait_for_release", {}, on_progress=on_progress, timeout=15
+    )
+    assert result.text == "released"
+    assert seen_while_waiting == [True]
+    assert [e.progress for e in events] == [1, 2]
+
+
+async def test_elicitation_round_trip(mesh: MuxMesh) -> None:
+    asked: list[str] = []
+
+    async def elicit(context: Any, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async with mcp_client.open_session(mesh.url, elicitation_callback=elicit) as s:
+        result = await s.client.call_tool("math__confirm", {"question": "Proceed?"})
+        echoed = await s.client.call_tool("clock__echo", {"text": "still here"})
+    assert asked == ["Proceed?"]
+    assert [c.text for c in result.content if isinstance(c, TextContent)] == ["accepted: ok=True"]
+    assert [c.text for c in echoed.content if isinstance(c, TextContent)] == ["clock: still here"]
+
+
+async def test_resources_and_prompts_of_both_servers(mesh: MuxMesh) -> None:
+    async with mcp_client.open_session(mesh.url) as s:
+        resources = (await s.client.list_resources()).resources
+        assert sorted(str(r.uri) for r in resources) == ["clock+memo://notes", "math+memo://notes"]
+        read = await s.client.read_resource("clock+memo://notes")
+        assert [(str(c.uri), c.text) for c in read.contents] == [("clock+memo://notes", "UTC, CET")]
+        templates = (await s.client.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["math+memo://topics/{topic}"]
+        topic = await s.client.read_resource("math+memo://topics/pi")
+        assert [c.text for c in topic.contents] == ["all about pi"]
+        prompts = (await s.client.list_prompts()).prompts
+        assert sorted(p.name for p in prompts) == ["clock__schedule", "math__explain"]
+        prompt = await s.client.get_prompt("clock__schedule", {"day": "monday"})
+        assert [m.content.text for m in prompt.messages] == ["Plan monday."]
+        with pytest.raises(MCPError) as unknown:
+            await s.client.read_resource("paint+memo://notes")
+        assert "names no target" in unknown.value.error.message
+
+
+async def test_get_stream_and_delete_reach_every_target(mesh: MuxMesh) -> None:
+    life = await mcp_client.session_lifecycle(mesh.url)
+    assert life.get_stream.status == 200
+    assert (life.get_stream.content_type or "").startswith("text/event-stream")
+    assert life.delete is not None and life.delete.status == 200
+    for name in ("math", "clock"):
+        seen = mesh.servers[name].requests
+        # each server got its own session: a GET stream and, at the end, a DELETE of it
+        target_session = next(r.response_session_id for r in seen if r.response_session_id)
+        assert target_session != life.session_id
+        assert any(r.method == "GET" and r.session_id == target_session for r in seen)
+        assert any(r.method == "DELETE" and r.session_id == target_session for r in seen)
+    after = await mcp_client.post_raw(
+        mesh.url, {"jsonrpc": "2.0", "id": 9, "method": "ping"}, session_id=life.session_id
+    )
+    assert after.status == 404  # the session really ended
+
+
+async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: MuxMesh) -> None:
+    async with mcp_client.open_session(mesh.url) as s:
+        assert len((await s.client.list_tools()).tools) == 6
+        await mesh.stop_server("clock")
+        # calls to the other server keep succeeding
+        added = await s.client.call_tool("math__add", {"a": 1, "b": 2})
+        assert added.structured_content == {"result": 3}
+        # a call to the dead one gets a JSON-RPC error naming it
+        with pytest.raises(MCPError) as down:
+            await s.client.call_tool("clock__get_time", {})
+        assert down.value.error.code == TARGET_UNAVAILABLE
+        assert "target 'clock' is unavailable" in down.value.error.message
+        # its tools vanish from the list, and the list says why
+        listed = await s.client.list_tools()
+        assert sorted(t.name for t in listed.tools) == [
+            "math__add",
+            "math__confirm",
+            "math__echo",
+            "math__wait_for_release",
+        ]
+        assert listed.meta is not None
+        assert [u["target"] for u in listed.meta[UNAVAILABLE_META]] == ["clock"]
+        # it comes back without restarting anything here: a new server process (whose old
+        # session is gone) is initialized again lazily
+        await mesh.restart_server("clock")
+        names = await _until_listed(s.client, "clock__get_time")
+        assert len(names) == 6
+        assert (await s.client.call_tool("clock__get_time", {})).structured_content == {
+            "result": "12:00"
+        }
+
+
+async def _until_listed(client: Any, name: str) -> list[str]:
+    """The tool list once ``name`` is back (the target's retry back-off is under a second)."""
+    async with asyncio.timeout(15):
+        while True:
+            names = [t.name for t in (await client.list_tools()).tools]
+            if name in names:
+                return names
+            await asyncio.sleep(0.2)
