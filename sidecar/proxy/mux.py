@@ -82,6 +82,7 @@ from sidecar.proxy.mux_target import (
 from sidecar.proxy.svid_header import JwtSvidHeaders
 from sidecar.proxy.upstream import pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
+from sidecar.tokens.claims import Principal
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,13 @@ class _Exchange:
     rewriter: Callable[[str], BodyRewriter | None] | None
 
 
+def session_owner(principal: Principal) -> str:
+    """Who a session belongs to at an edge gateway: the caller's SPIFFE ID and token subject
+    (a session id alone, even leaked, does not let another caller use the session)."""
+    spiffe_id = str(principal.spiffe_id) if principal.spiffe_id is not None else ""
+    return f"{spiffe_id}|{principal.sub or ''}"
+
+
 def build_endpoint(
     name: str,
     config: MuxConfig,
@@ -147,6 +155,8 @@ def build_endpoint(
     metrics: Metrics,
     svid_headers: JwtSvidHeaders,
     on_rejected: Callable[[PeerRejected], None],
+    *,
+    peer_is_target: bool = True,
 ) -> MuxEndpoint:
     """An endpoint whose targets are each reached over mTLS with our SVID, each checked
     against its own ``server_spiffe_id``."""
@@ -159,7 +169,7 @@ def build_endpoint(
             verify=server_verifier(tls, target.server_spiffe_id, on_rejected),
         )
         links[target.name] = TargetLink(target, pool, host, svid_headers.header)
-    return MuxEndpoint(name, config, limits, links, metrics)
+    return MuxEndpoint(name, config, limits, links, metrics, peer_is_target=peer_is_target)
 
 
 class MuxEndpoint:
@@ -172,8 +182,13 @@ class MuxEndpoint:
         limits: Limits,
         links: Mapping[str, TargetLink],
         metrics: Metrics,
+        *,
+        peer_is_target: bool = True,
     ) -> None:
         self.name = name
+        self.peer_is_target = peer_is_target
+        """Outbound: a routed call's peer (log, metrics) is its target; inbound it stays the
+        client."""
         self.config = config
         self.limits = limits
         self.links = dict(links)
@@ -677,7 +692,8 @@ class MuxEndpoint:
         assert isinstance(routed, Routed)
         target = routed.target
         link = self.links[target]
-        ex.info.peer = str(link.config.server_spiffe_id)
+        if self.peer_is_target:
+            ex.info.peer = str(link.config.server_spiffe_id)
         ex.info.upstream = link.config.upstream
         payload = dumps({**raw, "params": routed.params})
         session.started(message.id, (target,))

@@ -18,15 +18,18 @@ class Answer(BaseModel):
     ok: bool
 
 
-def math_server(gate: asyncio.Event) -> MCPServer:
+def math_server(gate: asyncio.Event, calls: list[str]) -> MCPServer:
+    """``calls`` records every tool that ran (``math.add``...)."""
     mcp: MCPServer = MCPServer("math", instructions="Adds numbers.")
 
     @mcp.tool(description="Add two numbers.")
     def add(a: float, b: float) -> float:
+        calls.append("math.add")
         return a + b
 
     @mcp.tool(description="Return the text unchanged.")
     def echo(text: str) -> str:
+        calls.append("math.echo")
         return f"math: {text}"
 
     @mcp.tool(description="Report progress, then wait until the test releases the gate.")
@@ -58,15 +61,17 @@ def math_server(gate: asyncio.Event) -> MCPServer:
     return mcp
 
 
-def clock_server() -> MCPServer:
+def clock_server(calls: list[str]) -> MCPServer:
     mcp: MCPServer = MCPServer("clock", instructions="Tells the time.")
 
     @mcp.tool(description="Current time (always noon here).")
     def get_time() -> str:
+        calls.append("clock.get_time")
         return "12:00"
 
     @mcp.tool(description="Return the text unchanged.")
     def echo(text: str) -> str:
+        calls.append("clock.echo")
         return f"clock: {text}"
 
     @mcp.resource("memo://notes", name="zones", mime_type="text/plain")

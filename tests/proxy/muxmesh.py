@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
 from sidecar.identity.devca import DevCA
 from sidecar.identity.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
-from tests.proxy.mesh import TD, WAIT
+from tests.proxy.mesh import TD, WAIT, log_lines
 from tests.proxy.mux_servers import clock_server, math_server
 
 IDENTITIES = {
@@ -37,8 +38,15 @@ class MuxMesh:
     gate: asyncio.Event
     servers: dict[str, McpServerHandle]
     inbound: dict[str, Sidecar]
+    inbound_logs: dict[str, io.StringIO]
     agent: Sidecar
+    calls: list[str] = field(default_factory=list)
+    """Every tool that ran on either server (``math.add``...)."""
     extra: list[Sidecar] = field(default_factory=list)
+
+    def inbound_lines(self, name: str) -> list[dict[str, Any]]:
+        """The access-log lines of ``name``'s inbound sidecar so far."""
+        return [json.loads(line) for line in log_lines(self.inbound[name], self.inbound_logs[name])]
 
     @property
     def url(self) -> str:
@@ -61,7 +69,7 @@ class MuxMesh:
     async def restart_server(self, name: str) -> None:
         """The same server (a new process would lose its sessions too), on the same port."""
         port = self.servers[name].port
-        mcp = math_server(self.gate) if name == "math" else clock_server()
+        mcp = math_server(self.gate, self.calls) if name == "math" else clock_server(self.calls)
         self.servers[name] = await serve_mcp("127.0.0.1", port, mcp=mcp)
 
     async def sidecar(self, config: dict[str, Any]) -> Sidecar:
@@ -92,20 +100,22 @@ async def mux_mesh(**route: Any) -> AsyncIterator[MuxMesh]:
         api = DevWorkloadApi(ca, {sockets[n]: sid for n, sid in IDENTITIES.items()})
         await api.start()
         gate = asyncio.Event()
+        calls: list[str] = []
         servers: dict[str, McpServerHandle] = {}
         sidecars: list[Sidecar] = []
         mesh: MuxMesh | None = None
         allowed = [f"spiffe://{TD}/ns/agents/**", f"spiffe://{TD}/ns/gateway/**"]
         try:
-            servers["math"] = await serve_mcp("127.0.0.1", 0, mcp=math_server(gate))
-            servers["clock"] = await serve_mcp("127.0.0.1", 0, mcp=clock_server())
+            servers["math"] = await serve_mcp("127.0.0.1", 0, mcp=math_server(gate, calls))
+            servers["clock"] = await serve_mcp("127.0.0.1", 0, mcp=clock_server(calls))
             inbound: dict[str, Sidecar] = {}
+            logs = {name: io.StringIO() for name in SERVERS}
             for name in SERVERS:
                 config = demo_mesh.inbound_config(sockets[name], servers[name].port, allowed)
-                inbound[name] = Sidecar(parse_config(config), access_stream=io.StringIO())
+                inbound[name] = Sidecar(parse_config(config), access_stream=logs[name])
                 sidecars.append(inbound[name])
                 await inbound[name].start(svid_timeout=WAIT)
-            mesh = MuxMesh(sockets, gate, servers, inbound, agent=None)  # type: ignore[arg-type]
+            mesh = MuxMesh(sockets, gate, servers, inbound, logs, agent=None, calls=calls)  # type: ignore[arg-type]
             agent_config = {
                 "trust_domain": TD,
                 "workload_api": sockets["agent"],
