@@ -28,6 +28,7 @@ IDENTITIES = {
     "gateway": f"spiffe://{TD}/ns/gateway/sa/gateway",
     "math": f"spiffe://{TD}/ns/mcp/sa/math",
     "clock": f"spiffe://{TD}/ns/mcp/sa/clock",
+    "scripted": f"spiffe://{TD}/ns/mcp/sa/scripted",
 }
 SERVERS = ("math", "clock")
 
@@ -57,10 +58,10 @@ class MuxMesh:
         return [
             {
                 "name": name,
-                "upstream": f"https://127.0.0.1:{self.inbound[name].port('inbound')}",
+                "upstream": f"https://127.0.0.1:{sidecar.port('inbound')}",
                 "server_spiffe_id": IDENTITIES[name],
             }
-            for name in SERVERS
+            for name, sidecar in self.inbound.items()
         ]
 
     async def stop_server(self, name: str) -> None:
@@ -91,8 +92,9 @@ class MuxMesh:
 
 
 @contextlib.asynccontextmanager
-async def mux_mesh(**route: Any) -> AsyncIterator[MuxMesh]:
-    """``route``: extra keys of the agent's multiplexing route (e.g. ``prefix_mode``)."""
+async def mux_mesh(scripted: int | None = None, **route: Any) -> AsyncIterator[MuxMesh]:
+    """``route``: extra keys of the agent's multiplexing route (e.g. ``prefix_mode``);
+    ``scripted``: the port of a third, plain-HTTP server, target ``scripted``."""
     with tempfile.TemporaryDirectory(prefix="muxmesh-", dir="/tmp") as tmp:
         d = Path(tmp)
         ca = DevCA.load_or_create(d / "state", TD)
@@ -109,9 +111,12 @@ async def mux_mesh(**route: Any) -> AsyncIterator[MuxMesh]:
             servers["math"] = await serve_mcp("127.0.0.1", 0, mcp=math_server(gate, calls))
             servers["clock"] = await serve_mcp("127.0.0.1", 0, mcp=clock_server(calls))
             inbound: dict[str, Sidecar] = {}
-            logs = {name: io.StringIO() for name in SERVERS}
-            for name in SERVERS:
-                config = demo_mesh.inbound_config(sockets[name], servers[name].port, allowed)
+            ports = {name: servers[name].port for name in SERVERS}
+            if scripted is not None:
+                ports["scripted"] = scripted
+            logs = {name: io.StringIO() for name in ports}
+            for name, port in ports.items():
+                config = demo_mesh.inbound_config(sockets[name], port, allowed)
                 inbound[name] = Sidecar(parse_config(config), access_stream=logs[name])
                 sidecars.append(inbound[name])
                 await inbound[name].start(svid_timeout=WAIT)
