@@ -13,7 +13,7 @@ from mcp import MCPError
 from mcp.types import ElicitRequestParams, ElicitResult, TextContent
 
 from sidecar.demo import mcp_client
-from sidecar.mcp.mux.merge import UNAVAILABLE_META
+from sidecar.mcp.mux.merge import AMBIGUOUS_META, UNAVAILABLE_META
 from sidecar.proxy.mux import TARGET_UNAVAILABLE
 from tests.proxy.muxmesh import MuxMesh, mux_mesh
 
@@ -150,3 +150,22 @@ async def _until_listed(client: Any, name: str) -> list[str]:
             if name in names:
                 return names
             await asyncio.sleep(0.2)
+
+
+async def test_prefix_mode_never_routes_bare_names_and_refuses_shared_ones() -> None:
+    async with mux_mesh(prefix_mode="never") as mesh, mcp_client.open_session(mesh.url) as s:
+        # called before any list: the endpoint learns who serves it
+        clock = await s.client.call_tool("get_time", {})
+        assert clock.structured_content == {"result": "12:00"}
+        listed = await s.client.list_tools()
+        names = sorted(t.name for t in listed.tools)
+        assert names == ["add", "confirm", "get_time", "wait_for_release"]  # no "echo"
+        assert listed.meta is not None and listed.meta[AMBIGUOUS_META] == ["echo"]
+        with pytest.raises(MCPError) as ambiguous:
+            await s.client.call_tool("echo", {"text": "which one?"})
+        assert ambiguous.value.error.code == -32602
+        assert "served by several targets" in ambiguous.value.error.message
+        assert mesh.calls == ["clock.get_time"]
+        # resource URIs still carry their target: both servers have memo://notes
+        read = await s.client.read_resource("math+memo://notes")
+        assert [c.text for c in read.contents] == ["pi is about 3.14159"]
