@@ -33,7 +33,13 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.identity.endpoint import grpc_target
-from sidecar.mcp.mux.names import PREFIX_MODES, PrefixMode, target_name_problem
+from sidecar.mcp.mux.names import (
+    PREFIX_MODES,
+    Naming,
+    PrefixMode,
+    pattern_problem,
+    target_name_problem,
+)
 from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
 from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
 from sidecar.schema import got as _got
@@ -1345,6 +1351,8 @@ class _Parser:
                 "spiffe://example.org/ns/agents/sa/*",
             )
             f.failed = True
+        if mux is not None and mcp_policy is not None:
+            self.check_rule_names(mux, mcp_policy.policy, _join(path, "mcp_policy"))
         if f.failed or listen is None or (upstream is None and mux is None) or allow is None:
             raise _Failed
         if oauth is not None and public_url is None:
@@ -1805,6 +1813,18 @@ class _Parser:
             max_sessions=max_sessions,
             target_wait=target_wait,
         )
+
+    def check_rule_names(self, mux: MuxConfig, policy: Policy, path: str) -> None:
+        """An edge gateway's rules see multiplexed names (``math__add``): a rule naming a bare
+        tool, or a target that does not exist, could never match - for a deny rule, a silent
+        allow. Known at start-up, so refused here."""
+        naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
+        for index, rule in enumerate(policy.rules):
+            for key, globs in (("tools", rule.tools), ("prompts", rule.prompts)):
+                for glob in globs or ():
+                    problem = pattern_problem(naming, glob.text)
+                    if problem is not None:
+                        self.error(f"{path}.rules[{index}].{key}", problem)
 
     def targets(self, value: object, path: str) -> tuple[TargetConfig, ...]:
         items = self.sequence(value, path, "targets (name, upstream, server_spiffe_id)")

@@ -218,3 +218,29 @@ def test_check_config_names_bad_targets(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("outbound.routes[0].targets[1].name: 'a_b' contains '_'")
     assert err[1].startswith("outbound.routes[0].upstream: give either upstream")
+
+
+def test_gateway_rules_must_name_multiplexed_names() -> None:
+    policy = {
+        "default": "deny",
+        "rules": [
+            {"name": "ok", "tools": ["math__add", "*__echo", "clock__*", "m?th__x"]},
+            {"name": "bare", "effect": "deny", "tools": ["rm"]},
+            {"name": "typo", "prompts": ["maht__explain"]},
+        ],
+    }
+    found = problems(gateway(targets=[MATH, CLOCK], mcp_policy=policy))
+    assert found == [
+        (
+            "inbound.mcp_policy.rules[1].tools",
+            "'rm' can never match: names here carry their target (math__rm); targets: math, clock",
+        ),
+        (
+            "inbound.mcp_policy.rules[2].prompts",
+            "'maht__explain' names no target; targets: math, clock",
+        ),
+    ]
+    # unprefixed endpoints keep bare names
+    assert parse_config(gateway(targets=[MATH], mcp_policy=policy)).inbound is not None
+    never = gateway(targets=[MATH, CLOCK], prefix_mode="never", mcp_policy=policy)
+    assert parse_config(never).inbound is not None

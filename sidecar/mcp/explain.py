@@ -25,6 +25,7 @@ from typing import Any, Final
 from sidecar.config import Config, ConfigErrors, InboundConfig, load_config, parse_config
 from sidecar.errors import ConfigError
 from sidecar.mcp.jsonrpc import JsonRpcError, parse_body
+from sidecar.mcp.mux.names import Naming
 from sidecar.mcp.policy import (
     ARGUMENT_METHODS,
     TARGET_KINDS,
@@ -281,9 +282,38 @@ def explain(
     except JsonRpcError as exc:
         raise ExplainError(f"the request is not valid JSON-RPC: {exc.message}") from None
     principal, denial, stage, notes = build_principal(config.inbound, spiffe_id, sub, claims)
+    notes += _gateway_notes(config.inbound, tool or prompt, resource)
     if denial is not None:
         return Explanation(denial, stage, tuple(notes))
     return Explanation(decide_all(policy, principal, parsed), "mcp_policy", tuple(notes))
+
+
+def _gateway_notes(inbound: InboundConfig, name: str | None, uri: str | None) -> list[str]:
+    """At an edge gateway (``inbound.targets``): which target a name or URI reaches, with its
+    own name there. Rules match the names as the client sees them (``math__add``)."""
+    mux = inbound.mux
+    if mux is None or (name is None and uri is None):
+        return []
+    naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
+    upstreams = {t.name: t.upstream for t in mux.targets}
+    if name is not None:
+        split = naming.split_name(name)
+        if split is None and naming.needs_owner_table:
+            return [
+                f"{name!r}: prefix_mode never: the gateway routes it to the one target "
+                "that lists it"
+            ]
+    else:
+        assert uri is not None
+        split = naming.split_uri(uri)
+    shown = name if name is not None else uri
+    if split is None:
+        return [
+            f"{shown!r} names no target of this gateway ({', '.join(upstreams)}): the "
+            "gateway refuses it as unknown whatever the policy says"
+        ]
+    target, own = split
+    return [f"{shown!r} is {own!r} of target {target} ({upstreams[target]})"]
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -120,3 +120,26 @@ def target_name_problem(name: str) -> str | None:
         f"{name!r} is not a target name: a lowercase letter, then lowercase letters, digits "
         "and '-', at most 32 characters (it leads resource URIs: math+file:///a)"
     )
+
+
+_GLOB_CHARS: Final = frozenset("*?[")
+
+
+def pattern_problem(naming: Naming, pattern: str) -> str | None:
+    """Why a policy rule's tool / prompt pattern can never match a name of this endpoint, when
+    that is knowable from the pattern alone (names carry their target here)."""
+    if not naming.prefixed:
+        return None
+    target, sep, _ = pattern.partition(SEPARATOR)
+    if _GLOB_CHARS & set(target):
+        return None
+    if not sep:
+        if _GLOB_CHARS & set(pattern):
+            return None
+        return (
+            f"{pattern!r} can never match: names here carry their target "
+            f"({naming.targets[0]}{SEPARATOR}{pattern}); targets: {', '.join(naming.targets)}"
+        )
+    if target not in naming.targets:
+        return f"{pattern!r} names no target; targets: {', '.join(naming.targets)}"
+    return None
