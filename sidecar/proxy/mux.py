@@ -357,6 +357,7 @@ class MuxEndpoint:
             params,
             {name: TargetSession() for name in self.links},
             last_used=now,
+            path=ex.path,
         )
         answers, unavailable = await self._gather(
             session,
@@ -397,7 +398,7 @@ class MuxEndpoint:
         }
         try:
             got = await link.send(
-                "POST", fresh, link.path(ex.path), ex.base, dumps(payload), self.limits
+                "POST", fresh, link.path(session.path), ex.base, dumps(payload), self.limits
             )
             target_session = (
                 got.headers.get("Mcp-Session-Id") if not isinstance(got, Refused) else None
@@ -428,6 +429,8 @@ class MuxEndpoint:
     async def _ensure(self, ex: _Exchange, session: MuxSession, target: str) -> TargetSession:
         """The target's session, initialized again first if needed (one attempt at a time)."""
         state = session.targets[target]
+        if session.closed:
+            raise TargetError(target, "the session has ended", reason="session_ended")
         if state.ready:
             return state
         if not state.may_try(self._now()):
@@ -483,7 +486,7 @@ class MuxEndpoint:
             state = await self._ensure(ex, session, target)
             try:
                 return await link.send(
-                    method, state, link.path(ex.path), ex.base, body, self.limits, **extra
+                    method, state, link.path(session.path), ex.base, body, self.limits, **extra
                 )
             except SessionGone as exc:
                 state.gone()
@@ -540,7 +543,7 @@ class MuxEndpoint:
         link = self.links[target]
         try:
             got = await link.send(
-                "POST", state, link.path(ex.path), ex.base, dumps(message), self.limits
+                "POST", state, link.path(session.path), ex.base, dumps(message), self.limits
             )
         except TargetError as exc:
             log.info(
@@ -834,7 +837,7 @@ class MuxEndpoint:
     ) -> None:
         """Relay one target's GET stream into the client's, for as long as the client's lasts;
         reconnect (initializing again if needed) when it ends or fails."""
-        while True:
+        while not session.closed:
             state = session.targets[target]
             wait = state.retry_at - self._now()
             if wait > 0:
@@ -843,8 +846,8 @@ class MuxEndpoint:
             try:
                 got = await self._send(ex, session, target, "GET", b"", accept=SSE_MEDIA)
             except TargetError as exc:
-                if exc.reason == "target_http_405":
-                    return  # this target has no GET stream
+                if exc.reason in ("target_http_405", "session_ended"):
+                    return  # this target has no GET stream / the session is over
                 continue  # failed: its back-off decides when to try again
             if isinstance(got, Refused):
                 return
@@ -870,6 +873,7 @@ class MuxEndpoint:
 
     async def _end(self, session: MuxSession) -> None:
         """End the client's GET stream and every target session (bounded by ``target_wait``)."""
+        session.closed = True
         queue = self._streams.pop(session.id, None)
         if queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
@@ -886,7 +890,7 @@ class MuxEndpoint:
 
     async def _delete_target(self, session: MuxSession, target: str, state: TargetSession) -> None:
         link = self.links[target]
-        path = link.config.path or "/"
+        path = link.path(session.path)
         try:
             got = await link.send("DELETE", state, path, [], b"", self.limits)
         except TargetError as exc:

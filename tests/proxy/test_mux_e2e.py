@@ -103,7 +103,8 @@ async def test_get_stream_and_delete_reach_every_target(mesh: MuxMesh) -> None:
         target_session = next(r.response_session_id for r in seen if r.response_session_id)
         assert target_session != life.session_id
         assert any(r.method == "GET" and r.session_id == target_session for r in seen)
-        assert any(r.method == "DELETE" and r.session_id == target_session for r in seen)
+        deletes = [r for r in seen if r.method == "DELETE" and r.session_id == target_session]
+        assert [r.status for r in deletes] == [200]
     after = await mcp_client.post_raw(
         mesh.url, {"jsonrpc": "2.0", "id": 9, "method": "ping"}, session_id=life.session_id
     )

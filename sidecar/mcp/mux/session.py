@@ -188,6 +188,11 @@ class MuxSession:
     init_params: Mapping[str, Any]
     targets: dict[str, TargetSession]
     last_used: float
+    path: str = "/"
+    """The request path the session began on: a target without its own ``path`` is reached on
+    it (after the route's ``strip_prefix``)."""
+    closed: bool = False
+    """Ended (DELETE, expiry, eviction): nothing more is sent to its targets."""
     client_initialized: bool = False
     """The client sent ``notifications/initialized``: targets initialized later get it too."""
     in_flight: OrderedDict[RequestId, tuple[str, ...]] = field(default_factory=OrderedDict)
