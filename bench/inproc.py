@@ -143,14 +143,23 @@ async def pair(*, full: bool, access_log: bool) -> AsyncIterator[int]:
             upstream.close()
 
 
-async def run_requests(port: int, count: int, connections: int) -> tuple[int, float]:
-    """``count`` requests over ``connections`` keep-alive connections; (answered, CPU s)."""
+async def run_requests(
+    port: int,
+    count: int,
+    connections: int,
+    *,
+    path: bytes = b"/math/mcp",
+    body: bytes = BODY,
+    headers: bytes = b"",
+) -> tuple[int, float]:
+    """``count`` requests over ``connections`` keep-alive connections; (answered, CPU s).
+    ``headers``: extra header lines, each ending with CRLF."""
     loop = asyncio.get_running_loop()
     request = (
-        b"POST /math/mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
         b"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-    ) % (port, len(BODY), BODY)
+        b"%sContent-Length: %d\r\n\r\n%s"
+    ) % (path, port, headers, len(body), body)
     budget = [count]
     clients: list[_Client] = []
     gc.collect()

@@ -70,13 +70,16 @@ from sidecar.proxy.forward import SSE_HEARTBEAT, BodyRewriter, RewriteError, for
 from sidecar.proxy.handler import RequestInfo
 from sidecar.proxy.messages import Request, Response
 from sidecar.proxy.mux_target import (
+    JSON_MEDIA,
     SSE_MEDIA,
     Refused,
     SessionGone,
     TargetError,
     TargetLink,
     dumps,
+    load_answer,
     messages,
+    read_whole,
     server_verifier,
 )
 from sidecar.proxy.svid_header import JwtSvidHeaders
@@ -135,7 +138,8 @@ class _Exchange:
 
     request: Request
     path: str
-    base: list[tuple[str, str]]
+    base: CIMultiDict[str]
+    """The client's end-to-end headers that may go on to targets."""
     info: RequestInfo
     rewriter: Callable[[str], BodyRewriter | None] | None
 
@@ -218,7 +222,7 @@ class MuxEndpoint:
         info.upstream = f"mux:{','.join(self.links)}"
         for expired in self.sessions.expire(self._now()):
             self._end_later(expired)
-        base = list(forwardable_headers(request.headers, drop=_NOT_FORWARDED).items())
+        base = forwardable_headers(request.headers, drop=_NOT_FORWARDED)
         exchange = _Exchange(request, path, base, info, rewriter)
         if request.method == "POST":
             return await self._post(exchange, body, owner)
@@ -711,9 +715,7 @@ class MuxEndpoint:
             return self._rpc_response(out, status=got.status)
         if got.content_type != SSE_MEDIA:
             try:
-                async for answer in messages(target, got, self.limits):
-                    out = from_target(answer, target, session, self.naming, method)
-                    return self._rpc_response(out)
+                return await self._json_answer(session, target, got, method)
             except TargetError as exc:
                 self._failed(session, target, exc)
                 return self._rpc_response(_unavailable(message.id, exc))
@@ -721,6 +723,24 @@ class MuxEndpoint:
                 session.finished(message.id)
         stream = self._relay(session, target, got, message.id, method)
         return Response(200, CIMultiDict(SSE_HEADERS), stream=stream)
+
+    async def _json_answer(
+        self, session: MuxSession, target: str, got: Any, method: str
+    ) -> Response:
+        """A target's JSON answer to a call. Only resource URIs may need rewriting in it (a JSON
+        body carries the response alone, no server requests): a body without any ``"uri"`` key
+        goes to the client as the target sent it, like a plain route's answer; any other is
+        parsed strictly and rewritten (or refused)."""
+        if got.content_type != JSON_MEDIA:
+            got.release()
+            raise TargetError(
+                target, f"unexpected content type {got.content_type!r}", reason="bad_answer"
+            )
+        body = await read_whole(target, got, self.limits)
+        if not self.naming.uris_mapped or (b'"uri"' not in body and b"\\u" not in body):
+            return Response(got.status, CIMultiDict(JSON_HEADERS), body)
+        answer = from_target(load_answer(target, body), target, session, self.naming, method)
+        return self._rpc_response(answer, status=got.status)
 
     async def _relay(
         self, session: MuxSession, target: str, got: Any, request_id: Any, method: str
@@ -892,7 +912,7 @@ class MuxEndpoint:
         link = self.links[target]
         path = link.path(session.path)
         try:
-            got = await link.send("DELETE", state, path, [], b"", self.limits)
+            got = await link.send("DELETE", state, path, CIMultiDict(), b"", self.limits)
         except TargetError as exc:
             log.info("%s: could not end the session of %s: %s", self.name, target, exc.message)
             return

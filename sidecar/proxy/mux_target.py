@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,7 +30,7 @@ MAX_ANSWER: Final = 16 * 1024 * 1024
 """Largest JSON answer read whole (bytes)."""
 MAX_ERROR_BODY: Final = 4096
 """Bytes of a refusal's body read to name its reason."""
-JSON_RPC_MEDIA = "application/json"
+JSON_MEDIA = "application/json"
 SSE_MEDIA = "text/event-stream"
 
 
@@ -102,13 +102,13 @@ class TargetLink:
         return self.config.path or request_path
 
     async def _headers(
-        self, state: TargetSession, base: Iterable[tuple[str, str]], accept: str, body: bool
-    ) -> list[tuple[str, str]]:
-        headers = CIMultiDict(base)
+        self, state: TargetSession, base: CIMultiDict[str], accept: str, body: bool
+    ) -> CIMultiDict[str]:
+        headers = base.copy()
         headers["Host"] = self.host
         headers["Accept"] = accept
         if body:
-            headers["Content-Type"] = JSON_RPC_MEDIA
+            headers["Content-Type"] = JSON_MEDIA
         if state.session_id is not None:
             headers["Mcp-Session-Id"] = state.session_id
         if state.protocol_version is not None:
@@ -119,18 +119,18 @@ class TargetLink:
                 headers["Authorization"] = await self.authorization(audience)
             except SidecarError as exc:
                 raise TargetError(self.name, exc.message, reason=exc.reason) from exc
-        return list(headers.items())
+        return headers
 
     async def send(
         self,
         method: str,
         state: TargetSession,
         path: str,
-        base: Iterable[tuple[str, str]],
+        base: CIMultiDict[str],
         body: bytes,
         limits: Limits,
         *,
-        accept: str = f"{JSON_RPC_MEDIA}, {SSE_MEDIA}",
+        accept: str = f"{JSON_MEDIA}, {SSE_MEDIA}",
     ) -> UpstreamResponse | Refused:
         """One request to the target: its 2xx answer, a JSON-RPC refusal (``Refused``), else
         ``TargetError`` (``SessionGone`` for a 404 to the target's own session)."""
@@ -139,7 +139,7 @@ class TargetLink:
             response = await self.pool.request(
                 method,
                 path,
-                headers,
+                headers.items(),
                 body,
                 head_timeout=min(limits.idle_timeout, limits.total_timeout),
             )
@@ -247,8 +247,8 @@ async def messages(
     JSON body, or the data of each SSE event. Unreadable JSON raises ``TargetError``
     (``unreadable_answer``); the connection is released when the iteration ends."""
     content_type = response.content_type
-    if content_type == JSON_RPC_MEDIA:
-        yield _loads(target, await read_whole(target, response, limits))
+    if content_type == JSON_MEDIA:
+        yield load_answer(target, await read_whole(target, response, limits))
         return
     if content_type != SSE_MEDIA:
         response.release()
@@ -272,12 +272,13 @@ async def messages(
             except SidecarError as exc:
                 raise TargetError(target, exc.message, reason=exc.reason) from exc
             for data in events:
-                yield _loads(target, data)
+                yield load_answer(target, data)
     finally:
         response.release()
 
 
-def _loads(target: str, data: bytes) -> Any:
+def load_answer(target: str, data: bytes) -> Any:
+    """A target's JSON, read strictly; ``TargetError`` (``unreadable_answer``) otherwise."""
     try:
         return loads(data)
     except JsonRpcError as exc:

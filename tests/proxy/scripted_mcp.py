@@ -78,6 +78,12 @@ class ScriptedMcp:
             )
             await response.write_eof()
             return response
+        if method == "tools/call" and params.get("name") in ("linked", "escaped"):
+            key = "uri" if params["name"] == "linked" else "\\u0075ri"
+            head = '{"jsonrpc":"2.0","id":' + json.dumps(rid)
+            body = head + ',"result":{"content":[{"type":"resource_link","name":"n","'
+            body += key + '":"memo://x"}]}}'
+            return web.Response(body=body.encode(), content_type="application/json")
         if method == "tools/call" and params.get("name") == "denied":
             body = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "nope"}}
             return web.json_response(body, status=403)

@@ -123,6 +123,15 @@ async def test_an_answer_that_cannot_be_read_becomes_a_json_rpc_error(
     assert answer["error"]["data"] == {"target": "scripted", "reason": "unreadable_answer"}
 
 
+async def test_uris_in_json_answers_are_mapped_even_when_escaped(
+    raw: tuple[Raw, MuxMesh],
+) -> None:
+    client, _ = raw
+    for tool in ("scripted__linked", "scripted__escaped"):
+        answer = await client.call("tools/call", name=tool, arguments={})
+        assert answer["result"]["content"][0]["uri"] == "scripted+memo://x", tool
+
+
 async def test_a_targets_json_rpc_refusal_is_relayed_and_it_stays_up(
     raw: tuple[Raw, MuxMesh],
 ) -> None:
