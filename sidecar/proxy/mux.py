@@ -435,10 +435,10 @@ class MuxEndpoint:
         state = session.targets[target]
         if session.closed:
             raise TargetError(target, "the session has ended", reason="session_ended")
-        if state.ready:
-            return state
         if not state.may_try(self._now()):
             raise TargetError(target, state.reason or "unavailable", reason="target_down")
+        if state.ready:
+            return state
         key = (session.id, target)
         task = self._inits.get(key)
         if task is None:
@@ -452,13 +452,15 @@ class MuxEndpoint:
             task.add_done_callback(lambda _: self._inits.pop(key, None))
         return await asyncio.shield(task)
 
-    def _failed(self, session: MuxSession, target: str, exc: TargetError) -> None:
+    def _failed(
+        self, session: MuxSession, target: str, exc: TargetError, *, slow: bool = False
+    ) -> None:
         state = session.targets[target]
-        was_ready = state.ready
-        state.failed(exc.message, self._now())
+        was_available = state.available
+        state.failed(exc.message, self._now(), keep_session=slow)
         self.metrics.mux_target_failure(self.name, target, exc.reason)
         log.warning("%s: target %s failed: %s (%s)", self.name, target, exc.message, exc.reason)
-        if was_ready:
+        if was_available:
             self._announce_change(session)
 
     def _announce_change(self, session: MuxSession) -> None:
@@ -489,7 +491,7 @@ class MuxEndpoint:
         for attempt in (1, 2):
             state = await self._ensure(ex, session, target)
             try:
-                return await link.send(
+                got = await link.send(
                     method, state, link.path(session.path), ex.base, body, self.limits, **extra
                 )
             except SessionGone as exc:
@@ -500,6 +502,10 @@ class MuxEndpoint:
             except TargetError as exc:
                 self._failed(session, target, exc)
                 raise
+            if state.failures and state.recovered():
+                log.info("%s: target %s answers again", self.name, target)
+                self._announce_change(session)
+            return got
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(
@@ -588,7 +594,8 @@ class MuxEndpoint:
             if not task.done():
                 task.cancel()
                 reason = f"no answer within {self.config.target_wait:g}s"
-                self._failed(session, target, TargetError(target, reason, reason="target_slow"))
+                slow = TargetError(target, reason, reason="target_slow")
+                self._failed(session, target, slow, slow=True)
                 unavailable[target] = reason
             elif (exc := task.exception()) is not None:
                 unavailable[target] = exc.message if isinstance(exc, TargetError) else repr(exc)

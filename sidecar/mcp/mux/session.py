@@ -62,12 +62,28 @@ class TargetSession:
     """Why the target is unavailable (the last failure), None while it works."""
     capabilities: Mapping[str, Any] | None = None
 
-    def failed(self, reason: str, now: float) -> None:
-        self.ready = False
-        self.session_id = None
+    @property
+    def available(self) -> bool:
+        """Working as far as we know (initialized, no failure since)."""
+        return self.ready and self.reason is None
+
+    def failed(self, reason: str, now: float, *, keep_session: bool = False) -> None:
+        """Unavailable until ``retry_at``. A target that was only too slow keeps its session
+        (``keep_session``): it is skipped for a while, not initialized again."""
+        if not keep_session:
+            self.ready = False
+            self.session_id = None
         self.failures += 1
         self.reason = reason
         self.retry_at = now + min(RETRY_MAX, RETRY_FIRST * 2 ** (self.failures - 1))
+
+    def recovered(self) -> bool:
+        """The target answered: clear its failures; True if it had failed."""
+        was_failing = self.failures > 0
+        self.failures = 0
+        self.reason = None
+        self.retry_at = 0.0
+        return was_failing
 
     def gone(self) -> None:
         """The target ended its session (404): initialize again at the next use."""
@@ -75,7 +91,8 @@ class TargetSession:
         self.session_id = None
 
     def may_try(self, now: float) -> bool:
-        return self.ready or now >= self.retry_at
+        """Not in a back-off after a failure."""
+        return now >= self.retry_at
 
     def initialized(self, session_id: str | None, version: str | None, caps: Any) -> None:
         self.session_id = session_id
@@ -207,14 +224,6 @@ class MuxSession:
 
     def finished(self, request_id: RequestId) -> None:
         self.in_flight.pop(request_id, None)
-
-    def unavailable(self) -> dict[str, str]:
-        """Targets that do not work right now, with why."""
-        return {
-            name: state.reason
-            for name, state in self.targets.items()
-            if not state.ready and state.reason is not None
-        }
 
 
 class SessionTable:

@@ -97,3 +97,15 @@ def test_in_flight_requests_are_bounded() -> None:
     assert len(s.in_flight) == 1024 and 1999 in s.in_flight and 0 not in s.in_flight
     s.finished(1999)
     assert 1999 not in s.in_flight
+
+
+def test_a_slow_target_keeps_its_session_and_recovers() -> None:
+    target = TargetSession()
+    target.initialized("sid", "2025-11-25", {})
+    target.failed("no answer within 1s", now=5.0, keep_session=True)
+    assert target.ready and target.session_id == "sid" and not target.available
+    assert not target.may_try(5.2)
+    assert target.recovered() and target.available and target.may_try(5.2)
+    assert not target.recovered()  # nothing to recover from
+    target.failed("connection refused", now=6.0)
+    assert not target.ready and target.session_id is None
