@@ -770,8 +770,9 @@ class MuxEndpoint:
         except TargetError as exc:
             failure = exc
         finally:
+            cancelled = request_id not in session.in_flight  # the client cancelled it
             session.finished(request_id)
-        if not answered:
+        if not answered and not cancelled:
             failure = failure or TargetError(
                 target, "the target ended its answer without a response", reason="no_response"
             )
@@ -788,6 +789,10 @@ class MuxEndpoint:
             targets: Iterable[str] = self._ready_targets(session)
         else:
             targets = notification_targets(session, method, message.params)
+        if method == "notifications/cancelled":
+            request_id = (message.params or {}).get("requestId")
+            if isinstance(request_id, str | int):
+                session.finished(request_id)  # no answer is due any more
         note: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if message.params is not None:
             note["params"] = dict(message.params)

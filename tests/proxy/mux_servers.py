@@ -35,7 +35,11 @@ def math_server(gate: asyncio.Event, calls: list[str]) -> MCPServer:
     @mcp.tool(description="Report progress, then wait until the test releases the gate.")
     async def wait_for_release(ctx: Context) -> str:
         await ctx.report_progress(1, 2, "waiting for the gate")
-        await gate.wait()
+        try:
+            await gate.wait()
+        except BaseException:  # the client's notifications/cancelled reached this server
+            calls.append("math.wait_for_release cancelled")
+            raise
         await ctx.report_progress(2, 2, "released")
         return "released"
 

@@ -20,6 +20,8 @@ class ScriptedMcp:
     received: list[dict[str, Any]] = field(default_factory=list)
     slow_lists: bool = False
     """While set, tools/list never answers."""
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a notifications/cancelled arrives."""
     _runner: web.AppRunner | None = None
 
     async def start(self) -> ScriptedMcp:
@@ -44,6 +46,8 @@ class ScriptedMcp:
         message = json.loads(await request.read())
         self.received.append(message)
         if "id" not in message:
+            if message.get("method") == "notifications/cancelled":
+                self.cancelled.set()
             return web.Response(status=202)
         method, rid = message.get("method"), message["id"]
         params = message.get("params") or {}
@@ -84,6 +88,17 @@ class ScriptedMcp:
             body = head + ',"result":{"content":[{"type":"resource_link","name":"n","'
             body += key + '":"memo://x"}]}}'
             return web.Response(body=body.encode(), content_type="application/json")
+        if method == "tools/call" and params.get("name") == "cancellable":
+            # progress, then (once cancelled) the end of the stream without a response
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(
+                b'data: {"jsonrpc":"2.0","method":"notifications/progress",'
+                b'"params":{"progressToken":1,"progress":1}}\n\n'
+            )
+            await self.cancelled.wait()
+            await response.write_eof()
+            return response
         if method == "tools/call" and params.get("name") == "denied":
             body = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "nope"}}
             return web.json_response(body, status=403)

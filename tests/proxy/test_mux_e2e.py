@@ -5,6 +5,7 @@ elicitation, resources and prompts; one server dies and comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,6 +57,36 @@ async def test_progress_is_streamed_not_buffered(mesh: MuxMesh) -> None:
     assert result.text == "released"
     assert seen_while_waiting == [True]
     assert [e.progress for e in events] == [1, 2]
+
+
+async def test_a_cancelled_call_is_cancelled_at_its_target(mesh: MuxMesh) -> None:
+    progressed = asyncio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        progressed.set()
+
+    async with mcp_client.open_session(mesh.url) as s:
+        call = asyncio.create_task(
+            s.client.call_tool("math__wait_for_release", {}, progress_callback=on_progress)
+        )
+        async with asyncio.timeout(10):
+            await progressed.wait()
+            call.cancel()  # the SDK sends notifications/cancelled for the request's id
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            while True:
+                if "math.wait_for_release cancelled" in mesh.calls:
+                    break
+                await asyncio.sleep(0.05)
+        added = await s.client.call_tool("math__add", {"a": 1, "b": 1})
+        assert added.structured_content == {"result": 2}
+    failures = [
+        sample
+        for family in mesh.agent.metrics.registry.collect()
+        if family.name == "mcp_sidecar_mux_target_failures"
+        for sample in family.samples
+    ]
+    assert failures == []  # a cancelled call is no failure of its target
 
 
 async def test_elicitation_round_trip(mesh: MuxMesh) -> None:

@@ -145,6 +145,33 @@ async def test_a_targets_json_rpc_refusal_is_relayed_and_it_stays_up(
     assert "scripted__a1" in names
 
 
+async def test_a_cancelled_call_ends_quietly(
+    raw: tuple[Raw, MuxMesh], scripted: ScriptedMcp
+) -> None:
+    client, _ = raw
+    call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "scripted__cancellable"},
+    }
+    headers = {**HEADERS, SESSION_ID_HEADER: client.session or ""}
+    events: list[dict[str, Any]] = []
+    async with client.http.stream("POST", client.url, json=call, headers=headers) as response:
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                break  # the progress event: the call is running
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
+        assert (await client.post(cancel)).status_code == 202
+        events += [json.loads(line[5:]) async for line in lines if line.startswith("data:")]
+    assert scripted.cancelled.is_set()  # routed to the target of request 5
+    assert [e.get("method") for e in events] == ["notifications/progress"]  # no error added
+    names = [t["name"] for t in (await client.call("tools/list"))["result"]["tools"]]
+    assert "scripted__a1" in names  # not taken for a failure
+
+
 async def test_a_slow_target_is_left_out_of_lists(
     raw: tuple[Raw, MuxMesh], scripted: ScriptedMcp
 ) -> None:
