@@ -75,12 +75,17 @@ def server_verifier(
     return verify
 
 
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ASCII_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+"""One encoder each (``json.dumps`` with options builds a new one per call)."""
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON (no line breaks: it goes in one SSE ``data:`` line)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (escaped in the input): keep it escaped
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _ASCII_ENCODER.encode(value).encode("ascii")
 
 
 @dataclass
