@@ -500,7 +500,8 @@ class MuxEndpoint:
                     self._failed(session, target, exc)
                     raise
             except TargetError as exc:
-                self._failed(session, target, exc)
+                if not (method == "GET" and exc.reason == "target_http_405"):
+                    self._failed(session, target, exc)  # (405: a server without GET stream)
                 raise
             if state.failures and state.recovered():
                 log.info("%s: target %s answers again", self.name, target)

@@ -126,3 +126,22 @@ def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
     assert re.fullmatch(
         rf"{re.escape(variant)}: \d+\.\d µs CPU per request \(median of 3: .*\)\n", done.stdout
     ), done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_mux_overhead_answers_every_request_on_both_routes() -> None:
+    """``python -m bench.mux``: the plain and the multiplexing route alternate; it raises unless
+    every request of both is answered 200, and prints both figures and their difference."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.mux", "--requests", "200", "--warmup", "50", "--repeat", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"single +\d+\.\d µs CPU per request \(.*\)", lines[0]), lines
+    assert re.fullmatch(r"mux +\d+\.\d µs CPU per request \(.*\)", lines[1]), lines
+    assert lines[2].startswith("mux - single: ")

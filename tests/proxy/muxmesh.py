@@ -92,9 +92,12 @@ class MuxMesh:
 
 
 @contextlib.asynccontextmanager
-async def mux_mesh(scripted: int | None = None, **route: Any) -> AsyncIterator[MuxMesh]:
+async def mux_mesh(
+    scripted: int | None = None, scripted_inbound: dict[str, Any] | None = None, **route: Any
+) -> AsyncIterator[MuxMesh]:
     """``route``: extra keys of the agent's multiplexing route (e.g. ``prefix_mode``);
-    ``scripted``: the port of a third, plain-HTTP server, target ``scripted``."""
+    ``scripted``: the port of a third, plain-HTTP server, target ``scripted``, whose inbound
+    sidecar gets ``scripted_inbound`` settings."""
     with tempfile.TemporaryDirectory(prefix="muxmesh-", dir="/tmp") as tmp:
         d = Path(tmp)
         ca = DevCA.load_or_create(d / "state", TD)
@@ -116,7 +119,8 @@ async def mux_mesh(scripted: int | None = None, **route: Any) -> AsyncIterator[M
                 ports["scripted"] = scripted
             logs = {name: io.StringIO() for name in ports}
             for name, port in ports.items():
-                config = demo_mesh.inbound_config(sockets[name], port, allowed)
+                extra = (scripted_inbound or {}) if name == "scripted" else {}
+                config = demo_mesh.inbound_config(sockets[name], port, allowed, **extra)
                 inbound[name] = Sidecar(parse_config(config), access_stream=logs[name])
                 sidecars.append(inbound[name])
                 await inbound[name].start(svid_timeout=WAIT)

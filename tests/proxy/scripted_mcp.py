@@ -22,6 +22,10 @@ class ScriptedMcp:
     """While set, tools/list never answers."""
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a notifications/cancelled arrives."""
+    authorizations: list[str | None] = field(default_factory=list)
+    """The ``Authorization`` header of every request (None: none)."""
+    methods: list[str] = field(default_factory=list)
+    """The HTTP method of every request."""
     _runner: web.AppRunner | None = None
 
     async def start(self) -> ScriptedMcp:
@@ -39,6 +43,8 @@ class ScriptedMcp:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.authorizations.append(request.headers.get("Authorization"))
+        self.methods.append(request.method)
         if request.method == "GET":
             return web.Response(status=405)
         if request.method == "DELETE":
@@ -67,7 +73,9 @@ class ScriptedMcp:
                     {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": "cursor"}}
                 )
             names, next_cursor = PAGES[cursor]
-            result: dict[str, Any] = {"tools": [{"name": n, "inputSchema": {}} for n in names]}
+            result: dict[str, Any] = {
+                "tools": [{"name": n, "inputSchema": {"type": "object"}} for n in names]
+            }
             if next_cursor:
                 result["nextCursor"] = next_cursor
             return _json(rid, result)

@@ -193,6 +193,22 @@ async def test_a_slow_target_is_left_out_of_lists(
             await asyncio.sleep(0.2)
 
 
+async def test_a_target_without_get_stream_is_no_failure(
+    raw: tuple[Raw, MuxMesh], scripted: ScriptedMcp
+) -> None:
+    client, _ = raw
+    headers = {"Accept": "text/event-stream", SESSION_ID_HEADER: client.session or ""}
+    async with client.http.stream("GET", client.url, headers=headers) as stream:
+        assert stream.status_code == 200
+        async with asyncio.timeout(10):
+            while True:
+                if "GET" in scripted.methods:  # it answered 405
+                    break
+                await asyncio.sleep(0.05)
+        names = [t["name"] for t in (await client.call("tools/list"))["result"]["tools"]]
+    assert "scripted__a1" in names
+
+
 async def test_malformed_client_messages(raw: tuple[Raw, MuxMesh]) -> None:
     client, _ = raw
     batch = await client.post([{"jsonrpc": "2.0", "id": 1, "method": "ping"}])

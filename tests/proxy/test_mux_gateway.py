@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import jwt
 import pytest
 from mcp import MCPError
 
@@ -21,6 +22,7 @@ from sidecar.mcp.policy import FORBIDDEN_CODE
 from sidecar.mcp.ratelimit import RATE_LIMITED_CODE
 from tests.proxy.issuer import Issuer
 from tests.proxy.muxmesh import IDENTITIES, MuxMesh, mux_mesh
+from tests.proxy.scripted_mcp import ScriptedMcp
 
 POLICY = {
     "default": "deny",
@@ -139,3 +141,42 @@ async def test_a_session_belongs_to_its_caller(gateway: Gateway) -> None:
             session_id=stolen,
         )
         assert other.status == 404  # another caller cannot use it, even with the id
+
+
+async def test_targets_get_the_gateways_jwt_svid_never_the_clients_token() -> None:
+    issuer = await Issuer().start()
+    scripted = await ScriptedMcp().start()
+    audience = "spiffe://example.org/ns/mcp/sa/scripted"
+    seen: dict[str, list[str | None]] = {}
+    tokens: list[str] = []
+    try:
+        # the scripted server's sidecar passes Authorization on, so the server sees what the
+        # gateway sent: never the client's OAuth token; the gateway's JWT-SVID where configured
+        async with mux_mesh(scripted.port, {"forward_authorization": True}) as mesh:
+            for case in ("plain", "jwt_svid"):
+                port = free_port()
+                url = f"http://127.0.0.1:{port}{MCP_PATH}"
+                targets = mesh.targets()
+                if case == "jwt_svid":
+                    targets[-1]["jwt_svid_audience"] = audience
+                await mesh.gateway(
+                    listen=f"127.0.0.1:{port}",
+                    mtls="off",
+                    oauth={"issuer": issuer.url, "audience": url},
+                    targets=targets,
+                )
+                tokens.append(issuer.token(aud=url))
+                scripted.authorizations.clear()
+                headers = {"Authorization": f"Bearer {tokens[-1]}"}
+                assert "scripted__a1" in await mcp_client.list_tool_names(url, headers)
+                seen[case] = list(scripted.authorizations)
+    finally:
+        await scripted.close()
+        await issuer.close()
+    assert seen["plain"] and set(seen["plain"]) == {None}
+    assert seen["jwt_svid"]
+    for header in seen["jwt_svid"]:
+        assert header is not None and all(token not in header for token in tokens)
+        claims = jwt.decode(header.removeprefix("Bearer "), options={"verify_signature": False})
+        assert claims["aud"] in (audience, [audience])
+        assert claims["sub"] == IDENTITIES["gateway"]
