@@ -589,7 +589,12 @@ class MuxEndpoint:
                 continue
             tasks[target] = loop.create_task(call(target))
         if tasks:
-            await asyncio.wait(tasks.values(), timeout=self.config.target_wait)
+            try:
+                await asyncio.wait(tasks.values(), timeout=self.config.target_wait)
+            except BaseException:  # the client went away: so does the fan-out
+                for task in tasks.values():
+                    task.cancel()
+                raise
         answers: dict[str, dict[str, Any]] = {}
         for target, task in tasks.items():
             if not task.done():
@@ -612,8 +617,8 @@ class MuxEndpoint:
     # -- lists -------------------------------------------------------------------------------
 
     async def _list(self, ex: _Exchange, session: MuxSession, message: Message) -> Response:
-        method = message.method
-        assert method is not None
+        method, request_id = message.method, message.id
+        assert method is not None and request_id is not None
         params = dict(message.params or {})
         cursor = params.pop("cursor", None)
         positions: dict[str, str] | None = None
@@ -625,16 +630,16 @@ class MuxEndpoint:
                     rpc_error(message.id, INVALID_PARAMS, exc.message, {"reason": exc.reason})
                 )
         targets = [t for t in self.links if positions is None or t in positions]
-        session.started(message.id, tuple(targets))  # type: ignore[arg-type]
+        session.started(request_id, tuple(targets))
         try:
 
             async def one(target: str) -> dict[str, Any]:
                 page = params if positions is None else {**params, "cursor": positions[target]}
-                return await self._call(ex, session, target, method, page, message.id)
+                return await self._call(ex, session, target, method, page, request_id)
 
             answers, unavailable = await self._gather(session, targets, one)
         finally:
-            session.finished(message.id)  # type: ignore[arg-type]
+            session.finished(request_id)
         page = merge_page(method, self.naming, answers, unavailable, session.names)
         kind = LISTS[method].kind
         for _ in page.ambiguous:
