@@ -23,23 +23,12 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench import ours
-from bench.identity import AGENT_ID, SERVER_ID, TRUST_DOMAIN, prepare
-from bench.inproc import BODY, DEADLINE, run_requests
-from bench.upstream import serve_protocol
-from sidecar.config import parse_config
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
-from sidecar.runtime import Sidecar
+from bench.identity import SERVER_ID
+from bench.inproc import BODY, DEADLINE, pair, run_requests
 
 MUX_BODY = BODY.replace(b'"name":"add"', b'"name":"math__add"')
 INITIALIZE = (
@@ -63,51 +52,6 @@ def mux_route(inbound_port: int, *, full: bool) -> dict[str, Any]:
     return {"name": "tools", "path_prefix": "/tools", "targets": targets}
 
 
-@asynccontextmanager
-async def mesh(*, full: bool) -> AsyncIterator[int]:
-    """The pair with both routes; yields the outbound listener's port."""
-    loop = asyncio.get_running_loop()
-    upstream = await loop.create_server(serve_protocol(256), "127.0.0.1", 0)
-    up_port = upstream.sockets[0].getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="bench-mux-") as tmp:
-        state = Path(tmp)
-        ids = replace(
-            prepare(state),
-            agent_socket=f"unix://{state}/agent.sock",
-            server_socket=f"unix://{state}/server.sock",
-        )
-        api = DevWorkloadApi(
-            DevCA.load_or_create(ids.ca_dir, TRUST_DOMAIN),
-            {ids.agent_socket: AGENT_ID, ids.server_socket: SERVER_ID},
-        )
-        await api.start()
-        policy = ours.DEFAULT_MCP_POLICY if full else None
-        sidecars: list[Sidecar] = []
-        try:
-            server = Sidecar(
-                parse_config(
-                    ours.inbound_config(
-                        ids, 0, 0, up_port, full=full, mcp_policy=policy, access_log=False
-                    )
-                )
-            )
-            sidecars.append(server)
-            await server.start(svid_timeout=30)
-            config = ours.outbound_config(
-                ids, 0, 0, server.port("inbound"), full=full, access_log=False
-            )
-            config["outbound"]["routes"].append(mux_route(server.port("inbound"), full=full))
-            agent = Sidecar(parse_config(config))
-            sidecars.append(agent)
-            await agent.start(svid_timeout=30)
-            yield agent.port("outbound")
-        finally:
-            for sidecar in reversed(sidecars):
-                await sidecar.stop()
-            await api.stop()
-            upstream.close()
-
-
 async def open_session(port: int) -> str:
     """``initialize`` on the multiplexing route; its ``Mcp-Session-Id``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -129,7 +73,12 @@ async def open_session(port: int) -> str:
 
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {"single": [], "mux": []}
-    async with mesh(full=args.variant == "full") as port:
+    full = args.variant == "full"
+
+    def routes(inbound_port: int) -> list[dict[str, Any]]:
+        return [mux_route(inbound_port, full=full)]
+
+    async with pair(full=full, access_log=False, routes=routes) as port:
         session = await open_session(port)
         variants = {
             "single": {"path": b"/math/mcp", "body": BODY, "headers": b""},

@@ -95,21 +95,29 @@ class DemoMesh:
         return f"http://127.0.0.1:{self.rogue.port('outbound')}/math{MCP_PATH}"
 
 
-def inbound_config(
-    socket: str, upstream_port: int, allow: list[str], **inbound: Any
-) -> dict[str, Any]:
-    """Config of an inbound sidecar on ephemeral loopback ports (demo and tests)."""
+def sidecar_config(socket: str, **sections: Any) -> dict[str, Any]:
+    """A sidecar's config: our trust domain, its Workload API socket, admin on a free port."""
     return {
         "trust_domain": TRUST_DOMAIN,
         "workload_api": socket,
         "admin": {"listen": "127.0.0.1:0"},
-        "inbound": {
+        **sections,
+    }
+
+
+def inbound_config(
+    socket: str, upstream_port: int, allow: list[str], **inbound: Any
+) -> dict[str, Any]:
+    """Config of an inbound sidecar on ephemeral loopback ports (demo and tests)."""
+    return sidecar_config(
+        socket,
+        inbound={
             "listen": "127.0.0.1:0",
             "upstream": f"http://127.0.0.1:{upstream_port}",
             "allow_spiffe_ids": allow,
             **inbound,
         },
-    }
+    )
 
 
 def outbound_config(
@@ -121,11 +129,9 @@ def outbound_config(
 ) -> dict[str, Any]:
     """Config of an outbound sidecar with one route ``/math`` (plus ``route`` keys) to an
     inbound sidecar."""
-    return {
-        "trust_domain": TRUST_DOMAIN,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "outbound": {
+    return sidecar_config(
+        socket,
+        outbound={
             "listen": "127.0.0.1:0",
             "routes": [
                 {
@@ -138,7 +144,7 @@ def outbound_config(
             ],
             **outbound,
         },
-    }
+    )
 
 
 def targets(inbound_ports: dict[str, int]) -> list[dict[str, Any]]:
@@ -157,11 +163,9 @@ def gateway_config(
     socket: str, port: int, inbound_ports: dict[str, int], jwks: dict[str, Any]
 ) -> dict[str, Any]:
     """An edge gateway: OAuth in (the demo issuer's key, inline), both servers out."""
-    return {
-        "trust_domain": TRUST_DOMAIN,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "inbound": {
+    return sidecar_config(
+        socket,
+        inbound={
             "listen": f"127.0.0.1:{port}",
             "mtls": "off",
             "oauth": {
@@ -173,7 +177,7 @@ def gateway_config(
             "targets": targets(inbound_ports),
             "mcp_policy": GATEWAY_POLICY,
         },
-    }
+    )
 
 
 def _free_port() -> int:

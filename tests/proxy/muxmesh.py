@@ -81,14 +81,8 @@ class MuxMesh:
 
     async def gateway(self, **inbound: Any) -> Sidecar:
         """An edge gateway with ``inbound`` settings and both servers as targets."""
-        return await self.sidecar(
-            {
-                "trust_domain": TD,
-                "workload_api": self.sockets["gateway"],
-                "admin": {"listen": "127.0.0.1:0"},
-                "inbound": {"listen": "127.0.0.1:0", "targets": self.targets(), **inbound},
-            }
-        )
+        config = {"listen": "127.0.0.1:0", "targets": self.targets(), **inbound}
+        return await self.sidecar(demo_mesh.sidecar_config(self.sockets["gateway"], inbound=config))
 
 
 @contextlib.asynccontextmanager
@@ -125,11 +119,9 @@ async def mux_mesh(
                 sidecars.append(inbound[name])
                 await inbound[name].start(svid_timeout=WAIT)
             mesh = MuxMesh(sockets, gate, servers, inbound, logs, agent=None, calls=calls)  # type: ignore[arg-type]
-            agent_config = {
-                "trust_domain": TD,
-                "workload_api": sockets["agent"],
-                "admin": {"listen": "127.0.0.1:0"},
-                "outbound": {
+            agent_config = demo_mesh.sidecar_config(
+                sockets["agent"],
+                outbound={
                     "listen": "127.0.0.1:0",
                     "routes": [
                         {
@@ -141,7 +133,7 @@ async def mux_mesh(
                         }
                     ],
                 },
-            }
+            )
             mesh.agent = Sidecar(parse_config(agent_config), access_stream=io.StringIO())
             sidecars.append(mesh.agent)
             await mesh.agent.start(svid_timeout=WAIT)

@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.proxy.loopback import serve_app
+
 PAGES = {None: (["a1", "a2"], "p2"), "p2": (["a3"], None)}
 
 
@@ -31,11 +33,7 @@ class ScriptedMcp:
     async def start(self) -> ScriptedMcp:
         app = web.Application()
         app.router.add_route("*", "/mcp", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app, shutdown_timeout=0.1)
         return self
 
     async def close(self) -> None:

@@ -7,7 +7,6 @@ runs here.)"""
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from sidecar.demo.mcp_server import MCP_PATH
 from sidecar.mcp.policy import FORBIDDEN_CODE
 from sidecar.mcp.ratelimit import RATE_LIMITED_CODE
 from tests.proxy.issuer import Issuer
+from tests.proxy.loopback import free_port
 from tests.proxy.muxmesh import IDENTITIES, MuxMesh, mux_mesh
 from tests.proxy.scripted_mcp import ScriptedMcp
 
@@ -35,12 +35,6 @@ POLICY = {
         },
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,12 +16,7 @@ from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle, serve_mcp
 from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.proxy.loopback import free_port
 
 
 @pytest.fixture
