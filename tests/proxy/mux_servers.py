@@ -50,6 +50,11 @@ def math_server(gate: asyncio.Event, calls: list[str]) -> MCPServer:
             return f"accepted: ok={result.data.ok}"
         return result.action
 
+    @mcp.tool(description="Tell the client the tool list changed (on its GET stream).")
+    async def announce(ctx: Context) -> str:
+        await ctx.request_context.session.send_tool_list_changed()
+        return "announced"
+
     @mcp.resource("memo://notes", name="notes", mime_type="text/plain")
     def notes() -> str:
         return "pi is about 3.14159"

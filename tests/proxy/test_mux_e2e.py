@@ -31,6 +31,7 @@ async def test_one_endpoint_lists_and_calls_both_servers(mesh: MuxMesh) -> None:
         "clock__echo",
         "clock__get_time",
         "math__add",
+        "math__announce",
         "math__confirm",
         "math__echo",
         "math__wait_for_release",
@@ -123,6 +124,28 @@ async def test_resources_and_prompts_of_both_servers(mesh: MuxMesh) -> None:
         assert "names no target" in unknown.value.error.message
 
 
+async def test_list_changed_reaches_the_clients_get_stream(mesh: MuxMesh) -> None:
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            changed.set()
+
+    async with mcp_client.open_session(mesh.url, message_handler=on_message) as s:
+        await s.wait_get_stream()
+        # a target's own notification, on its GET stream, merged into the client's
+        await s.client.call_tool("math__announce", {})
+        async with asyncio.timeout(10):
+            await changed.wait()
+        changed.clear()
+        # and the endpoint's own, when a target goes away
+        await mesh.stop_server("clock")
+        with pytest.raises(MCPError):
+            await s.client.call_tool("clock__get_time", {})
+        async with asyncio.timeout(10):
+            await changed.wait()
+
+
 async def test_get_stream_and_delete_reach_every_target(mesh: MuxMesh) -> None:
     life = await mcp_client.session_lifecycle(mesh.url)
     assert life.get_stream.status == 200
@@ -144,7 +167,7 @@ async def test_get_stream_and_delete_reach_every_target(mesh: MuxMesh) -> None:
 
 async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: MuxMesh) -> None:
     async with mcp_client.open_session(mesh.url) as s:
-        assert len((await s.client.list_tools()).tools) == 6
+        assert len((await s.client.list_tools()).tools) == 7
         await mesh.stop_server("clock")
         # calls to the other server keep succeeding
         added = await s.client.call_tool("math__add", {"a": 1, "b": 2})
@@ -158,6 +181,7 @@ async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: 
         listed = await s.client.list_tools()
         assert sorted(t.name for t in listed.tools) == [
             "math__add",
+            "math__announce",
             "math__confirm",
             "math__echo",
             "math__wait_for_release",
@@ -168,7 +192,7 @@ async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: 
         # session is gone) is initialized again lazily
         await mesh.restart_server("clock")
         names = await _until_listed(s.client, "clock__get_time")
-        assert len(names) == 6
+        assert len(names) == 7
         assert (await s.client.call_tool("clock__get_time", {})).structured_content == {
             "result": "12:00"
         }
@@ -191,7 +215,7 @@ async def test_prefix_mode_never_routes_bare_names_and_refuses_shared_ones() -> 
         assert clock.structured_content == {"result": "12:00"}
         listed = await s.client.list_tools()
         names = sorted(t.name for t in listed.tools)
-        assert names == ["add", "confirm", "get_time", "wait_for_release"]  # no "echo"
+        assert names == ["add", "announce", "confirm", "get_time", "wait_for_release"]  # no echo
         assert listed.meta is not None and listed.meta[AMBIGUOUS_META] == ["echo"]
         with pytest.raises(MCPError) as ambiguous:
             await s.client.call_tool("echo", {"text": "which one?"})
