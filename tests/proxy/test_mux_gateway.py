@@ -16,6 +16,7 @@ import pytest
 from mcp import MCPError
 
 from sidecar.demo import mcp_client
+from sidecar.demo import mesh as demo_mesh
 from sidecar.demo.mcp_server import MCP_PATH
 from sidecar.mcp.policy import FORBIDDEN_CODE
 from sidecar.mcp.ratelimit import RATE_LIMITED_CODE
@@ -174,3 +175,23 @@ async def test_targets_get_the_gateways_jwt_svid_never_the_clients_token() -> No
         claims = jwt.decode(header.removeprefix("Bearer "), options={"verify_signature": False})
         assert claims["aud"] in (audience, [audience])
         assert claims["sub"] == IDENTITIES["gateway"]
+
+
+async def test_an_mtls_gateway_serves_agents_of_the_mesh() -> None:
+    """The gateway with mTLS in: an agent's sidecar reaches it by its SPIFFE ID; the gateway
+    reaches the servers with its own."""
+    async with mux_mesh() as mesh:
+        gateway = await mesh.gateway(allow_spiffe_ids=[IDENTITIES["agent"]])
+        agent = await mesh.sidecar(
+            demo_mesh.outbound_config(
+                mesh.sockets["agent"], gateway.port("inbound"), IDENTITIES["gateway"]
+            )
+        )
+        url = f"http://127.0.0.1:{agent.port('outbound')}/math{MCP_PATH}"
+        assert "clock__get_time" in await mcp_client.list_tool_names(url)
+        assert (
+            await mcp_client.call_tool(url, "math__add", {"a": 1, "b": 2}, None)
+        ).structured == {"result": 3}
+        for name in ("math", "clock"):
+            peers = {line.get("peer") for line in mesh.inbound_lines(name)}
+            assert IDENTITIES["gateway"] in peers
