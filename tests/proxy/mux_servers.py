@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import SamplingMessage, TextContent
 from pydantic import BaseModel
 
 
@@ -82,6 +83,22 @@ def clock_server(calls: list[str]) -> MCPServer:
     def echo(text: str) -> str:
         calls.append("clock.echo")
         return f"clock: {text}"
+
+    @mcp.tool(description="Ask the client's model (sampling, on this call's stream).")
+    async def ask_model(question: str, ctx: Context) -> str:
+        answer = await ctx.request_context.session.create_message(
+            messages=[
+                SamplingMessage(role="user", content=TextContent(type="text", text=question))
+            ],
+            max_tokens=16,
+            related_request_id=ctx.request_id,
+        )
+        return answer.content.text if isinstance(answer.content, TextContent) else "?"
+
+    @mcp.tool(description="The client's roots (asked on the GET stream).")
+    async def roots(ctx: Context) -> str:
+        listed = await ctx.request_context.session.list_roots()
+        return ",".join(str(root.uri) for root in listed.roots)
 
     @mcp.resource("memo://notes", name="zones", mime_type="text/plain")
     def zones() -> str:

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 from mcp import MCPError
-from mcp.types import ElicitRequestParams, ElicitResult, TextContent
+from mcp.types import (
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    ElicitRequestParams,
+    ElicitResult,
+    ListRootsResult,
+    Root,
+    TextContent,
+)
 
 from sidecar.demo import mcp_client
 from sidecar.mcp.mux.merge import AMBIGUOUS_META, UNAVAILABLE_META
@@ -28,8 +36,10 @@ async def mesh() -> AsyncIterator[MuxMesh]:
 async def test_one_endpoint_lists_and_calls_both_servers(mesh: MuxMesh) -> None:
     names = await mcp_client.list_tool_names(mesh.url)
     assert sorted(names) == [
+        "clock__ask_model",
         "clock__echo",
         "clock__get_time",
+        "clock__roots",
         "math__add",
         "math__announce",
         "math__confirm",
@@ -105,6 +115,28 @@ async def test_elicitation_round_trip(mesh: MuxMesh) -> None:
     assert [c.text for c in echoed.content if isinstance(c, TextContent)] == ["clock: still here"]
 
 
+# sampling and roots are deprecated in the 2026-07-28 protocol; the SDK warns even in a
+# 2025-11-25 session
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_sampling_and_roots_are_relayed(mesh: MuxMesh) -> None:
+    async def sample(context: Any, params: CreateMessageRequestParams) -> CreateMessageResult:
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text="42"), model="test"
+        )
+
+    async def roots(context: Any) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri="file:///work")])
+
+    async with mcp_client.open_session(
+        mesh.url, sampling_callback=sample, list_roots_callback=roots
+    ) as s:
+        await s.wait_get_stream()  # roots/list comes on the GET stream (no related request)
+        asked = await s.client.call_tool("clock__ask_model", {"question": "meaning of life?"})
+        listed = await s.client.call_tool("clock__roots", {})
+    assert asked.structured_content == {"result": "42"}
+    assert listed.structured_content == {"result": "file:///work"}
+
+
 async def test_resources_and_prompts_of_both_servers(mesh: MuxMesh) -> None:
     async with mcp_client.open_session(mesh.url) as s:
         resources = (await s.client.list_resources()).resources
@@ -167,7 +199,7 @@ async def test_get_stream_and_delete_reach_every_target(mesh: MuxMesh) -> None:
 
 async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: MuxMesh) -> None:
     async with mcp_client.open_session(mesh.url) as s:
-        assert len((await s.client.list_tools()).tools) == 7
+        assert len((await s.client.list_tools()).tools) == 9
         await mesh.stop_server("clock")
         # calls to the other server keep succeeding
         added = await s.client.call_tool("math__add", {"a": 1, "b": 2})
@@ -192,7 +224,7 @@ async def test_one_server_down_the_other_keeps_working_then_it_comes_back(mesh: 
         # session is gone) is initialized again lazily
         await mesh.restart_server("clock")
         names = await _until_listed(s.client, "clock__get_time")
-        assert len(names) == 7
+        assert len(names) == 9
         assert (await s.client.call_tool("clock__get_time", {})).structured_content == {
             "result": "12:00"
         }
@@ -215,7 +247,16 @@ async def test_prefix_mode_never_routes_bare_names_and_refuses_shared_ones() -> 
         assert clock.structured_content == {"result": "12:00"}
         listed = await s.client.list_tools()
         names = sorted(t.name for t in listed.tools)
-        assert names == ["add", "announce", "confirm", "get_time", "wait_for_release"]  # no echo
+        # no "echo": both servers have one
+        assert names == [
+            "add",
+            "announce",
+            "ask_model",
+            "confirm",
+            "get_time",
+            "roots",
+            "wait_for_release",
+        ]
         assert listed.meta is not None and listed.meta[AMBIGUOUS_META] == ["echo"]
         with pytest.raises(MCPError) as ambiguous:
             await s.client.call_tool("echo", {"text": "which one?"})
