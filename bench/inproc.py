@@ -25,10 +25,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -95,10 +96,15 @@ class _Client(asyncio.Protocol):
 
 
 @asynccontextmanager
-async def pair(*, full: bool, access_log: bool) -> AsyncIterator[int]:
+async def pair(
+    *,
+    full: bool,
+    access_log: bool,
+    routes: Callable[[int], list[dict[str, Any]]] | None = None,
+) -> AsyncIterator[int]:
     """Dev Workload API, bench upstream, inbound and outbound sidecars with the main bench's
     configs (``bench.ours``: the same checks as ``ours-full`` / ``ours-mtls``); yields the
-    outbound listener's port."""
+    outbound listener's port. ``routes(inbound port)``: more outbound routes."""
     loop = asyncio.get_running_loop()
     upstream = await loop.create_server(serve_protocol(256), "127.0.0.1", 0)
     up_port = upstream.sockets[0].getsockname()[1]
@@ -126,13 +132,12 @@ async def pair(*, full: bool, access_log: bool) -> AsyncIterator[int]:
             )
             sidecars.append(server)
             await server.start(svid_timeout=30)
-            agent = Sidecar(
-                parse_config(
-                    ours.outbound_config(
-                        ids, 0, 0, server.port("inbound"), full=full, access_log=access_log
-                    )
-                )
+            config = ours.outbound_config(
+                ids, 0, 0, server.port("inbound"), full=full, access_log=access_log
             )
+            if routes is not None:
+                config["outbound"]["routes"] += routes(server.port("inbound"))
+            agent = Sidecar(parse_config(config))
             sidecars.append(agent)
             await agent.start(svid_timeout=30)
             yield agent.port("outbound")
@@ -143,14 +148,23 @@ async def pair(*, full: bool, access_log: bool) -> AsyncIterator[int]:
             upstream.close()
 
 
-async def run_requests(port: int, count: int, connections: int) -> tuple[int, float]:
-    """``count`` requests over ``connections`` keep-alive connections; (answered, CPU s)."""
+async def run_requests(
+    port: int,
+    count: int,
+    connections: int,
+    *,
+    path: bytes = b"/math/mcp",
+    body: bytes = BODY,
+    headers: bytes = b"",
+) -> tuple[int, float]:
+    """``count`` requests over ``connections`` keep-alive connections; (answered, CPU s).
+    ``headers``: extra header lines, each ending with CRLF."""
     loop = asyncio.get_running_loop()
     request = (
-        b"POST /math/mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
         b"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-    ) % (port, len(BODY), BODY)
+        b"%sContent-Length: %d\r\n\r\n%s"
+    ) % (path, port, headers, len(body), body)
     budget = [count]
     clients: list[_Client] = []
     gc.collect()

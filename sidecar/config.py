@@ -34,6 +34,13 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.identity.endpoint import grpc_target
+from sidecar.mcp.mux.names import (
+    PREFIX_MODES,
+    Naming,
+    PrefixMode,
+    pattern_problem,
+    target_name_problem,
+)
 from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
 from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
 from sidecar.schema import got as _got
@@ -61,10 +68,12 @@ __all__ = [
     "ListenAddress",
     "LogConfig",
     "McpPolicyConfig",
+    "MuxConfig",
     "OAuthConfig",
     "OutboundConfig",
     "ProcessConfig",
     "RouteConfig",
+    "TargetConfig",
     "TokenExchangeConfig",
     "load_config",
     "load_config_text",
@@ -97,6 +106,10 @@ LIMIT_KEYS = (
 )
 ROUTE_SCHEMA = "outbound.routes[]"
 EXCHANGE_SCHEMA = "outbound.routes[].token_exchange"
+TARGET_SCHEMA = "targets[]"
+MUX_KEYS = ("targets", "prefix_mode", "session_idle", "max_sessions", "target_wait")
+"""The keys of a multiplexing route (and of an edge gateway's inbound), besides ``targets``
+only meaningful with it."""
 
 JWT_ALGORITHMS: tuple[str, ...] = ALLOWED_ALGORITHMS
 """The JWS algorithms a token may be signed with: the token layer's own list (asymmetric only,
@@ -132,6 +145,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "mcp_policy",
         "rate_limits",
         "api_keys",
+        *MUX_KEYS,
     ),
     "inbound.mcp_policy.file": ("file", "reload_interval"),
     "inbound.api_keys": ("file", "header", "reload_interval"),
@@ -167,6 +181,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "strip_prefix",
         "jwt_svid_audience",
         "token_exchange",
+        *MUX_KEYS,
     ),
     EXCHANGE_SCHEMA: (
         "token_endpoint",
@@ -185,6 +200,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "timeout",
         "refresh_before",
     ),
+    TARGET_SCHEMA: ("name", "upstream", "server_spiffe_id", "path", "jwt_svid_audience"),
     "log": ("level", "access_log"),
     "shutdown": ("drain_timeout",),
     "process": ("scheduler",),
@@ -381,12 +397,48 @@ class ApiKeysConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TargetConfig:
+    """One MCP server behind a multiplexing endpoint, reached over mTLS."""
+
+    name: str
+    """Unique within its endpoint; prefixes the target's names (``math__add``)."""
+    upstream: str
+    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port)."""
+    server_spiffe_id: SpiffeId
+    """The exact SPIFFE ID the server must present."""
+    path: str | None = None
+    """The server's MCP endpoint path; None = the path of the client's request (after
+    ``strip_prefix``)."""
+    jwt_svid_audience: str | None = None
+    """If set, a JWT-SVID for this audience is sent to this target as ``Authorization``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MuxConfig:
+    """A multiplexing endpoint: several MCP servers presented as one (``sidecar.mcp.mux``)."""
+
+    targets: tuple[TargetConfig, ...]
+    prefix_mode: PrefixMode = "multiple"
+    """When tool and prompt names carry their target (``sidecar.mcp.mux.names``)."""
+    session_idle: float = 1800.0
+    """A client session unused this long is ended (its targets' sessions are deleted)."""
+    max_sessions: int = 1000
+    """Most client sessions kept; beyond it the least recently used one is ended."""
+    target_wait: float = 10.0
+    """How long a fan-out (initialize, lists) waits for one target before answering without
+    it (the target counts as unavailable for that answer)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig:
     """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server."""
 
     listen: ListenAddress
-    upstream: str
-    """``http://host:port`` of the MCP server, normalised (lowercase host, explicit port)."""
+    upstream: str | None
+    """``http://host:port`` of the MCP server, normalised (lowercase host, explicit port);
+    None for an edge gateway (``mux``)."""
+    mux: MuxConfig | None = None
+    """Edge-gateway mode: the MCP servers this listener multiplexes, instead of ``upstream``."""
     mtls: MtlsMode = "required"
     """``off`` only together with ``oauth``: the listener then speaks plain HTTP."""
     allow_spiffe_ids: Allowlist = field(default_factory=Allowlist)
@@ -463,10 +515,14 @@ class RouteConfig:
     """One outbound route: requests matching (host, path_prefix) go to ``upstream`` over mTLS."""
 
     name: str
-    upstream: str
-    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port)."""
-    server_spiffe_id: SpiffeId
-    """The exact SPIFFE ID the server must present (may be in a federated trust domain)."""
+    upstream: str | None = None
+    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port); None
+    for a multiplexing route (``mux``)."""
+    server_spiffe_id: SpiffeId | None = None
+    """The exact SPIFFE ID the server must present (may be in a federated trust domain); None
+    for a multiplexing route."""
+    mux: MuxConfig | None = None
+    """A multiplexing route: the MCP servers it presents as one, instead of ``upstream``."""
     path_prefix: str = "/"
     host: str | None = None
     """Optional Host header to match: lowercase, with ``:port`` only if configured with one."""
@@ -541,10 +597,13 @@ class Config:
                 else "mTLS off (plain HTTP, no peer identity)"
             )
             lines.append(
-                f"inbound: {inbound.listen} -> {inbound.upstream}; {peers}; "
+                f"inbound: {inbound.listen} -> "
+                f"{inbound.upstream or 'edge gateway, ' + _mux_summary(inbound.mux)}; {peers}; "
                 f"origins: {', '.join(inbound.allowed_origins) or 'not checked'}"
             )
             lines.extend(_token_summary(inbound))
+            if inbound.mux is not None:
+                lines.extend(_targets_summary(inbound.mux))
         if self.outbound is not None:
             outbound = self.outbound
             count = len(outbound.routes)
@@ -559,6 +618,10 @@ class Config:
                     if route.jwt_svid_audience is not None
                     else ""
                 )
+                if route.mux is not None:
+                    lines.append(f"  route {route.name}: {where} -> {_mux_summary(route.mux)}")
+                    lines.extend(_targets_summary(route.mux, indent="    "))
+                    continue
                 exchange = route.token_exchange
                 if exchange is not None:
                     sts = exchange.token_endpoint or f"{exchange.issuer} (discovered)"
@@ -571,6 +634,28 @@ class Config:
                     f"(server {route.server_spiffe_id}){token}"
                 )
         return lines
+
+
+def _mux_summary(mux: MuxConfig | None) -> str:
+    if mux is None:  # pragma: no cover - an inbound has upstream or targets
+        return "nothing"
+    count = len(mux.targets)
+    return f"{count} target{'' if count == 1 else 's'} multiplexed (prefix_mode {mux.prefix_mode})"
+
+
+def _targets_summary(mux: MuxConfig, indent: str = "  ") -> list[str]:
+    lines: list[str] = []
+    for target in mux.targets:
+        token = (
+            f"; sends a JWT-SVID for {target.jwt_svid_audience}"
+            if target.jwt_svid_audience is not None
+            else ""
+        )
+        lines.append(
+            f"{indent}target {target.name}: {target.upstream}{target.path or ''} "
+            f"(server {target.server_spiffe_id}){token}"
+        )
+    return lines
 
 
 def _token_summary(inbound: InboundConfig) -> list[str]:
@@ -1309,13 +1394,28 @@ class _Parser:
         listen = f.required(
             "listen", _listen("0.0.0.0:8443"), "the mTLS listen address, e.g. 0.0.0.0:8443"
         )
-        upstream = f.required(
-            "upstream",
-            lambda v, p: _url(
-                v, p, "http", "http://127.0.0.1:8000", "the local MCP server, reached in plain HTTP"
-            ),
-            "the local MCP server's URL, e.g. http://127.0.0.1:8000",
-        )
+        mux = self.mux(f, path)
+        upstream: str | None = None
+        if "targets" not in f:
+            upstream = f.required(
+                "upstream",
+                lambda v, p: _url(
+                    v,
+                    p,
+                    "http",
+                    "http://127.0.0.1:8000",
+                    "the local MCP server, reached in plain HTTP",
+                ),
+                "the local MCP server's URL, e.g. http://127.0.0.1:8000, or targets: the MCP "
+                "servers an edge gateway multiplexes",
+            )
+        elif "upstream" in f:
+            self.error(
+                _join(path, "upstream"),
+                "give either upstream (the local MCP server) or targets (the MCP servers an edge "
+                "gateway multiplexes), not both",
+            )
+            f.failed = True
         public_url = f.optional("public_url", _public_url, None)
         mtls: MtlsMode = f.optional("mtls", _mtls, "required")
         allow = f.optional("allow_spiffe_ids", self.allowlist, None)
@@ -1338,7 +1438,14 @@ class _Parser:
                 "OAuth 401 answer); remove it or configure oauth",
             )
             f.failed = True
-        if forward_authorization and ("jwt_svid" in f or "oauth" in f or "api_keys" in f):
+        if forward_authorization and "targets" in f:
+            self.error(
+                _join(path, "forward_authorization"),
+                "must be false with targets: an edge gateway authenticates to its targets with "
+                "its own SPIFFE identity and never passes the client's token on",
+            )
+            f.failed = True
+        elif forward_authorization and ("jwt_svid" in f or "oauth" in f or "api_keys" in f):
             self.error(
                 _join(path, "forward_authorization"),
                 "must be false with a token layer (jwt_svid, oauth or api_keys): the bearer "
@@ -1372,13 +1479,16 @@ class _Parser:
                 "spiffe://example.org/ns/agents/sa/*",
             )
             f.failed = True
-        if f.failed or listen is None or upstream is None or allow is None:
+        if mux is not None and mcp_policy is not None:
+            self.check_rule_names(mux, mcp_policy.policy, _join(path, "mcp_policy"))
+        if f.failed or listen is None or (upstream is None and mux is None) or allow is None:
             raise _Failed
         if oauth is not None and public_url is None:
             public_url = _origin_of(oauth.audience)
         return InboundConfig(
             listen=listen,
             upstream=upstream,
+            mux=mux,
             mtls=mtls,
             allow_spiffe_ids=allow,
             allowed_origins=origins,
@@ -1783,22 +1893,31 @@ class _Parser:
         name = f.required("name", _route_name, "a short unique name, e.g. math")
         path_prefix = f.optional("path_prefix", _path_prefix, "/")
         host = f.optional("host", _route_host, None)
-        upstream = f.required(
-            "upstream",
-            lambda v, p: _url(
-                v,
-                p,
-                "https",
-                "https://math.mcp.svc:8443",
-                "routes always originate mTLS to the server's sidecar",
-            ),
-            "the server sidecar's URL, e.g. https://math.mcp.svc:8443",
-        )
-        server_spiffe_id = f.required(
-            "server_spiffe_id",
-            _server_spiffe_id,
-            "the exact SPIFFE ID the server must present, e.g. spiffe://example.org/ns/mcp/sa/math",
-        )
+        mux = self.mux(f, path)
+        upstream: str | None = None
+        server_spiffe_id: SpiffeId | None = None
+        if mux is None and "targets" not in f:
+            upstream = f.required(
+                "upstream",
+                _sidecar_url,
+                "the server sidecar's URL, e.g. https://math.mcp.svc:8443, or targets: the MCP "
+                "servers this route multiplexes",
+            )
+            server_spiffe_id = f.required(
+                "server_spiffe_id",
+                _server_spiffe_id,
+                "the exact SPIFFE ID the server must present, e.g. "
+                "spiffe://example.org/ns/mcp/sa/math",
+            )
+        else:
+            for key, why in (
+                ("upstream", "give either upstream (one server) or targets (several), not both"),
+                ("server_spiffe_id", "with targets, each target has its own server_spiffe_id"),
+                ("jwt_svid_audience", "with targets, each target has its own jwt_svid_audience"),
+            ):
+                if key in f:
+                    self.error(_join(path, key), why)
+                    f.failed = True
         strip_prefix = f.optional("strip_prefix", _boolean, True)
         jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
         token_exchange = f.optional("token_exchange", self.token_exchange, None)
@@ -1810,7 +1929,18 @@ class _Parser:
                 "inbound.oauth)",
             )
             f.failed = True
-        if f.failed or name is None or upstream is None or server_spiffe_id is None:
+        if "token_exchange" in f and "targets" in f:
+            self.error(
+                _join(path, "token_exchange"),
+                "not supported with targets: a token is exchanged for exactly one server "
+                "(its resource/audience); give the route one upstream",
+            )
+            f.failed = True
+        if (
+            f.failed
+            or name is None
+            or (mux is None and (upstream is None or server_spiffe_id is None))
+        ):
             raise _Failed
         return RouteConfig(
             name=name,
@@ -1818,6 +1948,7 @@ class _Parser:
             host=host,
             upstream=upstream,
             server_spiffe_id=server_spiffe_id,
+            mux=mux,
             strip_prefix=strip_prefix,
             jwt_svid_audience=jwt_svid_audience,
             token_exchange=token_exchange,
@@ -1898,6 +2029,111 @@ class _Parser:
             refresh_before=refresh_before,
         )
 
+    # -- multiplexing (outbound routes and edge-gateway inbound)
+
+    def mux(self, f: _Fields, path: str) -> MuxConfig | None:
+        """The ``MUX_KEYS`` of a route or an inbound section: None without ``targets`` (the
+        other keys are then errors) or when they have problems (recorded, ``f.failed``)."""
+        if "targets" not in f:
+            for key in MUX_KEYS[1:]:
+                if key in f:
+                    self.error(
+                        _join(path, key),
+                        "only used with targets (an endpoint multiplexing several MCP servers)",
+                    )
+                    f.failed = True
+            return None
+        defaults = MuxConfig(targets=())
+        targets = f.optional("targets", self.targets, None)
+        prefix_mode: PrefixMode = f.optional(
+            "prefix_mode", lambda v, p: _choice(v, p, PREFIX_MODES), defaults.prefix_mode
+        )
+        idle = f.optional("session_idle", _timeout, defaults.session_idle)
+        max_sessions = f.optional(
+            "max_sessions", _whole_number(1, 1_000_000), defaults.max_sessions
+        )
+        target_wait = f.optional("target_wait", _timeout, defaults.target_wait)
+        if targets is None:
+            return None
+        return MuxConfig(
+            targets=targets,
+            prefix_mode=prefix_mode,
+            session_idle=idle,
+            max_sessions=max_sessions,
+            target_wait=target_wait,
+        )
+
+    def check_rule_names(self, mux: MuxConfig, policy: Policy, path: str) -> None:
+        """An edge gateway's rules see multiplexed names (``math__add``): a rule naming a bare
+        tool, or a target that does not exist, could never match - for a deny rule, a silent
+        allow. Known at start-up, so refused here."""
+        naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
+        for index, rule in enumerate(policy.rules):
+            for key, globs in (("tools", rule.tools), ("prompts", rule.prompts)):
+                for glob in globs or ():
+                    problem = pattern_problem(naming, glob.text)
+                    if problem is not None:
+                        self.error(f"{path}.rules[{index}].{key}", problem)
+
+    def targets(self, value: object, path: str) -> tuple[TargetConfig, ...]:
+        items = self.sequence(value, path, "targets (name, upstream, server_spiffe_id)")
+        if not items:
+            raise ConfigError(path, "at least one target is required")
+        targets: list[TargetConfig] = []
+        failed = False
+        names: dict[str, int] = {}
+        servers: dict[tuple[str, str | None], int] = {}
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            try:
+                target = self.target(item, item_path)
+            except _Failed:
+                failed = True
+                continue
+            if target.name in names:
+                self.error(
+                    f"{item_path}.name",
+                    f"duplicate target name {target.name!r} (also {path}[{names[target.name]}])",
+                )
+                failed = True
+            names.setdefault(target.name, index)
+            server = (target.upstream, target.path)
+            if server in servers:
+                self.error(
+                    f"{item_path}.upstream",
+                    f"the same server as {path}[{servers[server]}] ({target.upstream}"
+                    f"{target.path or ''}): every one of its names would be served twice",
+                )
+                failed = True
+            servers.setdefault(server, index)
+            targets.append(target)
+        if failed:
+            raise _Failed
+        return tuple(targets)
+
+    def target(self, value: object, path: str) -> TargetConfig:
+        f = self.fields(value, path, TARGET_SCHEMA)
+        name = f.required("name", _target_name, "a short unique name, e.g. math")
+        upstream = f.required(
+            "upstream", _sidecar_url, "the server sidecar's URL, e.g. https://math.mcp.svc:8443"
+        )
+        server_spiffe_id = f.required(
+            "server_spiffe_id",
+            _server_spiffe_id,
+            "the exact SPIFFE ID the server must present, e.g. spiffe://example.org/ns/mcp/sa/math",
+        )
+        target_path = f.optional("path", _path_prefix, None)
+        audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
+        if f.failed or name is None or upstream is None or server_spiffe_id is None:
+            raise _Failed
+        return TargetConfig(
+            name=name,
+            upstream=upstream,
+            server_spiffe_id=server_spiffe_id,
+            path=target_path,
+            jwt_svid_audience=audience,
+        )
+
 
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
 _NOT_SUBJECT_HEADERS = frozenset(
@@ -1943,6 +2179,35 @@ def _file_path(like: str) -> _Parse[str]:
         if not text or "\x00" in text:
             raise ConfigError(path, f"expected a file path like {like}")
         return text
+
+    return parse
+
+
+def _sidecar_url(value: object, path: str) -> str:
+    return _url(
+        value,
+        path,
+        "https",
+        "https://math.mcp.svc:8443",
+        "routes always originate mTLS to the server's sidecar",
+    )
+
+
+def _target_name(value: object, path: str) -> str:
+    text = _string(value, path, "math")
+    problem = target_name_problem(text)
+    if problem is not None:
+        raise ConfigError(path, problem)
+    return text
+
+
+def _whole_number(low: int, high: int) -> _Parse[int]:
+    def parse(value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                path, f"expected a whole number from {low} to {high}, got {_got(value)}"
+            )
+        return value
 
     return parse
 

@@ -204,6 +204,27 @@ class Metrics:
             ["method", "tool", "decision"],
             registry=r,
         )
+        self.mux_sessions_gauge = Gauge(
+            f"{PREFIX}mux_sessions",
+            "Client sessions kept by a multiplexing endpoint (an outbound route with targets, "
+            "or the edge gateway's inbound), by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.mux_target_failures = Counter(
+            f"{PREFIX}mux_target_failures_total",
+            "Times a target of a multiplexing endpoint failed (it is then left out until it "
+            "answers again), by endpoint, target and reason.",
+            ["endpoint", "target", "reason"],
+            registry=r,
+        )
+        self.mux_name_collisions = Counter(
+            f"{PREFIX}mux_name_collisions_total",
+            "Names left out of a merged list because several targets serve them "
+            "(prefix_mode: never), by endpoint and kind.",
+            ["endpoint", "kind"],
+            registry=r,
+        )
         self.policy_reload_errors = Counter(
             f"{PREFIX}policy_reload_errors_total",
             "Policy files that failed to load; the previous policy stayed in force.",
@@ -311,6 +332,18 @@ class Metrics:
             if len(self._mcp_children) < MAX_CACHED_CHILDREN:
                 self._mcp_children[key] = child
         child.inc()
+
+    def mux_sessions(self, endpoint: str, count: int) -> None:
+        self.mux_sessions_gauge.labels(endpoint=endpoint).set(count)
+
+    def mux_target_failure(self, endpoint: str, target: str, reason: object) -> None:
+        """``endpoint`` and ``target`` are names from the configuration (bounded)."""
+        self.mux_target_failures.labels(
+            endpoint=endpoint, target=target, reason=self.reason_label(reason)
+        ).inc()
+
+    def mux_name_collision(self, endpoint: str, kind: str) -> None:
+        self.mux_name_collisions.labels(endpoint=endpoint, kind=kind).inc()
 
     def token_rejection(self, layer: str, reason: object) -> None:
         self.token_rejections.labels(

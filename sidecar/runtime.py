@@ -30,8 +30,10 @@ from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
 from sidecar.proxy.inbound import InboundProxy
 from sidecar.proxy.mcp_guard import McpGuard
+from sidecar.proxy.mux import MuxEndpoint, build_endpoint
 from sidecar.proxy.outbound import OutboundProxy
 from sidecar.proxy.policy_reload import PolicyHolder
+from sidecar.proxy.svid_header import JwtSvidHeaders
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
@@ -41,10 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def needs_identity(config: Config) -> bool:
-    """Only an OAuth-only ingress (``mtls: off``, no JWT-SVIDs, no outbound) runs without SPIFFE."""
+    """Only an OAuth-only ingress (``mtls: off``, no JWT-SVIDs, no outbound, no targets) runs
+    without SPIFFE."""
     inbound = config.inbound
     return config.outbound is not None or (
-        inbound is not None and (inbound.mtls == "required" or inbound.jwt_svid is not None)
+        inbound is not None
+        and (inbound.mtls == "required" or inbound.jwt_svid is not None or inbound.mux is not None)
     )
 
 
@@ -144,7 +148,13 @@ class Sidecar:
                 inbound, self._jwt_bundles, self.fetcher, api_keys=self._api_keys(inbound)
             )
             self.inbound = InboundProxy(
-                inbound, self.our_id, self.metrics, self.access_log, gate, self._guard(inbound)
+                inbound,
+                self.our_id,
+                self.metrics,
+                self.access_log,
+                gate,
+                self._guard(inbound),
+                mux=self._gateway(inbound),
             )
             allowlist = inbound.allow_spiffe_ids
             policy = None
@@ -187,6 +197,21 @@ class Sidecar:
         holder.start()
         self.api_keys = holder
         return lambda: holder.current
+
+    def _gateway(self, inbound: InboundConfig) -> MuxEndpoint | None:
+        """Edge-gateway mode: the targets, reached over mTLS with our own SVID."""
+        if inbound.mux is None:
+            return None
+        return build_endpoint(
+            "inbound",
+            inbound.mux,
+            inbound.limits,
+            self.tls,
+            self.metrics,
+            JwtSvidHeaders(self.source.fetch_jwt_svid if self.source else None),
+            self._rejected("outbound"),
+            peer_is_target=False,
+        )
 
     def _guard(self, inbound: InboundConfig) -> McpGuard:
         """Policy (hot-reloaded when it comes from a file) and rate limits of the inbound side."""

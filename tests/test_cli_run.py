@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,14 +15,9 @@ import yaml
 
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
+from tests.proxy.loopback import free_port
 
 WAIT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

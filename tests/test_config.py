@@ -594,7 +594,7 @@ def test_listeners_may_not_share_a_port() -> None:
         ("log.levle", "did you mean 'level'?"),
         ("routes", "it belongs under 'outbound'"),
         ("inbound.drain_timeout", "it belongs under 'shutdown'"),
-        ("outbound.server_spiffe_id", "it belongs under 'outbound.routes[i]'"),
+        ("outbound.server_spiffe_id", "it belongs under 'outbound.routes[i]' or 'targets[i]'"),
         ("admin.zzz", "expected one of: listen"),
     ],
 )
@@ -1132,7 +1132,8 @@ def test_bad_origins(value: str) -> None:
             ["listen"],
             "expected a mapping with keys listen, upstream, public_url, mtls, "
             "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits, "
-            "mcp_policy, rate_limits, api_keys; got list",
+            "mcp_policy, rate_limits, api_keys, targets, prefix_mode, session_idle, "
+            "max_sessions, target_wait; got list",
         ),
         ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
         ("outbound.routes", [], "at least one route is required"),
@@ -1694,7 +1695,7 @@ def test_token_keys_in_the_wrong_place_are_pointed_home() -> None:
             "unknown key 'leeway'; it belongs under 'inbound.jwt_svid' or 'inbound.oauth'"
         ),
         "outbound.jwt_svid_audience": (
-            "unknown key 'jwt_svid_audience'; it belongs under 'outbound.routes[i]'"
+            "unknown key 'jwt_svid_audience'; it belongs under 'outbound.routes[i]' or 'targets[i]'"
         ),
         "inbound.jwt_svid.audience": "unknown key 'audience'; did you mean 'audiences'?",
         "inbound.oauth.jwks_url": "unknown key 'jwks_url'; did you mean 'jwks_uri'?",

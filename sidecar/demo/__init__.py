@@ -1,10 +1,13 @@
 """``mcp-sidecar demo``: a whole agentic mesh on this machine, exercised and explained.
 
-Starts the embedded dev Workload API (stand-in for SPIRE) with three identities — an agent, the
-``math`` MCP server and a rogue workload — a real MCP server (official SDK) behind an inbound
-sidecar, and outbound sidecars for the agent and the rogue. The agent then lists and calls tools
-through the mesh with the official MCP client; the rogue is refused. Prints a short report and
-exits 0 when everything behaved as a mesh must. (The demo's code lives in ``sidecar.demo.mesh``,
+Starts the embedded dev Workload API (stand-in for SPIRE) with five identities — an agent, the
+``math`` and ``clock`` MCP servers, an edge gateway and a rogue workload — two real MCP servers
+(official SDK) behind their inbound sidecars, and outbound sidecars for the agent and the rogue.
+The agent then lists and calls tools through the mesh with the official MCP client; the rogue is
+refused. The agent also sees both servers' tools through one multiplexing route (``/tools``),
+and the edge gateway (OAuth in, with a demo issuer's tokens) lets an admin call ``echo`` and a
+user only ``get_time``. Prints a short report and exits 0 when everything behaved as a mesh
+must. (The demo's code lives in ``sidecar.demo.mesh``,
 imported only when the demo runs.)
 
 ``--scenario delegation``: the agent acts for users. Their tokens are exchanged by the agent's

@@ -125,8 +125,10 @@ async def open_session(
     *,
     mode: ConnectMode = "legacy",
     timeout: float = DEFAULT_TIMEOUT,
+    **client_options: Any,
 ) -> AsyncIterator[TracedSession]:
-    """Connect and handshake (bounded by ``timeout``); on exit the SDK DELETEs the session."""
+    """Connect and handshake (bounded by ``timeout``); on exit the SDK DELETEs the session.
+    ``client_options`` go to the SDK ``Client`` (e.g. ``elicitation_callback``)."""
     exchanges: list[HttpExchange] = []
     get_seen = asyncio.Event()
 
@@ -158,6 +160,7 @@ async def open_session(
             client_info=CLIENT_INFO,
             read_timeout_seconds=timeout,
             cache=None,
+            **client_options,
         )
         async with asyncio.timeout(timeout):
             await client.__aenter__()

@@ -35,10 +35,10 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import uvicorn
@@ -120,31 +120,49 @@ def transport_security(allowed_hosts: Iterable[str] = ()) -> TransportSecuritySe
     )
 
 
-def build_mcp_server(tool_events: list[ToolEvent] | None = None) -> MCPServer:
-    """The demo server with its five tools; ``count_slowly`` appends to ``tool_events`` if given."""
+def build_mcp_server(
+    tool_events: list[ToolEvent] | None = None,
+    *,
+    name: str = SERVER_NAME,
+    tools: Collection[str] = TOOL_NAMES,
+) -> MCPServer:
+    """The demo server with its tools (all five, or those named in ``tools``: two demo servers
+    with different tools stand behind one multiplexing endpoint); ``count_slowly`` appends to
+    ``tool_events`` if given."""
+    unknown = set(tools) - TOOL_NAMES
+    if unknown:
+        raise ValueError(f"unknown demo tools: {', '.join(sorted(unknown))}")
     mcp: MCPServer = MCPServer(
-        SERVER_NAME,
+        name,
         version="0.1.0",
         instructions="Demo MCP server behind the SPIFFE mTLS sidecar mesh.",
     )
 
-    @mcp.tool(description="Add two numbers.")
+    def tool(description: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            if function.__name__ in tools:
+                mcp.tool(description=description)(function)
+            return function
+
+        return register
+
+    @tool(description="Add two numbers.")
     def add(a: float, b: float) -> float:
         return a + b
 
-    @mcp.tool(description="Multiply two numbers.")
+    @tool(description="Multiply two numbers.")
     def multiply(a: float, b: float) -> float:
         return a * b
 
-    @mcp.tool(description="Return the text unchanged.")
+    @tool(description="Return the text unchanged.")
     def echo(text: str) -> str:
         return text
 
-    @mcp.tool(description="Current UTC time in ISO 8601 format.")
+    @tool(description="Current UTC time in ISO 8601 format.")
     def get_time() -> str:
         return dt.datetime.now(dt.UTC).isoformat()
 
-    @mcp.tool(
+    @tool(
         description=(
             f"Send n progress notifications (1..n of n), `delay` seconds apart, then return. "
             f"0 <= n <= {MAX_COUNT}, 0 <= delay <= {MAX_DELAY}."
@@ -301,17 +319,23 @@ async def serve_mcp(
     startup_timeout: float = 10.0,
     json_response: bool = False,
     middleware: Callable[[ASGIApp], ASGIApp] | None = None,
+    mcp: MCPServer | None = None,
+    name: str = SERVER_NAME,
+    tools: Collection[str] = TOOL_NAMES,
 ) -> McpServerHandle:
     """Start the demo server in the running asyncio loop; ``port=0`` picks a free port.
 
     ``allowed_hosts`` extends the accepted ``Host`` names (see the module docstring); the bind
     ``host`` itself is always accepted unless it is a wildcard address. ``json_response`` makes
     the SDK answer POSTs with ``application/json`` instead of an SSE stream; ``middleware``
-    wraps the app (e.g. Starlette's ``GZipMiddleware``).
+    wraps the app (e.g. Starlette's ``GZipMiddleware``). ``name`` and ``tools`` choose the demo
+    server's name and tools; ``mcp`` serves another server than the demo's (its ``tool_events``
+    then stay empty).
     """
     requests: list[RequestRecord] = []
     tool_events: list[ToolEvent] = []
-    mcp = build_mcp_server(tool_events)
+    if mcp is None:
+        mcp = build_mcp_server(tool_events, name=name, tools=tools)
     extra_hosts = list(allowed_hosts)
     if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
         extra_hosts.insert(0, host_header_name(host))
@@ -378,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (default %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--name", default=SERVER_NAME, help="server name (default %(default)s)")
+    parser.add_argument(
+        "--tools",
+        default=",".join(sorted(TOOL_NAMES)),
+        help="comma-separated tools to serve (default: all of %(default)s)",
+    )
     parser.add_argument(
         "--allowed-host",
         action="append",
@@ -389,7 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    handle = await serve_mcp(args.host, args.port, allowed_hosts=args.allowed_host)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    handle = await serve_mcp(
+        args.host, args.port, allowed_hosts=args.allowed_host, name=args.name, tools=tools
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -408,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(_run(args))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket as socket_module
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from typing import Any, TextIO
 
 import aiohttp
 import yaml
+from mcp import MCPError
+from mcp.types import TextContent
 
 from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
+from sidecar.demo.tokens import ISSUER, SCOPE, DemoIssuer
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
@@ -28,9 +32,19 @@ TRUST_DOMAIN = "example.org"
 IDENTITIES = {
     "agent": f"spiffe://{TRUST_DOMAIN}/ns/agents/sa/agent",
     "math": f"spiffe://{TRUST_DOMAIN}/ns/mcp/sa/math",
+    "clock": f"spiffe://{TRUST_DOMAIN}/ns/mcp/sa/clock",
+    "gateway": f"spiffe://{TRUST_DOMAIN}/ns/gateway/sa/gateway",
     "rogue": f"spiffe://{TRUST_DOMAIN}/ns/rogue/sa/intruder",
 }
-AGENTS_ALLOWED = [f"spiffe://{TRUST_DOMAIN}/ns/agents/**"]
+AGENTS_ALLOWED = [f"spiffe://{TRUST_DOMAIN}/ns/agents/**", IDENTITIES["gateway"]]
+CLOCK_TOOLS = ("get_time", "echo")
+GATEWAY_POLICY = {  # the talk's rule: admins may use echo, users only get_time
+    "default": "deny",
+    "rules": [
+        {"name": "admins-echo", "when": {"roles": ["admin"]}, "tools": ["*__echo"]},
+        {"name": "users-time", "when": {"roles": ["user", "admin"]}, "tools": ["clock__get_time"]},
+    ],
+}
 STEP_TIMEOUT = 30.0
 
 
@@ -64,29 +78,50 @@ class DemoMesh:
     inbound: Sidecar
     agent: Sidecar
     rogue: Sidecar
+    gateway: Sidecar
+    issuer: DemoIssuer
 
     def agent_url(self) -> str:
         return f"http://127.0.0.1:{self.agent.port('outbound')}/math{MCP_PATH}"
 
+    def tools_url(self) -> str:
+        """The agent's one endpoint for both MCP servers (a multiplexing route)."""
+        return f"http://127.0.0.1:{self.agent.port('outbound')}/tools{MCP_PATH}"
+
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.port('inbound')}{MCP_PATH}"
+
+    def bearer(self, sub: str, role: str) -> dict[str, str]:
+        token = self.issuer.token(sub, [role], self.gateway_url())
+        return {"Authorization": f"Bearer {token}"}
+
     def rogue_url(self) -> str:
         return f"http://127.0.0.1:{self.rogue.port('outbound')}/math{MCP_PATH}"
+
+
+def sidecar_config(socket: str, **sections: Any) -> dict[str, Any]:
+    """A sidecar's config: our trust domain, its Workload API socket, admin on a free port."""
+    return {
+        "trust_domain": TRUST_DOMAIN,
+        "workload_api": socket,
+        "admin": {"listen": "127.0.0.1:0"},
+        **sections,
+    }
 
 
 def inbound_config(
     socket: str, upstream_port: int, allow: list[str], **inbound: Any
 ) -> dict[str, Any]:
     """Config of an inbound sidecar on ephemeral loopback ports (demo and tests)."""
-    return {
-        "trust_domain": TRUST_DOMAIN,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "inbound": {
+    return sidecar_config(
+        socket,
+        inbound={
             "listen": "127.0.0.1:0",
             "upstream": f"http://127.0.0.1:{upstream_port}",
             "allow_spiffe_ids": allow,
             **inbound,
         },
-    }
+    )
 
 
 def outbound_config(
@@ -98,11 +133,9 @@ def outbound_config(
 ) -> dict[str, Any]:
     """Config of an outbound sidecar with one route ``/math`` (plus ``route`` keys) to an
     inbound sidecar."""
-    return {
-        "trust_domain": TRUST_DOMAIN,
-        "workload_api": socket,
-        "admin": {"listen": "127.0.0.1:0"},
-        "outbound": {
+    return sidecar_config(
+        socket,
+        outbound={
             "listen": "127.0.0.1:0",
             "routes": [
                 {
@@ -115,7 +148,46 @@ def outbound_config(
             ],
             **outbound,
         },
-    }
+    )
+
+
+def targets(inbound_ports: dict[str, int]) -> list[dict[str, Any]]:
+    """The MCP servers of the multiplexing route and of the gateway: each server's sidecar."""
+    return [
+        {
+            "name": name,
+            "upstream": f"https://127.0.0.1:{port}",
+            "server_spiffe_id": IDENTITIES[name],
+        }
+        for name, port in inbound_ports.items()
+    ]
+
+
+def gateway_config(
+    socket: str, port: int, inbound_ports: dict[str, int], jwks: dict[str, Any]
+) -> dict[str, Any]:
+    """An edge gateway: OAuth in (the demo issuer's key, inline), both servers out."""
+    return sidecar_config(
+        socket,
+        inbound={
+            "listen": f"127.0.0.1:{port}",
+            "mtls": "off",
+            "oauth": {
+                "issuer": ISSUER,
+                "audience": f"http://127.0.0.1:{port}{MCP_PATH}",
+                "jwks": jwks,
+                "required_scopes": [SCOPE],
+            },
+            "targets": targets(inbound_ports),
+            "mcp_policy": GATEWAY_POLICY,
+        },
+    )
+
+
+def _free_port() -> int:
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def _sidecar(name: str, config: dict[str, Any], state: Path, logs: list[TextIO]) -> Sidecar:
@@ -138,6 +210,8 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
     sidecars: list[Sidecar] = []
     await api.start()
     server = await serve_mcp("127.0.0.1", 0)
+    clock = await serve_mcp("127.0.0.1", 0, name="clock", tools=CLOCK_TOOLS)
+    issuer = DemoIssuer()
     try:
         inbound = await _sidecar(
             "math-inbound",
@@ -146,13 +220,27 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
             logs,
         )
         sidecars.append(inbound)
-        agent = await _sidecar(
-            "agent-outbound",
-            outbound_config(sockets["agent"], inbound.port("inbound"), IDENTITIES["math"]),
+        clock_inbound = await _sidecar(
+            "clock-inbound",
+            inbound_config(sockets["clock"], clock.port, AGENTS_ALLOWED),
             state,
             logs,
         )
+        sidecars.append(clock_inbound)
+        ports = {"math": inbound.port("inbound"), "clock": clock_inbound.port("inbound")}
+        agent_config = outbound_config(sockets["agent"], ports["math"], IDENTITIES["math"])
+        agent_config["outbound"]["routes"].append(
+            {"name": "tools", "path_prefix": "/tools", "targets": targets(ports)}
+        )
+        agent = await _sidecar("agent-outbound", agent_config, state, logs)
         sidecars.append(agent)
+        gateway = await _sidecar(
+            "gateway",
+            gateway_config(sockets["gateway"], _free_port(), ports, issuer.jwks()),
+            state,
+            logs,
+        )
+        sidecars.append(gateway)
         rogue = await _sidecar(
             "rogue-outbound",
             outbound_config(sockets["rogue"], inbound.port("inbound"), IDENTITIES["math"]),
@@ -160,11 +248,12 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
             logs,
         )
         sidecars.append(rogue)
-        yield DemoMesh(state, api, server.url, inbound, agent, rogue)
+        yield DemoMesh(state, api, server.url, inbound, agent, rogue, gateway, issuer)
     finally:
         for sidecar in reversed(sidecars):
             await sidecar.stop()
         await server.close()
+        await clock.close()
         await api.stop()
         for log_file in logs:
             log_file.close()
@@ -209,7 +298,46 @@ async def exercise(mesh: DemoMesh) -> Report:
         "tools/list",
         f"-> refused: HTTP {refused.status} {_reason(refused.body)}",
     )
+    await _one_endpoint(mesh, report)
+    await _gateway(mesh, report)
     return report
+
+
+async def _one_endpoint(mesh: DemoMesh, report: Report) -> None:
+    """Two MCP servers behind one route of the agent's sidecar."""
+    url = mesh.tools_url()
+    tools = await mcp_client.list_tool_names(url, timeout=STEP_TIMEOUT)
+    both = {"math__add", "clock__get_time"} <= set(tools)
+    report.step(both, "agent", "tools/list on /tools (2 servers)", ", ".join(sorted(tools)))
+    for name, args in (("math__add", {"a": 2, "b": 3}), ("clock__get_time", {})):
+        result = await mcp_client.call_tool(url, name, args, timeout=STEP_TIMEOUT)
+        report.step(
+            not result.is_error, "agent", f"tools/call {name}({_args(args)})", f"-> {result.text}"
+        )
+
+
+async def _gateway(mesh: DemoMesh, report: Report) -> None:
+    """An edge gateway: OAuth tokens with roles, the talk's rule on multiplexed names."""
+    url = mesh.gateway_url()
+    user, admin = mesh.bearer("bob", "user"), mesh.bearer("alice", "admin")
+    seen = await mcp_client.list_tool_names(url, user, timeout=STEP_TIMEOUT)
+    report.step(seen == ["clock__get_time"], "user", "tools/list via the gateway", ", ".join(seen))
+    denied = await _try_call(url, "math__echo", {"text": "hi"}, user)
+    report.step(
+        denied.startswith("refused"), "user", "tools/call math__echo(text='hi')", f"-> {denied}"
+    )
+    allowed = await _try_call(url, "math__echo", {"text": "hi"}, admin)
+    report.step(allowed == "hi", "admin", "tools/call math__echo(text='hi')", f"-> {allowed}")
+
+
+async def _try_call(url: str, name: str, args: dict[str, Any], headers: dict[str, str]) -> str:
+    """The call's text, or ``refused: <JSON-RPC error>``."""
+    async with mcp_client.open_session(url, headers, timeout=STEP_TIMEOUT) as session:
+        try:
+            result = await session.client.call_tool(name, args)
+        except MCPError as exc:
+            return f"refused: {exc.error.code} {exc.error.message}"
+    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
 
 
 def _args(args: dict[str, Any]) -> str:
@@ -249,13 +377,15 @@ def _print_report(mesh: DemoMesh, report: Report, metrics: list[str]) -> None:
     print("mcp-sidecar demo: an agentic mesh on the embedded dev Workload API\n")
     print("identities (dev Workload API, trust domain example.org):")
     for name, sid in IDENTITIES.items():
-        print(f"  {name:<6} {sid}")
+        print(f"  {name:<7} {sid}")
     print("\nwhat happened (MCP client -> outbound sidecar -> mTLS -> inbound sidecar -> server):")
     print("\n".join(report.lines))
     print("\ninbound sidecar metrics:")
     print("\n".join(f"  {line}" for line in metrics))
     print("\nwhere to look:")
     print(f"  agent's MCP endpoint   {mesh.agent_url()}")
+    print(f"  agent's one endpoint   {mesh.tools_url()}  (math and clock)")
+    print(f"  edge gateway (OAuth)   {mesh.gateway_url()}")
     print(f"  rogue's MCP endpoint   {mesh.rogue_url()}")
     print(f"  inbound admin          http://127.0.0.1:{mesh.inbound.admin_port}/metrics")
     print(f"  configs, access logs   {mesh.state}")

@@ -30,6 +30,7 @@ from sidecar.config import Config, ConfigErrors, InboundConfig, load_config, par
 from sidecar.errors import ConfigError
 from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, parse_body
 from sidecar.mcp.judge import judge
+from sidecar.mcp.mux.names import Naming
 from sidecar.mcp.policy import (
     ARGUMENT_METHODS,
     NOTIFICATION_PREFIX,
@@ -355,12 +356,48 @@ def explain(
         )
     parsed = judgement.parsed
     assert parsed is not None and judgement.decisions is not None
+    for message in parsed.messages:
+        if message.target is not None:
+            by_uri = (message.method or "").startswith("resources/")
+            notes += _gateway_notes(
+                config.inbound,
+                None if by_uri else message.target,
+                message.target if by_uri else None,
+            )
     if denial is not None:
         elements = tuple((m, denial) for m in parsed.messages)
         return Explanation(denial, stage, tuple(notes), principal, elements, parsed.batch)
     elements = tuple(zip(parsed.messages, judgement.decisions, strict=True))
     decision = summarise(judgement.decisions)
     return Explanation(decision, "mcp_policy", tuple(notes), principal, elements, parsed.batch)
+
+
+def _gateway_notes(inbound: InboundConfig, name: str | None, uri: str | None) -> list[str]:
+    """At an edge gateway (``inbound.targets``): which target a name or URI reaches, with its
+    own name there. Rules match the names as the client sees them (``math__add``)."""
+    mux = inbound.mux
+    if mux is None or (name is None and uri is None):
+        return []
+    naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
+    upstreams = {t.name: t.upstream for t in mux.targets}
+    if name is not None:
+        split = naming.split_name(name)
+        if split is None and naming.needs_owner_table:
+            return [
+                f"{name!r}: prefix_mode never: the gateway routes it to the one target "
+                "that lists it"
+            ]
+    else:
+        assert uri is not None
+        split = naming.split_uri(uri)
+    shown = name if name is not None else uri
+    if split is None:
+        return [
+            f"{shown!r} names no target of this gateway ({', '.join(upstreams)}): the "
+            "gateway refuses it as unknown whatever the policy says"
+        ]
+    target, own = split
+    return [f"{shown!r} is {own!r} of target {target} ({upstreams[target]})"]
 
 
 # ---------------------------------------------------------------------------------------- CLI

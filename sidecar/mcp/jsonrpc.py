@@ -75,6 +75,13 @@ class Parsed:
 
 def parse_body(body: bytes) -> Parsed:
     """Parse an HTTP request body into JSON-RPC messages or raise ``JsonRpcError``."""
+    return parse_value(loads(body))
+
+
+def loads(body: bytes) -> Any:
+    """The JSON value of ``body``, read strictly (see the module docstring), or
+    ``JsonRpcError`` (-32700). Also for answers the proxy must rewrite: what it cannot read
+    unambiguously it does not forward."""
     try:
         text = body.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
@@ -93,6 +100,11 @@ def parse_body(body: bytes) -> Parsed:
         # Only a ``\u`` escape can smuggle a lone surrogate into valid UTF-8 text, and the
         # nesting depth cannot exceed the number of brackets: without either, nothing to walk.
         _check_depth_and_strings(data, 0)
+    return data
+
+
+def parse_value(data: Any) -> Parsed:
+    """The JSON-RPC messages of an already decoded (``loads``) body, or ``JsonRpcError``."""
     if isinstance(data, list):
         if not data:
             raise JsonRpcError("empty batch")

@@ -8,6 +8,8 @@ a missing or bad token a 401/403 with ``WWW-Authenticate``; not one byte reaches
 With ``mtls: off`` the listener is plain HTTP and the OAuth layer is mandatory (config-checked).
 An absolute-form target (``https://math.mcp.svc:8443/mcp``) is served like its origin-form path:
 the Host sent upstream is the local server's either way.
+An edge gateway (``inbound.targets``) multiplexes several MCP servers (``proxy.mux``) after the
+same checks, so policy, rate limits and list filtering see the multiplexed names.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.mcp_guard import McpGuard
 from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
-from sidecar.proxy.upstream import pool_for
+from sidecar.proxy.mux import MuxEndpoint, session_owner
+from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
@@ -55,17 +58,23 @@ class InboundProxy(ProxyHandler):
         access_log: AccessLogger,
         tokens: TokenGate,
         guard: McpGuard,
+        mux: MuxEndpoint | None = None,
     ) -> None:
         super().__init__(config.limits, config.allowed_origins, metrics, access_log)
         self.config = config
         self.our_id = our_id
         self.tokens = tokens
         self.guard = guard
+        self.mux = mux
+        """Edge-gateway mode (``inbound.targets``): the MCP servers this listener multiplexes."""
         # Idle connections to the local MCP server are dropped before common servers drop them
         # (uvicorn: 5 s), so a request rarely meets a connection the server is just closing.
-        self.pool, self.upstream_host = pool_for(
-            config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
-        )
+        self.pool: UpstreamPool | None = None
+        self.upstream_host = ""
+        if config.upstream is not None:
+            self.pool, self.upstream_host = pool_for(
+                config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
+            )
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
         )
@@ -73,7 +82,10 @@ class InboundProxy(ProxyHandler):
             self.drop_headers += (config.api_keys.header.lower(),)
 
     async def close(self) -> None:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
+        if self.mux is not None:
+            await self.mux.close()
         await self.tokens.close()
 
     def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
@@ -105,6 +117,17 @@ class InboundProxy(ProxyHandler):
             info.reason = "mcp_refused"
             self.guard.record(request, principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
+        if self.mux is not None:  # an edge gateway: the guard judged the multiplexed names
+            response = await self.mux.handle(
+                request,
+                body,
+                request.raw_path,
+                info,
+                owner=session_owner(principal),
+                rewrite=verdict.rewrite,
+            )
+            self.guard.record(request, principal, verdict, response.status, started)
+            return response
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
         if self.guard.policy is not None and request.method == "GET":
             # A resumed stream would replay responses (e.g. a tools/list result) whose requests
@@ -120,6 +143,7 @@ class InboundProxy(ProxyHandler):
             headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
         headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
+        assert self.pool is not None  # an edge gateway (mux) was served above
         try:
             response = await forward(
                 request,

@@ -12,27 +12,25 @@ agent would expect a TLS session with the server itself, which we neither give n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from sidecar.config import OutboundConfig, RouteConfig
+from sidecar.config import OutboundConfig
 from sidecar.errors import SidecarError
 from sidecar.identity.snapshot import JwtSvid
-from sidecar.identity.workload_api import WorkloadApiError
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
-from sidecar.proxy.errors import BadRequest, JwtSvidUnavailable, NoRoute
+from sidecar.proxy.errors import BadRequest, NoRoute
 from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.messages import Request, Response
+from sidecar.proxy.mux import MuxEndpoint, build_endpoint
+from sidecar.proxy.mux_target import server_verifier
 from sidecar.proxy.routing import select_route
+from sidecar.proxy.svid_header import JwtSvidHeaders
 from sidecar.proxy.token_exchange import TokenExchanger
 from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.exchange import ExchangeCache, ExchangeError
-
-HEADER_REUSE = 1.0  # seconds an Authorization header is reused before asking the source again
 
 
 class OutboundProxy(ProxyHandler):
@@ -51,16 +49,28 @@ class OutboundProxy(ProxyHandler):
         super().__init__(config.limits, config.allowed_origins, metrics, access_log)
         self.config = config
         self.tls = tls
-        self.jwt_svid = jwt_svid
-        self._headers: dict[str, tuple[str, float]] = {}  # audience -> (header, reuse until)
+        self.svid_headers = JwtSvidHeaders(jwt_svid)
         self.pools: dict[str, UpstreamPool] = {}
         self.upstream_hosts: dict[str, str] = {}
+        self.muxes: dict[str, MuxEndpoint] = {}
         for route in config.routes:
+            if route.mux is not None:
+                self.muxes[route.name] = build_endpoint(
+                    route.name,
+                    route.mux,
+                    config.limits,
+                    tls,
+                    metrics,
+                    self.svid_headers,
+                    on_identity_rejected,
+                )
+                continue
+            assert route.upstream is not None and route.server_spiffe_id is not None
             self.pools[route.name], self.upstream_hosts[route.name] = pool_for(
                 route.upstream,
                 config.limits,
                 context=tls.client_context,
-                verify=self._verifier(route, on_identity_rejected),
+                verify=server_verifier(tls, route.server_spiffe_id, on_identity_rejected),
             )
         exchanged = ExchangeCache()  # one bound for every route's exchanged tokens
         self.exchangers: dict[str, TokenExchanger] = {
@@ -69,43 +79,13 @@ class OutboundProxy(ProxyHandler):
             if route.token_exchange is not None
         }
 
-    def _verifier(
-        self, route: RouteConfig, on_rejected: Callable[[PeerRejected], None]
-    ) -> Callable[[Any], object]:
-        def verify(ssl_object: Any) -> object:
-            try:
-                return self.tls.verify_server(ssl_object, route.server_spiffe_id)
-            except PeerRejected as exc:
-                on_rejected(exc)
-                raise
-
-        return verify
-
-    async def _authorization(self, audience: str) -> str:
-        """``Bearer <our JWT-SVID for audience>``; it replaces whatever Authorization header the
-        local agent sent. The source caches and refreshes the SVID; the header is reused for up
-        to ``HEADER_REUSE`` seconds (never past the SVID's expiry), so the request path does not
-        ask the source every time."""
-        cached = self._headers.get(audience)
-        now = time.time()
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        if self.jwt_svid is None:  # pragma: no cover - wiring error
-            raise JwtSvidUnavailable("no Workload API source for JWT-SVIDs")
-        try:
-            svid = await self.jwt_svid(audience)
-        except WorkloadApiError as exc:
-            raise JwtSvidUnavailable(exc.message) from exc
-        header = f"Bearer {svid.token}"
-        until = min(now + HEADER_REUSE, svid.expiry.timestamp() - HEADER_REUSE)
-        self._headers[audience] = (header, until)
-        return header
-
     async def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
         for exchanger in self.exchangers.values():
             await exchanger.close()
+        for mux in self.muxes.values():
+            await mux.close()
 
     def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
         response = super().refusal(exc, info)
@@ -126,6 +106,11 @@ class OutboundProxy(ProxyHandler):
             raise NoRoute(f"no route for {target!r}")
         route = match.route
         info.route = route.name
+        mux = self.muxes.get(route.name)
+        if mux is not None:
+            body = await request.read_body()
+            info.bytes_in = len(body)
+            return await mux.handle(request, body, match.upstream_path, info)
         info.peer = str(route.server_spiffe_id)
         info.upstream = route.upstream
         body = await request.read_body()
@@ -133,7 +118,7 @@ class OutboundProxy(ProxyHandler):
         headers = forwardable_headers(request.headers, drop=("x-forwarded-client-cert",))
         headers["Host"] = self.upstream_hosts[route.name]
         if route.jwt_svid_audience is not None:
-            headers["Authorization"] = await self._authorization(route.jwt_svid_audience)
+            headers["Authorization"] = await self.svid_headers.header(route.jwt_svid_audience)
         exchanger = self.exchangers.get(route.name)
         if exchanger is not None:  # the user's token is exchanged, never forwarded itself
             headers.popall(exchanger.subject_header, None)

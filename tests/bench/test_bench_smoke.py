@@ -108,13 +108,10 @@ def test_report_ratios_and_results_file(tmp_path: Path) -> None:
     assert results.count("### t") == 2
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("extra", [[], ["--variant", "mtls", "--access-log"]])
-def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
-    """``python -m bench.inproc``: the pair in one process; it raises unless every request is
-    answered 200 through the checks, and prints the CPU figure."""
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args``, which must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.inproc", "--requests", "300", "--warmup", "50", *extra],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -122,6 +119,15 @@ def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("extra", [[], ["--variant", "mtls", "--access-log"]])
+def test_inproc_pair_answers_every_request(extra: list[str]) -> None:
+    """``python -m bench.inproc``: the pair in one process; it raises unless every request is
+    answered 200 through the checks, and prints the CPU figure."""
+    done = run_module("bench.inproc", "--requests", "300", "--warmup", "50", *extra)
     variant = "ours-mtls, access logs on" if extra else "ours-full"
     assert re.fullmatch(
         rf"{re.escape(variant)}: \d+\.\d µs CPU per request \(median of 3: .*\)\n", done.stdout
@@ -163,3 +169,14 @@ def test_ratio_is_paired_by_repeat_and_flags_drift() -> None:
     text = report.markdown(rep)
     assert "| ours-full / envoy-full | **1.10x (1.10-1.10)** |" in text
     assert "ratio unreliable: Envoy moved 50% between repeats" in text
+
+
+@pytest.mark.timeout(120)
+def test_mux_overhead_answers_every_request_on_both_routes() -> None:
+    """``python -m bench.mux``: the plain and the multiplexing route alternate; it raises unless
+    every request of both is answered 200, and prints both figures and their difference."""
+    done = run_module("bench.mux", "--requests", "200", "--warmup", "50", "--repeat", "2")
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"single +\d+\.\d µs CPU per request \(.*\)", lines[0]), lines
+    assert re.fullmatch(r"mux +\d+\.\d µs CPU per request \(.*\)", lines[1]), lines
+    assert lines[2].startswith("mux - single: ")

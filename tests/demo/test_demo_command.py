@@ -21,3 +21,9 @@ async def test_demo_command_exits_zero_with_a_report() -> None:
     assert "result: OK" in report
     assert "[ok ] rogue     tools/list" in report and "not_allowlisted" in report
     assert "FAIL" not in report
+    # one endpoint for two MCP servers, and the talk's role rule at the edge gateway
+    assert "[ok ] agent     tools/list on /tools (2 servers)" in report
+    assert "clock__get_time" in report and "math__add" in report
+    assert "[ok ] user      tools/list via the gateway         clock__get_time\n" in report
+    assert "[ok ] user      tools/call math__echo(text='hi')   -> refused: -32001" in report
+    assert "[ok ] admin     tools/call math__echo(text='hi')   -> hi" in report

@@ -35,7 +35,7 @@ from sidecar.spiffe.ids import SpiffeId
 from tests.k8s.kustomize import KUSTOMIZATION, Rendered, object_key, render
 
 ROOT = Path(__file__).resolve().parents[2]
-KUSTOMIZATIONS = ("spire", "deploy/injector", "deploy/demo", "deploy/demo/rogue")
+KUSTOMIZATIONS = ("spire", "deploy/injector", "deploy/demo", "deploy/demo/rogue", "deploy/gateway")
 K8S_VERSIONS = ("1.29", "1.37")
 CRD_FILE = ROOT / "spire" / "crds" / "clusterspiffeids.spire.spiffe.io.yaml"
 # Fields of ControllerManagerConfig in spire-controller-manager v0.6.6
@@ -84,7 +84,7 @@ def injected_demo() -> list[dict[str, Any]]:
     """The demo objects as they run: workloads injected (webhook and CLI inject the same)."""
     return [
         inject.inject_object(obj)[0]
-        for d in ("deploy/demo", "deploy/demo/rogue")
+        for d in ("deploy/demo", "deploy/demo/rogue", "deploy/gateway")
         for obj in objects(d)
     ]
 
@@ -174,7 +174,7 @@ def test_objects_validate_against_kubernetes_schemas(directory: str, version: st
 def test_injected_demo_validates_against_kubernetes_schemas(version: str) -> None:
     """The injected sidecar (a restartable init container) is valid Kubernetes."""
     demo = injected_demo()
-    assert sum(bool(o.get("kind") in ("Deployment", "Job")) for o in demo) == 3
+    assert sum(bool(o.get("kind") in ("Deployment", "Job")) for o in demo) == 5
     for obj in demo:
         validate(obj, version)
 
@@ -631,6 +631,7 @@ def test_restricted_namespaces_only_get_restricted_pods() -> None:
         "spire-system": "privileged",
         "mcp-sidecar-system": "restricted",
         "mcp-demo": "restricted",
+        "mcp-gateway": "restricted",
     }
     checked = 0
     for obj in [*objects("deploy/injector"), *injected_demo()]:
@@ -638,7 +639,7 @@ def test_restricted_namespaces_only_get_restricted_pods() -> None:
             assert enforce[obj["metadata"]["namespace"]] == "restricted"
             assert restricted_violations(spec["spec"]) == [], obj["metadata"]["name"]
             checked += 1
-    assert checked == 4
+    assert checked == 6
     # The check itself bites.
     assert restricted_violations({"containers": [{"name": "x"}], "hostNetwork": True})
 

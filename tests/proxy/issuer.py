@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.proxy.loopback import serve_app
 from tests.tokens.jwtkit import PrivateKey, ec_key, public_jwk, sign
 
 
@@ -27,11 +28,7 @@ class Issuer:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def close(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
+from tests.proxy.loopback import free_port
 from tests.proxy.upstream import RecordingUpstream
 
 TD = "example.org"
@@ -148,12 +148,6 @@ async def local_mesh(
                     await sidecar.stop()
             await upstream.close()
             await api.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -96,8 +96,8 @@ def outbound(source: CountingSource) -> OutboundProxy:
 async def test_authorization_header_is_reused_briefly() -> None:
     source = CountingSource(ttl=3600)
     proxy = outbound(source)
-    first = await proxy._authorization(AUDIENCE)
-    assert await proxy._authorization(AUDIENCE) == first == "Bearer token-1"
+    first = await proxy.svid_headers.header(AUDIENCE)
+    assert await proxy.svid_headers.header(AUDIENCE) == first == "Bearer token-1"
     assert source.fetches == 1
 
 
@@ -106,6 +106,6 @@ async def test_authorization_header_is_never_reused_near_the_svid_expiry() -> No
     # expired token is never sent from the header cache.
     source = CountingSource(ttl=0.5)
     proxy = outbound(source)
-    await proxy._authorization(AUDIENCE)
-    assert await proxy._authorization(AUDIENCE) == "Bearer token-2"
+    await proxy.svid_headers.header(AUDIENCE)
+    assert await proxy.svid_headers.header(AUDIENCE) == "Bearer token-2"
     assert source.fetches == 2

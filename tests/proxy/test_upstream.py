@@ -25,6 +25,7 @@ from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.upstream import UpstreamPool, UpstreamResponse
 from sidecar.tls.contexts import PeerRejected
 from tests.certfactory import CertFactory, IssuedCert
+from tests.proxy.loopback import free_port
 
 WAIT = 10.0  # bound on every wait for something that must happen
 HOST = (("Host", "upstream.test"),)
@@ -432,12 +433,6 @@ async def test_abandoned_exchange_is_not_reused(pieces_read: int) -> None:
 
 
 # -- 6. failures ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

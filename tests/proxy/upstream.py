@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.proxy.loopback import serve_app
+
 
 @dataclass
 class Seen:
@@ -33,11 +35,7 @@ class RecordingUpstream:
         app.router.add_route("*", "/sse", self._sse)
         app.router.add_route("*", "/slow", self._slow)
         app.router.add_route("*", "/{tail:.*}", self._echo)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app, handler_cancellation=True)
         return self
 
     async def close(self) -> None:
