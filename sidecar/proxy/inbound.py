@@ -121,7 +121,7 @@ class InboundProxy(ProxyHandler):
             response = await self.mux.handle(
                 request,
                 body,
-                request.raw_path,
+                request.target,
                 info,
                 owner=session_owner(principal),
                 rewrite=verdict.rewrite,

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.identity.devca import DevCA
-from sidecar.identity.devserver import DevWorkloadApi
-
 from sidecar.config import parse_config
 from sidecar.demo import mesh as demo_mesh
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 from tests.proxy.mesh import TD, WAIT, log_lines
 from tests.proxy.mux_servers import clock_server, math_server

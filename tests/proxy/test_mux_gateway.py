@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jwt
@@ -20,6 +21,7 @@ from sidecar.demo import mesh as demo_mesh
 from sidecar.demo.mcp_server import MCP_PATH
 from sidecar.mcp.policy import FORBIDDEN_CODE
 from sidecar.mcp.ratelimit import RATE_LIMITED_CODE
+from sidecar.runtime import Sidecar
 from tests.proxy.issuer import Issuer
 from tests.proxy.loopback import free_port
 from tests.proxy.muxmesh import IDENTITIES, MuxMesh, mux_mesh
@@ -43,6 +45,7 @@ class Gateway:
     mesh: MuxMesh
     issuer: Issuer
     url: str
+    sidecar: Sidecar
 
     def headers(self, *roles: str, sub: str = "alice") -> dict[str, str]:
         token = self.issuer.token(aud=self.url, scope="mcp:tools", roles=list(roles), sub=sub)
@@ -56,7 +59,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         async with mux_mesh() as mesh:
             port = free_port()
             url = f"http://127.0.0.1:{port}{MCP_PATH}"
-            await mesh.gateway(
+            sidecar = await mesh.gateway(
                 listen=f"127.0.0.1:{port}",
                 mtls="off",
                 oauth={"issuer": issuer.url, "audience": url, "required_scopes": ["mcp:tools"]},
@@ -65,7 +68,7 @@ async def gateway() -> AsyncIterator[Gateway]:
                     {"per": "principal_tool", "rate": "1/h", "burst": 1, "tools": ["clock__*"]}
                 ],
             )
-            yield Gateway(mesh, issuer, url)
+            yield Gateway(mesh, issuer, url, sidecar)
     finally:
         await issuer.close()
 
@@ -93,6 +96,32 @@ async def test_an_admin_sees_both_servers_echo(gateway: Gateway) -> None:
     assert sorted(names) == ["clock__echo", "clock__get_time", "math__echo"]
     echoed = await mcp_client.call_tool(gateway.url, "math__echo", {"text": "hi"}, admin)
     assert echoed.text == "math: hi"
+
+
+async def test_the_targets_are_asked_on_the_normalised_path(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway routes and forwards is the normalised path (as on a plain inbound),
+    never the dot-segments the client sent."""
+    mux = gateway.sidecar.inbound.mux if gateway.sidecar.inbound else None
+    assert mux is not None
+    paths: list[str] = []
+    handle = mux.handle
+
+    async def spy(request: Any, body: bytes, path: str, *args: Any, **kwargs: Any) -> Any:
+        paths.append(path)
+        return await handle(request, body, path, *args, **kwargs)
+
+    monkeypatch.setattr(mux, "handle", spy)
+    sneaky = gateway.url.replace(MCP_PATH, f"/x/..{MCP_PATH}/%2e/")
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with aiohttp.ClientSession() as session, session.post(
+        aiohttp.client.URL(sneaky, encoded=True),
+        json=ping,
+        headers={**gateway.headers("user"), "Accept": "application/json, text/event-stream"},
+    ) as resp:
+        await resp.read()
+    assert paths == [f"{MCP_PATH}/"]
 
 
 async def test_oauth_challenge_and_metadata(gateway: Gateway) -> None:
