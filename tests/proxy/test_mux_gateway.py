@@ -115,11 +115,14 @@ async def test_the_targets_are_asked_on_the_normalised_path(
     monkeypatch.setattr(mux, "handle", spy)
     sneaky = gateway.url.replace(MCP_PATH, f"/x/..{MCP_PATH}/%2e/")
     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    async with aiohttp.ClientSession() as session, session.post(
-        aiohttp.client.URL(sneaky, encoded=True),
-        json=ping,
-        headers={**gateway.headers("user"), "Accept": "application/json, text/event-stream"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            aiohttp.client.URL(sneaky, encoded=True),
+            json=ping,
+            headers={**gateway.headers("user"), "Accept": "application/json, text/event-stream"},
+        ) as resp,
+    ):
         await resp.read()
     assert paths == [f"{MCP_PATH}/"]
 
