@@ -42,6 +42,7 @@ from sidecar.schema import short as _short
 from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
 from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
 from sidecar.tokens.jose import ALLOWED_ALGORITHMS
+from sidecar.tracing.config import TracingConfig, parse_tracing
 
 __all__ = [
     "JWT_ALGORITHMS",
@@ -100,7 +101,16 @@ RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
 """RFC 9728 protected resource metadata; the resource's path is appended (section 3.1)."""
 
 SCHEMA: Mapping[str, tuple[str, ...]] = {
-    "": ("trust_domain", "workload_api", "admin", "inbound", "outbound", "log", "shutdown"),
+    "": (
+        "trust_domain",
+        "workload_api",
+        "admin",
+        "inbound",
+        "outbound",
+        "log",
+        "shutdown",
+        "tracing",
+    ),
     "admin": ("listen",),
     "inbound": (
         "listen",
@@ -148,7 +158,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "strip_prefix",
         "jwt_svid_audience",
     ),
-    "log": ("level", "access_log"),
+    "log": ("level", "access_log", "format"),
     "shutdown": ("drain_timeout",),
 }
 """Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
@@ -160,6 +170,8 @@ here, and add it to ``SCHEMA``, when its feature lands."""
 
 MtlsMode = Literal["required", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 MTLS_MODES: tuple[MtlsMode, ...] = ("required", "off")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
@@ -400,6 +412,8 @@ class AdminConfig:
 class LogConfig:
     level: LogLevel = "info"
     access_log: bool = True
+    format: LogFormat = "text"
+    """Of the process log on stderr (the access and audit lines are always JSON)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -415,6 +429,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     drain_timeout: float = 10.0
     """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def summary(self) -> list[str]:
         """A few human-readable lines: listeners, routes, allowlist size, token layers."""
@@ -1091,6 +1106,9 @@ class _Parser:
         outbound: OutboundConfig | None = f.optional("outbound", self.outbound, None)
         log = f.optional("log", self.log, LogConfig())
         drain_timeout = f.optional("shutdown", self.shutdown, 10.0)
+        tracing = f.optional(
+            "tracing", lambda v, p: self.delegate(parse_tracing, v, p), TracingConfig()
+        )
         if "inbound" not in f and "outbound" not in f:
             self.error(
                 ROOT,
@@ -1114,6 +1132,7 @@ class _Parser:
             outbound=outbound,
             log=log,
             drain_timeout=drain_timeout,
+            tracing=tracing,
         )
 
     def check_listeners(self, listeners: list[tuple[str, ListenAddress | None]]) -> None:
@@ -1139,9 +1158,12 @@ class _Parser:
         f = self.fields(value, path, "log")
         level: LogLevel = f.optional("level", _log_level, "info")
         access_log = f.optional("access_log", _boolean, True)
+        log_format: LogFormat = f.optional(
+            "format", lambda v, p: _choice(v, p, LOG_FORMATS), "text"
+        )
         if f.failed:
             raise _Failed
-        return LogConfig(level=level, access_log=access_log)
+        return LogConfig(level=level, access_log=access_log, format=log_format)
 
     def shutdown(self, value: object, path: str) -> float:
         f = self.fields(value, path, "shutdown")

@@ -106,6 +106,8 @@ async def forward(
     only before the response has started; a failure mid-stream makes the stream raise, and the
     engine aborts the client connection (a truncated body must not look complete).
     """
+    if request.trace is not None:  # tracing on: a CLIENT span, its context in ``headers``
+        request.trace.upstream(headers, body, pool.host, pool.port)
     upstream = await pool.request(
         request.method,
         target,

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected
+
+if TYPE_CHECKING:
+    from sidecar.tracing.spans import RequestTrace
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -33,7 +36,17 @@ class PeerInfo(Protocol):
 class Request:
     """One parsed request; the body is read on demand (``read_body``), bounded by the listener."""
 
-    __slots__ = ("_body", "conn", "headers", "method", "path", "raw_path", "scheme", "version")
+    __slots__ = (
+        "_body",
+        "conn",
+        "headers",
+        "method",
+        "path",
+        "raw_path",
+        "scheme",
+        "trace",
+        "version",
+    )
 
     def __init__(
         self,
@@ -53,6 +66,8 @@ class Request:
         self.scheme = scheme
         self.conn = conn
         self._body = body
+        #: the request's spans when tracing is on (set by the proxy handler), else None
+        self.trace: RequestTrace | None = None
 
     async def read_body(self) -> bytes:
         """The whole body (``PayloadTooLarge`` beyond the listener's ``max_request_body``)."""

@@ -54,6 +54,7 @@ def test_one_json_object_per_line() -> None:
     first, second = (json.loads(line) for line in lines)
     assert list(first) == [
         "time",
+        "kind",
         "direction",
         "peer",
         "method",
@@ -67,7 +68,12 @@ def test_one_json_object_per_line() -> None:
         "reason",
         "upstream",
         "principal",
+        "x_request_id",
+        "trace_id",
+        "span_id",
     ]
+    assert first["kind"] == "access"
+    assert first["x_request_id"] is None  # logged outside a request
     assert first["peer"] == "spiffe://example.org/ns/agents/sa/agent"
     assert first["duration_ms"] == 1.235
     assert first["mcp_session_id"] == "sess-1"
