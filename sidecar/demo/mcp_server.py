@@ -87,6 +87,10 @@ class RequestRecord:
     content_type: str | None
     response_session_id: str | None
     """``Mcp-Session-Id`` the response carried."""
+    traceparent: str | None = None
+    """The W3C ``traceparent`` the request carried (tracing through the sidecars)."""
+    request_id: str | None = None
+    """The ``X-Request-Id`` the request carried."""
 
 
 def host_header_name(host: str) -> str:
@@ -195,6 +199,8 @@ class _RecordingApp:
                         status=int(message["status"]),
                         content_type=response_headers.get("content-type"),
                         response_session_id=response_headers.get("mcp-session-id"),
+                        traceparent=request_headers.get("traceparent"),
+                        request_id=request_headers.get("x-request-id"),
                     )
                 )
             await send(message)
