@@ -96,6 +96,10 @@ async def test_a_tool_call_is_one_trace_across_both_sidecars(
         agent_out = only(spans, service="agent-sidecar", kind="client", name="tools/call add")
         inbound = only(spans, service="server-sidecar", kind="server", **call)
         inbound_out = only(spans, service="server-sidecar", kind="client", name="tools/call add")
+        tool_calls = mesh.server.metrics.registry.get_sample_value(
+            "mcp_sidecar_tool_call_duration_seconds_count", {"tool": "other"}
+        )  # "add" was never listed by the server in this session: not a label of its own
+        assert tool_calls == 1.0
         agent_lines = [json.loads(line) for line in log_lines(mesh.agent, mesh.agent_log)]
         server_lines = [json.loads(line) for line in log_lines(mesh.server, mesh.server_log)]
     # one trace, each span the child of the previous hop, starting at the client's span
