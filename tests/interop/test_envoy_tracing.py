@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from sidecar.demo.otlp_receiver import OtlpReceiver
 from tests.interop.envoy import ENVOY_UNAVAILABLE, WAIT, running_envoy, traced_front_bootstrap
 from tests.proxy.mesh import local_mesh
-from tests.tracing.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.skipif(
     ENVOY_UNAVAILABLE is not None, reason=f"Envoy cannot run here: {ENVOY_UNAVAILABLE}"

@@ -17,9 +17,9 @@ from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.demo.otlp_receiver import OtlpReceiver, ReceivedSpan
 from sidecar.runtime import Sidecar
 from tests.proxy.mesh import AGENT, ROGUE, SERVER, Mesh, local_mesh, log_lines, outbound_config
-from tests.tracing.otlp import OtlpReceiver, ReceivedSpan
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"

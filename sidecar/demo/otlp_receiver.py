@@ -1,6 +1,7 @@
-"""A real OTLP/HTTP trace receiver for tests: ``POST /v1/traces`` with an
-``ExportTraceServiceRequest`` in protobuf, decoded with ``opentelemetry-proto`` into plain
-``ReceivedSpan`` records. ``hold`` makes it a slow collector (answers wait for ``release``)."""
+"""A small in-process OTLP/HTTP trace collector (the demo's, and the tests'): ``POST
+/v1/traces`` with an ``ExportTraceServiceRequest`` in protobuf, decoded with
+``opentelemetry-proto`` (a dependency of the OTLP exporter, so present with the ``tracing``
+extra) into plain ``ReceivedSpan`` records. ``hold`` makes it a slow collector."""
 
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ class ReceivedSpan:
     events: list[tuple[str, dict[str, Any]]]
     error: bool
     status_message: str
+    start_ns: int = 0
+    end_ns: int = 0
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
 
     def event(self, name: str) -> dict[str, Any] | None:
         return next((attrs for event, attrs in self.events if event == name), None)
@@ -70,7 +77,7 @@ class OtlpReceiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def close(self) -> None:
@@ -106,6 +113,8 @@ class OtlpReceiver:
                             ],
                             error=span.status.code == Status.STATUS_CODE_ERROR,
                             status_message=span.status.message,
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
                         )
                     )
         body = ExportTraceServiceResponse().SerializeToString()
