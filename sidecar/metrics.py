@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -50,7 +51,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -566,10 +567,100 @@ class Metrics:
     # -- exposition ------------------------------------------------------------------------
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """Body and content type of the exposition. Without ``accept``: the Prometheus text
-        format (``CONTENT_TYPE_LATEST``); with a request's ``Accept`` header: whatever it
-        negotiates (OpenMetrics when asked for)."""
-        if accept is None:
-            return generate_latest(self.registry), CONTENT_TYPE_LATEST
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return render(self.registry, accept)
+
+
+def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """Body and content type of the exposition. Without ``accept``: the Prometheus text format
+    (``CONTENT_TYPE_LATEST``); with a request's ``Accept`` header: whatever it negotiates
+    (OpenMetrics when asked for)."""
+    if accept is None:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+WEBHOOK_OUTCOMES: Final = frozenset({"injected", "skipped", "ignored", "denied", "invalid"})
+
+
+class CertificateSource(Protocol):
+    """What the webhook metrics read of its ``CertificateReloader`` at scrape time."""
+
+    cert_file: str
+    reloads: int
+
+
+class _WebhookCertificate(Collector):
+    def __init__(self, source: CertificateSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        reloads = CounterMetricFamily(
+            f"{PREFIX}webhook_certificate_reloads",
+            "Times the webhook loaded a new serving certificate from its files.",
+        )
+        reloads.add_metric([], float(self._source.reloads))
+        yield reloads
+        expiry = GaugeMetricFamily(
+            f"{PREFIX}webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the certificate in the webhook's certificate file expires.",
+        )
+        try:
+            with open(self._source.cert_file, "rb") as pem:
+                cert = x509.load_pem_x509_certificate(pem.read())
+        except (OSError, ValueError):
+            pass  # an unreadable file: no sample (the reloader keeps serving the old one)
+        else:
+            expiry.add_metric([], cert.not_valid_after_utc.timestamp())
+        yield expiry
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class WebhookMetrics:
+    """The admission webhook's metrics (``mcp-sidecar webhook``, its own ``/metrics``)::
+
+    webhook_admissions_total{outcome}                counter: injected, skipped, ignored,
+                                                     denied, invalid
+    webhook_request_duration_seconds                 histogram of POST /inject
+    webhook_certificate_reloads_total                counter
+    webhook_certificate_expiry_timestamp_seconds     gauge, read from the file at scrape time
+    build_info{version}                              gauge, always 1
+    """
+
+    def __init__(self, *, version: str = __version__) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.admissions = Counter(
+            f"{PREFIX}webhook_admissions_total",
+            "Admission reviews answered, by outcome (injected, skipped, ignored, denied, invalid).",
+            ["outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}webhook_request_duration_seconds",
+            "Time to answer one admission review.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        build_info = Gauge(
+            f"{PREFIX}build_info",
+            "Always 1; the version label says which build is running.",
+            ["version"],
+            registry=r,
+        )
+        build_info.labels(version=version).set(1)
+        for outcome in sorted(WEBHOOK_OUTCOMES):
+            self.admissions.labels(outcome=outcome)
+
+    def admission(self, outcome: str, seconds: float) -> None:
+        label = outcome if outcome in WEBHOOK_OUTCOMES else OTHER
+        self.admissions.labels(outcome=label).inc()
+        self.duration.observe(max(0.0, seconds))
+
+    def bind_certificate(self, source: CertificateSource) -> None:
+        self.registry.register(_WebhookCertificate(source))
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        return render(self.registry, accept)

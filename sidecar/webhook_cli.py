@@ -18,7 +18,7 @@ DEFAULT_LISTEN: Final = "0.0.0.0:9443"
 DEFAULT_RELOAD_INTERVAL: Final = 30.0
 DESCRIPTION: Final = """The mutating admission webhook that injects the sidecar into pods: an HTTPS
 server answering POST /inject with AdmissionReview admission.k8s.io/v1, plus GET /healthz and
-GET /readyz. The certificate and key files are re-read when they change. One JSON line per
+GET /readyz and GET /metrics (Prometheus). The certificate and key files are re-read when they change. One JSON line per
 admission decision goes to stdout."""
 
 
