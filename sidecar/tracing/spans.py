@@ -170,21 +170,21 @@ class RequestTrace:
     def _describe(self, message: Message) -> None:
         if message.kind is Kind.RESPONSE or message.method is None:
             return
-        span = self.span
         method = message.method
-        span.set_attribute("mcp.method.name", method)
+        attributes: dict[str, Any] = {"mcp.method.name": method}
         if message.id is not None:
-            span.set_attribute("jsonrpc.request.id", str(message.id))
+            attributes["jsonrpc.request.id"] = str(message.id)
         target_attribute = _TARGET_ATTRIBUTE.get(method)
         if target_attribute is not None and message.target is not None:
-            span.set_attribute(target_attribute, message.target)
+            attributes[target_attribute] = message.target
         if method == "tools/call":
-            span.set_attribute("gen_ai.operation.name", "execute_tool")
+            attributes["gen_ai.operation.name"] = "execute_tool"
+        self.span.set_attributes(attributes)  # one call: the SDK checks each call's values
         if method in _NAMED_TARGETS and message.target is not None:
             self._name = f"{method} {message.target}"
         else:
             self._name = method
-        span.update_name(self._name)
+        self.span.update_name(self._name)
 
     def _decide(self, audits: Sequence[Audit]) -> None:
         """The decision of the body: the first refused message's, else ``allow``."""
@@ -197,9 +197,10 @@ class RequestTrace:
                 break
             if rule is None and decision is not None:
                 rule = decision.rule
-        self.span.set_attribute("mcp_sidecar.policy.decision", outcome)
+        attributes = {"mcp_sidecar.policy.decision": outcome}
         if rule is not None:
-            self.span.set_attribute("mcp_sidecar.policy.rule", rule)
+            attributes["mcp_sidecar.policy.rule"] = rule
+        self.span.set_attributes(attributes)
         if outcome != "allow":
             self._decision = (outcome, rule)
 
