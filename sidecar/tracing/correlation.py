@@ -12,7 +12,7 @@ the next hop logs the same id.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from contextvars import ContextVar
 from typing import Final
@@ -22,17 +22,27 @@ from multidict import CIMultiDict
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 TRACEPARENT: Final = "traceparent"
 MAX_REQUEST_ID: Final = 128
-_REQUEST_ID = re.compile(r"[!-~]{1,128}", re.ASCII)
 # W3C Trace Context: version "00"-"fe", trace id, parent id, flags (lowercase hex); a future
 # version may append fields after a dash
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
+_random_bits = random.getrandbits
 
 
 def new_request_id() -> str:
-    """32 random hex digits."""
-    return os.urandom(16).hex()
+    """32 random hex digits. An id to join log lines, not a secret: the fast PRNG will do."""
+    return "%032x" % _random_bits(128)  # noqa: UP031 - the fastest formatting here
+
+
+def valid_request_id(value: str) -> bool:
+    """1-128 printable ASCII characters, no spaces (what ``[!-~]{1,128}`` says, faster)."""
+    return (
+        0 < len(value) <= MAX_REQUEST_ID
+        and value.isascii()
+        and value.isprintable()
+        and (" " not in value)
+    )
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -81,7 +91,7 @@ def begin_request(headers: CIMultiDict[str]) -> Correlation:
     """Settle the request id of the request with ``headers`` (see the module docstring) and make
     it, with the trace id, the current task's correlation."""
     ids = headers.getall(REQUEST_ID_HEADER, ())
-    if len(ids) == 1 and _REQUEST_ID.fullmatch(ids[0]) is not None:
+    if len(ids) == 1 and valid_request_id(ids[0]):
         request_id = ids[0]
     else:
         request_id = headers[REQUEST_ID_HEADER] = new_request_id()
