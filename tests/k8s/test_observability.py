@@ -15,7 +15,7 @@ import pytest
 from sidecar import inject
 from sidecar.metrics import Metrics, WebhookMetrics
 from tests.k8s import prometheus_operator
-from tests.k8s.test_manifests import ROOT, find, injected_demo, objects
+from tests.k8s.test_manifests import ROOT, containers, find, injected_demo, objects, pod_specs
 
 DASHBOARD = ROOT / "deploy" / "observability" / "mcp-sidecar-dashboard.json"
 METRIC = re.compile(r"\bmcp_sidecar_[a-z0-9_]+")
@@ -118,29 +118,17 @@ def test_the_pod_monitor_scrapes_every_injected_admin_port() -> None:
     assert spec["namespaceSelector"] == {"any": True}
     (endpoint,) = spec["podMetricsEndpoints"]
     selected = 0
-    for obj in injected_demo():
-        path = inject.POD_TEMPLATE_PATHS.get(obj["kind"])
-        if path is None:
-            continue
-        template: Any = obj
-        for key in path:
-            template = template[key]
+    for template in (t for obj in injected_demo() for t in pod_specs(obj)):
         labels = template["metadata"]["labels"]
         if all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()):
             selected += 1
-            ports = [
-                port
-                for c in [
-                    *template["spec"].get("initContainers", []),
-                    *template["spec"]["containers"],
-                ]
-                for port in c.get("ports", [])
-            ]
-            assert {
+            ports = [port for c in containers(template["spec"]) for port in c.get("ports", [])]
+            admin = {
                 "name": endpoint["port"],
                 "containerPort": inject.ADMIN_PORT,
                 "protocol": "TCP",
-            } in ports
+            }
+            assert admin in ports
     assert selected == 3  # the demo's math server, agent and rogue
     assert endpoint["path"] == "/metrics"
 
