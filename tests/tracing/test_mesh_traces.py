@@ -27,7 +27,11 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 POLICY: dict[str, Any] = {
     "default": "deny",
     "rules": [
-        {"name": "agents-math", "when": {"spiffe_ids": [AGENT]}, "tools": ["add", "echo"]},
+        {
+            "name": "agents-math",
+            "when": {"spiffe_ids": [AGENT]},
+            "tools": ["add", "echo", "count_slowly"],
+        },
         {"name": "no-multiply", "effect": "deny", "tools": ["multiply"]},
     ],
 }
@@ -279,3 +283,21 @@ async def test_a_slow_collector_blocks_no_request_and_a_full_queue_is_counted(
         await flush(mesh.agent, mesh.server)
         for sidecar in (mesh.agent, mesh.server):
             assert exported(sidecar) + dropped(sidecar, "queue_full") == 12
+
+
+async def test_a_streamed_answer_ends_the_span_when_the_stream_ends(
+    receiver: OtlpReceiver, server: McpServerHandle
+) -> None:
+    async with traced_mesh(server, {"enabled": True, "endpoint": receiver.endpoint}) as mesh:
+        result, events = await mcp_client.call_with_progress(
+            url(mesh), "count_slowly", {"n": 3, "delay": 0.05}
+        )
+        assert result.text == "counted to 3" and len(events) == 3
+        await flush(mesh.agent, mesh.server)
+        spans = list(receiver.spans)
+        lines = [json.loads(line) for line in log_lines(mesh.agent, mesh.agent_log)]
+    span = only(spans, service="agent-sidecar", kind="server", name="tools/call count_slowly")
+    # the span was finished with what the stream really sent (at the head it was nothing)
+    (access,) = [line for line in lines if line["span_id"] == span.span_id]
+    size = span.attributes["http.response.body.size"]
+    assert size == access["bytes_out"] and size > 0
