@@ -153,6 +153,28 @@ class PoolState(Protocol):
     def pending_connections(self) -> int: ...
 
 
+class _ByteCounters(Collector):
+    """``request_bytes_total`` and ``response_bytes_total`` from ``Metrics.bytes_in/out``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, help_text, counts in (
+            ("request", "Request body bytes read from clients", self._metrics.bytes_in),
+            ("response", "Response body bytes sent to clients", self._metrics.bytes_out),
+        ):
+            family = CounterMetricFamily(
+                f"{PREFIX}{name}_bytes", f"{help_text}, by direction.", labels=["direction"]
+            )
+            for direction, count in sorted(counts.items()):
+                family.add_metric([direction], float(count))
+            yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
 class _TrustDomainExpiry(Collector):
     """``svid_time_to_expiry_seconds`` and ``bundle_time_to_expiry_seconds`` per trust
     domain, computed from the current snapshot at scrape time."""
@@ -226,7 +248,7 @@ class Metrics:
         self._reason = _BoundedValues(reason_cap)
         # (direction, peer, status) -> the labelled children, so the request path skips
         # prometheus-client's label validation and locking after the first request of a kind
-        self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any, Any, Any]] = {}
+        self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any]] = {}
         self._mcp_children: dict[tuple[str | None, str | None, str], Any] = {}
         self._tool_children: dict[str, Any] = {}
         self._trust_domain = _BoundedValues(DEFAULT_TRUST_DOMAIN_CAP)
@@ -250,18 +272,11 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.request_bytes = Counter(
-            f"{PREFIX}request_bytes_total",
-            "Request body bytes read from clients, by direction.",
-            ["direction"],
-            registry=r,
-        )
-        self.response_bytes = Counter(
-            f"{PREFIX}response_bytes_total",
-            "Response body bytes sent to clients, by direction.",
-            ["direction"],
-            registry=r,
-        )
+        # body bytes by direction: plain integers added on the request path (no lock, no
+        # label lookup: the event loop is their only writer), exposed at scrape time
+        self.bytes_in: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
+        self.bytes_out: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
+        r.register(_ByteCounters(self))
         self.tool_call_duration = Histogram(
             f"{PREFIX}tool_call_duration_seconds",
             "Time from request received to response finished of forwarded tools/call requests, "
@@ -427,17 +442,14 @@ class Metrics:
                     direction=d, peer=self.peer_label(peer), status=status_label(status)
                 ),
                 self.request_duration.labels(direction=d),
-                self.request_bytes.labels(direction=d),
-                self.response_bytes.labels(direction=d),
             )
             if len(self._request_children) < MAX_CACHED_CHILDREN:
                 self._request_children[key] = children
         children[0].inc()
         children[1].observe(max(0.0, seconds))
-        if bytes_in:
-            children[2].inc(bytes_in)
-        if bytes_out:
-            children[3].inc(bytes_out)
+        if direction in self.bytes_in:
+            self.bytes_in[direction] += bytes_in
+            self.bytes_out[direction] += bytes_out
 
     def observe_tool_call(self, tool: str, seconds: float) -> None:
         """One forwarded ``tools/call``; ``tool`` must already be bounded by the caller."""
