@@ -13,8 +13,9 @@ from multidict import CIMultiDict
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
+from sidecar.mcp.jsonrpc import parse_body
 from sidecar.proxy.handler import RequestInfo
 from sidecar.proxy.messages import Request
 from sidecar.spiffe.ids import SpiffeId
@@ -179,3 +180,42 @@ def test_a_failing_exporter_is_counted_never_raised() -> None:
     finish(req, 500)
     t.flush()
     assert counters.dropped == {"export_failed": 1} and counters.exported == 0
+
+
+@pytest.mark.parametrize(
+    ("outcome", "event"),
+    [
+        ("rate_limited", "mcp_sidecar.rate_limited"),
+        ("deny", "mcp_sidecar.policy_denied"),
+        ("invalid", "mcp_sidecar.invalid_request"),
+    ],
+)
+def test_a_refused_mcp_call_is_an_error_with_its_event(outcome: str, event: str) -> None:
+    memory = InMemorySpanExporter()
+    t, _ = tracing(memory)
+    req = request({})
+    trace = t.start(req, "inbound")
+    (message,) = parse_body(BODY).messages
+    trace.mcp(BODY, [(message, None, outcome)])
+    info = RequestInfo(reason="mcp_refused")
+    trace.finish(429 if outcome == "rate_limited" else 403, info)
+    t.flush()
+    (span,) = memory.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert [e.name for e in span.events] == [event]
+    assert span.attributes is not None
+    assert span.attributes["mcp_sidecar.policy.decision"] == outcome
+    assert span.attributes["error.type"] == "mcp_refused"
+
+
+def test_an_allowed_call_is_not_an_error() -> None:
+    memory = InMemorySpanExporter()
+    t, _ = tracing(memory)
+    req = request({})
+    trace = t.start(req, "inbound")
+    (message,) = parse_body(BODY).messages
+    trace.mcp(BODY, [(message, None, "allow")])
+    trace.finish(200, RequestInfo())
+    t.flush()
+    (span,) = memory.get_finished_spans()
+    assert span.status.status_code is StatusCode.UNSET and not span.events
