@@ -19,7 +19,8 @@ WORKDIR /src
 RUN python -m venv /opt/mcp-sidecar
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
-RUN /opt/mcp-sidecar/bin/pip install --no-cache-dir . \
+# with the tracing extra (OpenTelemetry SDK + OTLP exporter): imported only when tracing is on
+RUN /opt/mcp-sidecar/bin/pip install --no-cache-dir '.[tracing]' \
     && /opt/mcp-sidecar/bin/python -m compileall -q /opt/mcp-sidecar/lib
 
 # --- runtime: the virtualenv on a clean base, no build tools, no pip cache ---------------------
