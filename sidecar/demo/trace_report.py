@@ -22,7 +22,6 @@ SHOWN_ATTRIBUTES = {  # attribute -> how the line names it
     "mcp_sidecar.policy.decision": "decision",
     "jsonrpc.request.id": "jsonrpc.id",
     "http.response.status_code": "status",
-    "server.port": "upstream port",
 }
 
 

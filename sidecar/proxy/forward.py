@@ -106,8 +106,8 @@ async def forward(
     only before the response has started; a failure mid-stream makes the stream raise, and the
     engine aborts the client connection (a truncated body must not look complete).
     """
-    if request.trace is not None:  # tracing on: a CLIENT span, its context in ``headers``
-        request.trace.upstream(headers, body, pool.host, pool.port)
+    if request.trace is not None:  # tracing on: our span's context goes upstream
+        request.trace.upstream(headers, body)
     upstream = await pool.request(
         request.method,
         target,

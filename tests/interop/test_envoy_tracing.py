@@ -47,19 +47,15 @@ async def test_envoy_in_front_joins_the_trace(receiver: OtlpReceiver, tmp_path: 
             for sidecar in (mesh.agent, mesh.server):
                 assert sidecar.tracing is not None
                 await asyncio.to_thread(sidecar.tracing.flush)
-            spans = await receiver.wait_for(5)  # Envoy's exports on its own schedule
+            spans = await receiver.wait_for(3)  # Envoy's exports on its own schedule
         upstream_traceparent = mesh.upstream.requests[0].headers["traceparent"]
     in_trace = [s for s in spans if s.trace_id == CLIENT_TRACE]
     (front,) = [s for s in in_trace if s.service == "envoy-front"]
     assert front.parent_span_id == CLIENT_SPAN
     by_service = {(s.service, s.kind): s for s in in_trace if s.service != "envoy-front"}
     agent = by_service[("agent-sidecar", "server")]
-    agent_out = by_service[("agent-sidecar", "client")]
     inbound = by_service[("server-sidecar", "server")]
-    inbound_out = by_service[("server-sidecar", "client")]
     assert agent.parent_span_id == front.span_id  # Envoy's span is our parent
-    assert agent_out.parent_span_id == agent.span_id
-    assert inbound.parent_span_id == agent_out.span_id
-    assert inbound_out.parent_span_id == inbound.span_id
-    assert upstream_traceparent == [f"00-{CLIENT_TRACE}-{inbound_out.span_id}-01"]
+    assert inbound.parent_span_id == agent.span_id
+    assert upstream_traceparent == [f"00-{CLIENT_TRACE}-{inbound.span_id}-01"]
     assert agent.attributes["mcp.method.name"] == "ping"
