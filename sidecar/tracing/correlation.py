@@ -80,7 +80,7 @@ class Correlation:
             self._traceparent = None
         return self._trace_id
 
-    def set_span(self, trace_id: str, span_id: str) -> None:
+    def set_span(self, trace_id: str, span_id: str | None) -> None:
         self._trace_id, self.span_id, self._traceparent = trace_id, span_id, None
 
 

@@ -84,7 +84,7 @@ def _getter_carrier(headers: CIMultiDict[str]) -> dict[str, str]:
 
 
 class SpanFactory:
-    """Starts the server span of each request."""
+    """Starts the span of each request."""
 
     def __init__(self, tracer: Tracer, propagator: TraceContextTextMapPropagator) -> None:
         self.tracer = tracer
@@ -116,15 +116,16 @@ class SpanFactory:
             request.method, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         context = span.get_span_context()
-        if correlation is not None:
-            correlation.set_span(format(context.trace_id, "032x"), format(context.span_id, "016x"))
+        if correlation is not None:  # a span that is not recorded is not named in the logs
+            span_id = format(context.span_id, "016x") if context.trace_flags.sampled else None
+            correlation.set_span(format(context.trace_id, "032x"), span_id)
         trace = RequestTrace(self, span, request)
         request.trace = trace
         return trace
 
 
 class RequestTrace:
-    """The spans of one request; the proxy reports to it as the request goes."""
+    """The span of one request; the proxy reports to it as the request goes."""
 
     __slots__ = (
         "_decision",
