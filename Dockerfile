@@ -4,8 +4,9 @@
 #   docker build --target demo -t mcp-sidecar-demo:dev .               # + the demo workloads
 #
 # The default target (`runtime`, the last stage) runs the sidecar (`mcp-sidecar run`) and the
-# injector (`mcp-sidecar webhook`) and holds only the runtime dependencies: no MCP SDK, no pip,
-# no setuptools. The `demo` target adds the `demo` extra for the demo workloads
+# injector (`mcp-sidecar webhook`) and holds only the runtime dependencies and the tracing extra
+# (imported only when tracing is on): no MCP SDK, no pip, no setuptools. The `demo` target
+# adds the `demo` extra for the demo workloads
 # (`python -m sidecar.demo.mcp_server`, `python -m sidecar.demo.agent_loop`).
 #
 # Both run as the numeric non-root user 10001 (so `runAsNonRoot` can be verified), write nothing
@@ -20,7 +21,7 @@
 # docs/kubernetes.md, "Image", says more.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84
 
-# --- build: the runtime virtualenv, from requirements/runtime.lock ----------------------------
+# --- build: the runtime virtualenv, from requirements/tracing.lock ----------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -31,7 +32,8 @@ COPY pyproject.toml README.md LICENSE ./
 COPY sidecar ./sidecar
 # /opt/build: pip and the pinned build backend, to make our wheel. /opt/mcp-sidecar: a venv
 # without pip, filled by /opt/build's pip (`--python`); every third-party package comes from the
-# lock with its hash, our own wheel without dependencies.
+# lock with its hash, our own wheel without dependencies. The tracing extra (OpenTelemetry SDK +
+# OTLP exporter, its own lock) is imported only when tracing is on.
 RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps \
        -r requirements/build.lock \
@@ -39,7 +41,7 @@ RUN python -m venv /opt/build \
        --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/mcp-sidecar \
     && /opt/build/bin/pip --python /opt/mcp-sidecar/bin/python install --no-cache-dir \
-       --require-hashes --no-deps -r requirements/runtime.lock \
+       --require-hashes --no-deps -r requirements/tracing.lock \
     && /opt/build/bin/pip --python /opt/mcp-sidecar/bin/python install --no-cache-dir \
        --no-deps /wheels/mcp_sidecar-*.whl \
     && /opt/mcp-sidecar/bin/python -m compileall -q /opt/mcp-sidecar/lib

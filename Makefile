@@ -51,6 +51,7 @@ LOCK = env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_
 lock: $(STAMP)
 	$(LOCK) --output-file requirements/runtime.lock pyproject.toml
 	$(LOCK) --extra demo --constraint requirements/runtime.lock --output-file requirements/demo.lock pyproject.toml
+	$(LOCK) --extra tracing --constraint requirements/runtime.lock --output-file requirements/tracing.lock pyproject.toml
 	$(LOCK) --allow-unsafe --output-file requirements/build.lock requirements/build.in
 
 clean:

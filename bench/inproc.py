@@ -21,11 +21,13 @@ import contextlib
 import cProfile
 import gc
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -95,16 +97,45 @@ class _Client(asyncio.Protocol):
             self.done.set_exception(ConnectionError(f"connection lost: {exc!r}"))
 
 
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """A collector in another process (``bench.otlp_sink``); yields its traces URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", "--port", str(port)])  # noqa: S603
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("bench.otlp_sink did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1/traces"
+    finally:
+        sink.terminate()
+        sink.wait(10)
+
+
 @asynccontextmanager
 async def pair(
     *,
     full: bool,
     access_log: bool,
     routes: Callable[[int], list[dict[str, Any]]] | None = None,
+    tracing: str | None = None,
 ) -> AsyncIterator[int]:
     """Dev Workload API, bench upstream, inbound and outbound sidecars with the main bench's
     configs (``bench.ours``: the same checks as ``ours-full`` / ``ours-mtls``); yields the
-    outbound listener's port. ``routes(inbound port)``: more outbound routes."""
+    outbound listener's port. ``routes(inbound port)``: more outbound routes. ``tracing``: an
+    OTLP/HTTP traces URL to trace every request to."""
+
+    def traced(config: dict[str, Any]) -> dict[str, Any]:
+        if tracing is not None:
+            config["tracing"] = {"enabled": True, "endpoint": tracing}
+        return config
+
     loop = asyncio.get_running_loop()
     upstream = await loop.create_server(serve_protocol(256), "127.0.0.1", 0)
     up_port = upstream.sockets[0].getsockname()[1]
@@ -125,15 +156,19 @@ async def pair(
         try:
             server = Sidecar(
                 parse_config(
-                    ours.inbound_config(
-                        ids, 0, 0, up_port, full=full, mcp_policy=policy, access_log=access_log
+                    traced(
+                        ours.inbound_config(
+                            ids, 0, 0, up_port, full=full, mcp_policy=policy, access_log=access_log
+                        )
                     )
                 )
             )
             sidecars.append(server)
             await server.start(svid_timeout=30)
-            config = ours.outbound_config(
-                ids, 0, 0, server.port("inbound"), full=full, access_log=access_log
+            config = traced(
+                ours.outbound_config(
+                    ids, 0, 0, server.port("inbound"), full=full, access_log=access_log
+                )
             )
             if routes is not None:
                 config["outbound"]["routes"] += routes(server.port("inbound"))
@@ -187,7 +222,9 @@ async def run_requests(
 async def measure(args: argparse.Namespace) -> list[float]:
     """µs of CPU per request, one figure per repeat."""
     figures: list[float] = []
-    async with pair(full=args.variant == "full", access_log=args.access_log) as port:
+    async with pair(
+        full=args.variant == "full", access_log=args.access_log, tracing=args.tracing_url
+    ) as port:
         await run_requests(port, args.warmup, args.connections)
         profiler = cProfile.Profile() if args.profile else None
         for _ in range(args.repeat):
@@ -211,11 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--access-log", action="store_true", help="access and audit logs on")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile here")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry tracing on in both sidecars, every request sampled, exported over "
+        "OTLP/HTTP to a collector in another process (bench.otlp_sink)",
+    )
     args = parser.parse_args(argv)
     # The sidecars log to stdout: with --access-log their lines go to /dev/null, not the terminal.
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with contextlib.ExitStack() as stack:
+        args.tracing_url = stack.enter_context(otlp_sink()) if args.tracing else None
+        sink = stack.enter_context(open(os.devnull, "w"))
+        stack.enter_context(contextlib.redirect_stdout(sink))
         figures = uvloop.run(measure(args))
     logs = ", access logs on" if args.access_log else ""
+    logs += ", tracing on (OTLP/HTTP, all sampled)" if args.tracing else ""
     print(
         f"ours-{args.variant}{logs}: {statistics.median(figures):.1f} µs CPU per request "
         f"(median of {len(figures)}: {', '.join(f'{f:.1f}' for f in figures)}; one process: "

@@ -52,6 +52,7 @@ from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
 from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
 from sidecar.tokens.exchange import TOKEN_TYPES
 from sidecar.tokens.jose import ALLOWED_ALGORITHMS
+from sidecar.tracing.config import TracingConfig, parse_tracing
 
 __all__ = [
     "JWT_ALGORITHMS",
@@ -129,6 +130,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "log",
         "shutdown",
         "process",
+        "tracing",
     ),
     "admin": ("listen",),
     "inbound": (
@@ -201,7 +203,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "refresh_before",
     ),
     TARGET_SCHEMA: ("name", "upstream", "server_spiffe_id", "path", "jwt_svid_audience"),
-    "log": ("level", "access_log"),
+    "log": ("level", "access_log", "format"),
     "shutdown": ("drain_timeout",),
     "process": ("scheduler",),
 }
@@ -216,6 +218,8 @@ MtlsMode = Literal["required", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Scheduler = Literal["normal", "batch"]
 SCHEDULERS: tuple[Scheduler, ...] = ("normal", "batch")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 MTLS_MODES: tuple[MtlsMode, ...] = ("required", "off")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
@@ -558,6 +562,8 @@ class AdminConfig:
 class LogConfig:
     level: LogLevel = "info"
     access_log: bool = True
+    format: LogFormat = "text"
+    """Of the process log on stderr (the access and audit lines are always JSON)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -580,6 +586,7 @@ class Config:
     drain_timeout: float = 10.0
     """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def summary(self) -> list[str]:
         """A few human-readable lines: listeners, routes, allowlist size, token layers."""
@@ -1294,6 +1301,9 @@ class _Parser:
         log = f.optional("log", self.log, LogConfig())
         drain_timeout = f.optional("shutdown", self.shutdown, 10.0)
         process = f.optional("process", self.process, ProcessConfig())
+        tracing = f.optional(
+            "tracing", lambda v, p: self.delegate(parse_tracing, v, p), TracingConfig()
+        )
         if "inbound" not in f and "outbound" not in f:
             self.error(
                 ROOT,
@@ -1318,6 +1328,7 @@ class _Parser:
             log=log,
             drain_timeout=drain_timeout,
             process=process,
+            tracing=tracing,
         )
 
     def check_listeners(self, listeners: list[tuple[str, ListenAddress | None]]) -> None:
@@ -1343,9 +1354,12 @@ class _Parser:
         f = self.fields(value, path, "log")
         level: LogLevel = f.optional("level", _log_level, "info")
         access_log = f.optional("access_log", _boolean, True)
+        log_format: LogFormat = f.optional(
+            "format", lambda v, p: _choice(v, p, LOG_FORMATS), "text"
+        )
         if f.failed:
             raise _Failed
-        return LogConfig(level=level, access_log=access_log)
+        return LogConfig(level=level, access_log=access_log, format=log_format)
 
     def shutdown(self, value: object, path: str) -> float:
         f = self.fields(value, path, "shutdown")

@@ -10,11 +10,23 @@ Metric names (all prefixed ``mcp_sidecar_``)::
 
     requests_total{direction,peer,status}            counter
     request_duration_seconds{direction}              histogram, 0.5 ms ... 60 s
+    request_bytes_total{direction}                   counter, request body bytes read
+    response_bytes_total{direction}                  counter, response body bytes sent
+    tool_call_duration_seconds{tool}                 histogram, forwarded tools/call (inbound)
+    active_connections{listener}                     gauge at scrape time (inbound, outbound, admin)
+    upstream_pool_connections{direction,route}       gauge at scrape time: open connections
+    upstream_pool_idle_connections{direction,route}  gauge at scrape time: idle, reusable
+    upstream_pool_pending_connections{direction,route} gauge at scrape time: being opened
     tls_handshake_failures_total{direction,reason}   counter
     spiffe_rejections_total{direction,reason}        counter
     upstream_errors_total{direction,reason}          counter
     svid_expiry_timestamp_seconds                    gauge, unix time of our SVID's notAfter
     svid_rotations_total                             counter, SVID serial number changed
+    svid_time_to_expiry_seconds{trust_domain}        gauge at scrape time (our SVID)
+    bundle_time_to_expiry_seconds{trust_domain}      gauge at scrape time (earliest CA)
+    bundle_rotations_total{trust_domain}             counter, the set of CAs changed
+    trace_spans_exported_total                       counter (tracing on)
+    trace_spans_dropped_total{reason}                counter: queue_full, export_failed
     workload_api_updates_total                       counter, X.509 contexts received
     workload_api_connected{stream}                   gauge 1/0 at scrape time (x509, jwt_bundles)
     ready                                            gauge 1/0 at scrape time
@@ -25,9 +37,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -36,7 +51,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from sidecar import __version__
 
@@ -51,6 +68,7 @@ UNKNOWN_REASON: Final = "unknown"
 MAX_REASON_LENGTH: Final = 64
 DEFAULT_PEER_CAP: Final = 256
 DEFAULT_REASON_CAP: Final = 128
+DEFAULT_TRUST_DOMAIN_CAP: Final = 64
 
 # From a sub-millisecond local hop to a long MCP tool call; SSE streams that stay open longer than
 # the last bucket land in +Inf.
@@ -74,6 +92,7 @@ DURATION_BUCKETS: Final = (
 )
 
 MAX_CACHED_CHILDREN = 4096
+_SHA256 = hashes.SHA256()
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NOT_LABEL_CHAR = re.compile(r"[^a-z0-9]+")
 
@@ -121,6 +140,81 @@ class _BoundedValues:
             return value
 
 
+class PoolState(Protocol):
+    """What ``bind_pool`` reads of an ``UpstreamPool`` at scrape time."""
+
+    @property
+    def open_connections(self) -> int: ...
+
+    @property
+    def idle_connections(self) -> int: ...
+
+    @property
+    def pending_connections(self) -> int: ...
+
+
+class _ByteCounters(Collector):
+    """``request_bytes_total`` and ``response_bytes_total`` from ``Metrics.bytes_in/out``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, help_text, counts in (
+            ("request", "Request body bytes read from clients", self._metrics.bytes_in),
+            ("response", "Response body bytes sent to clients", self._metrics.bytes_out),
+        ):
+            family = CounterMetricFamily(
+                f"{PREFIX}{name}_bytes", f"{help_text}, by direction.", labels=["direction"]
+            )
+            for direction, count in sorted(counts.items()):
+                family.add_metric([direction], float(count))
+            yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
+class _TrustDomainExpiry(Collector):
+    """``svid_time_to_expiry_seconds`` and ``bundle_time_to_expiry_seconds`` per trust
+    domain, computed from the current snapshot at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        svid = GaugeMetricFamily(
+            f"{PREFIX}svid_time_to_expiry_seconds",
+            "Seconds until our X.509-SVID expires (negative once expired), by trust domain.",
+            labels=["trust_domain"],
+        )
+        bundle = GaugeMetricFamily(
+            f"{PREFIX}bundle_time_to_expiry_seconds",
+            "Seconds until the first CA of a trust domain's X.509 bundle expires.",
+            labels=["trust_domain"],
+        )
+        snapshot = self._metrics.snapshot
+        if snapshot is not None:
+            now = time.time()
+            label = self._metrics.trust_domain_label
+            svid.add_metric(
+                [label(snapshot.trust_domain)], snapshot.svid.not_after.timestamp() - now
+            )
+            earliest: dict[str, float] = {}
+            for domain, cas in snapshot.bundles.items():
+                if cas:
+                    key = label(domain)
+                    first = min(ca.not_valid_after_utc.timestamp() for ca in cas)
+                    earliest[key] = min(first, earliest.get(key, first))
+            for key, expiry in sorted(earliest.items()):
+                bundle.add_metric([key], expiry - now)
+        yield svid
+        yield bundle
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
 class IdentitySource(Protocol):
     """What ``bind_source`` (and ``proxy.admin.readiness``) need of a ``WorkloadApiSource``."""
 
@@ -156,7 +250,12 @@ class Metrics:
         # prometheus-client's label validation and locking after the first request of a kind
         self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any]] = {}
         self._mcp_children: dict[tuple[str | None, str | None, str], Any] = {}
+        self._tool_children: dict[str, Any] = {}
+        self._trust_domain = _BoundedValues(DEFAULT_TRUST_DOMAIN_CAP)
         self._serial: int | None = None
+        self._bundles: dict[str, frozenset[bytes]] | None = None
+        #: the X.509 snapshot last seen (scrape-time expiry gauges)
+        self.snapshot: X509Snapshot | None = None
         self._unsubscribe: Callable[[], None] | None = None
         r = self.registry
 
@@ -173,6 +272,62 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        # body bytes by direction: plain integers added on the request path (no lock, no
+        # label lookup: the event loop is their only writer), exposed at scrape time
+        self.bytes_in: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
+        self.bytes_out: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
+        r.register(_ByteCounters(self))
+        self.tool_call_duration = Histogram(
+            f"{PREFIX}tool_call_duration_seconds",
+            "Time from request received to response finished of forwarded tools/call requests, "
+            "by tool (names the server listed; others as 'other').",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.active_connections = Gauge(
+            f"{PREFIX}active_connections",
+            "Client connections open on a listener (inbound, outbound, admin).",
+            ["listener"],
+            registry=r,
+        )
+        self.pool_open = Gauge(
+            f"{PREFIX}upstream_pool_connections",
+            "Upstream connections open (busy and idle), by direction and route.",
+            ["direction", "route"],
+            registry=r,
+        )
+        self.pool_idle = Gauge(
+            f"{PREFIX}upstream_pool_idle_connections",
+            "Idle upstream connections kept for reuse, by direction and route.",
+            ["direction", "route"],
+            registry=r,
+        )
+        self.pool_pending = Gauge(
+            f"{PREFIX}upstream_pool_pending_connections",
+            "Upstream connections being opened (TCP, TLS, identity check) for waiting requests.",
+            ["direction", "route"],
+            registry=r,
+        )
+        self.bundle_rotations = Counter(
+            f"{PREFIX}bundle_rotations_total",
+            "Changes of a trust domain's X.509 bundle (CAs added or removed), by trust domain.",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.spans_exported_total = Counter(
+            f"{PREFIX}trace_spans_exported_total",
+            "Spans delivered to the trace exporter's destination.",
+            registry=r,
+        )
+        self.spans_dropped_total = Counter(
+            f"{PREFIX}trace_spans_dropped_total",
+            "Spans lost: queue_full (the export queue was full) or export_failed (the collector "
+            "could not be reached or refused them).",
+            ["reason"],
+            registry=r,
+        )
+        r.register(_TrustDomainExpiry(self))
         self.tls_failures = Counter(
             f"{PREFIX}tls_handshake_failures_total",
             "TLS handshakes that failed, by direction and reason.",
@@ -283,10 +438,19 @@ class Metrics:
     def reason_label(self, reason: object) -> str:
         return self._reason(normalise_reason(reason))
 
+    def trust_domain_label(self, trust_domain: str) -> str:
+        return self._trust_domain(trust_domain)
+
     # -- request path ----------------------------------------------------------------------
 
     def observe_request(
-        self, direction: str, peer: object, status: int | str, seconds: float
+        self,
+        direction: str,
+        peer: object,
+        status: int | str,
+        seconds: float,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
     ) -> None:
         """One finished request. ``peer``: inbound the client's SPIFFE ID, outbound the route's
         server ID (``None`` -> ``"none"``). Negative durations (clock steps) count as 0."""
@@ -304,6 +468,38 @@ class Metrics:
                 self._request_children[key] = children
         children[0].inc()
         children[1].observe(max(0.0, seconds))
+        if direction in self.bytes_in:
+            self.bytes_in[direction] += bytes_in
+            self.bytes_out[direction] += bytes_out
+
+    def observe_tool_call(self, tool: str, seconds: float) -> None:
+        """One forwarded ``tools/call``; ``tool`` must already be bounded by the caller."""
+        child = self._tool_children.get(tool)
+        if child is None:
+            child = self.tool_call_duration.labels(tool=tool)
+            if len(self._tool_children) < MAX_CACHED_CHILDREN:
+                self._tool_children[tool] = child
+        child.observe(max(0.0, seconds))
+
+    def spans_exported(self, count: int) -> None:
+        self.spans_exported_total.inc(count)
+
+    def spans_dropped(self, reason: str, count: int) -> None:
+        self.spans_dropped_total.labels(reason=self.reason_label(reason)).inc(count)
+
+    # -- connections (read at scrape time: nothing on the request path) --------------------
+
+    def bind_listener(self, listener: str, count: Callable[[], int]) -> None:
+        """``active_connections{listener}`` is ``count()`` at scrape time."""
+        self.active_connections.labels(listener=listener).set_function(lambda: float(count()))
+
+    def bind_pool(self, direction: str, route: str, pool: PoolState) -> None:
+        """The upstream pool gauges of one pool (``route``: outbound the route name, inbound
+        ``local``), read from ``pool`` at scrape time."""
+        labels = {"direction": direction_label(direction), "route": route}
+        self.pool_open.labels(**labels).set_function(lambda: float(pool.open_connections))
+        self.pool_idle.labels(**labels).set_function(lambda: float(pool.idle_connections))
+        self.pool_pending.labels(**labels).set_function(lambda: float(pool.pending_connections))
 
     def tls_failure(self, direction: str, reason: object) -> None:
         self.tls_failures.labels(
@@ -364,6 +560,16 @@ class Metrics:
             self.svid_rotations.inc()
         self._serial = serial
         self.svid_expiry.set(snapshot.svid.not_after.timestamp())
+        bundles = {
+            domain: frozenset(ca.fingerprint(_SHA256) for ca in cas)
+            for domain, cas in snapshot.bundles.items()
+        }
+        if count_rotation and self._bundles is not None:
+            for domain, cas in bundles.items():
+                if self._bundles.get(domain, cas) != cas:
+                    self.bundle_rotations.labels(trust_domain=self.trust_domain_label(domain)).inc()
+        self._bundles = bundles
+        self.snapshot = snapshot
 
     def set_ready_function(self, ready: Callable[[], bool]) -> None:
         """Compute ``mcp_sidecar_ready`` at scrape time from ``ready`` (e.g. the admin's check)."""
@@ -406,10 +612,100 @@ class Metrics:
     # -- exposition ------------------------------------------------------------------------
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """Body and content type of the exposition. Without ``accept``: the Prometheus text
-        format (``CONTENT_TYPE_LATEST``); with a request's ``Accept`` header: whatever it
-        negotiates (OpenMetrics when asked for)."""
-        if accept is None:
-            return generate_latest(self.registry), CONTENT_TYPE_LATEST
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return render(self.registry, accept)
+
+
+def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """Body and content type of the exposition. Without ``accept``: the Prometheus text format
+    (``CONTENT_TYPE_LATEST``); with a request's ``Accept`` header: whatever it negotiates
+    (OpenMetrics when asked for)."""
+    if accept is None:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+WEBHOOK_OUTCOMES: Final = frozenset({"injected", "skipped", "ignored", "denied", "invalid"})
+
+
+class CertificateSource(Protocol):
+    """What the webhook metrics read of its ``CertificateReloader`` at scrape time."""
+
+    cert_file: str
+    reloads: int
+
+
+class _WebhookCertificate(Collector):
+    def __init__(self, source: CertificateSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        reloads = CounterMetricFamily(
+            f"{PREFIX}webhook_certificate_reloads",
+            "Times the webhook loaded a new serving certificate from its files.",
+        )
+        reloads.add_metric([], float(self._source.reloads))
+        yield reloads
+        expiry = GaugeMetricFamily(
+            f"{PREFIX}webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the certificate in the webhook's certificate file expires.",
+        )
+        try:
+            with open(self._source.cert_file, "rb") as pem:
+                cert = x509.load_pem_x509_certificate(pem.read())
+        except (OSError, ValueError):
+            pass  # an unreadable file: no sample (the reloader keeps serving the old one)
+        else:
+            expiry.add_metric([], cert.not_valid_after_utc.timestamp())
+        yield expiry
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class WebhookMetrics:
+    """The admission webhook's metrics (``mcp-sidecar webhook``, its own ``/metrics``)::
+
+    webhook_admissions_total{outcome}                counter: injected, skipped, ignored,
+                                                     denied, invalid
+    webhook_request_duration_seconds                 histogram of POST /inject
+    webhook_certificate_reloads_total                counter
+    webhook_certificate_expiry_timestamp_seconds     gauge, read from the file at scrape time
+    build_info{version}                              gauge, always 1
+    """
+
+    def __init__(self, *, version: str = __version__) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.admissions = Counter(
+            f"{PREFIX}webhook_admissions_total",
+            "Admission reviews answered, by outcome (injected, skipped, ignored, denied, invalid).",
+            ["outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}webhook_request_duration_seconds",
+            "Time to answer one admission review.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        build_info = Gauge(
+            f"{PREFIX}build_info",
+            "Always 1; the version label says which build is running.",
+            ["version"],
+            registry=r,
+        )
+        build_info.labels(version=version).set(1)
+        for outcome in sorted(WEBHOOK_OUTCOMES):
+            self.admissions.labels(outcome=outcome)
+
+    def admission(self, outcome: str, seconds: float) -> None:
+        label = outcome if outcome in WEBHOOK_OUTCOMES else OTHER
+        self.admissions.labels(outcome=label).inc()
+        self.duration.observe(max(0.0, seconds))
+
+    def bind_certificate(self, source: CertificateSource) -> None:
+        self.registry.register(_WebhookCertificate(source))
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        return render(self.registry, accept)

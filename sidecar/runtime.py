@@ -13,18 +13,20 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from sidecar.config import Config, InboundConfig
+from sidecar.config import Config, InboundConfig, LogConfig
+from sidecar.errors import ConfigError
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.mcp.policy import Policy, load_policy_file
 from sidecar.mcp.ratelimit import RateLimiter
 from sidecar.metrics import Metrics
 from sidecar.process import apply_scheduler
-from sidecar.proxy.accesslog import AccessLogger
+from sidecar.proxy.accesslog import AccessLogger, JsonLogFormatter
 from sidecar.proxy.admin import build_admin_handler, operator_views, readiness, start_admin
 from sidecar.proxy.connection import Listener, TlsPolicy, start_listener
 from sidecar.proxy.fetch import JsonFetcher
@@ -38,6 +40,7 @@ from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
 from sidecar.tokens.gate import TokenGate
+from sidecar.tracing.loader import TracingUnavailable, load_tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,19 @@ def needs_identity(config: Config) -> bool:
 class Sidecar:
     """Everything one ``mcp-sidecar run`` owns; usable in-process by tests and the demo."""
 
-    def __init__(self, config: Config, *, access_stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        access_stream: TextIO | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.access_log = AccessLogger(access_stream, enabled=config.log.access_log)
+        #: OpenTelemetry tracing (``tracing:`` / ``OTEL_*``, read from ``environ`` or the
+        #: process environment), ``None`` when off
+        self.tracing = load_tracing(config.tracing, self.metrics, environ)
         self.source = WorkloadApiSource(config.workload_api) if needs_identity(config) else None
         self.tls = RotatingTls()
         self.listeners: dict[str, Listener] = {}
@@ -119,6 +131,8 @@ class Sidecar:
             admin.listen.port,
         )
         self.metrics.set_ready_function(lambda: self.ready()[0])
+        admin_server = self._admin.server
+        self.metrics.bind_listener("admin", lambda: len(admin_server.connections))
         if self.source is not None:
             self.metrics.bind_source(self.source)
             self.source.subscribe(self._on_identity)
@@ -156,6 +170,12 @@ class Sidecar:
                 self._guard(inbound),
                 mux=self._gateway(inbound),
             )
+            self.inbound.tracing = self.tracing
+            if self.inbound.pool is not None:
+                self.metrics.bind_pool("inbound", "local", self.inbound.pool)
+            if self.inbound.mux is not None:  # an edge gateway: one pool per target
+                for target, link in self.inbound.mux.links.items():
+                    self.metrics.bind_pool("inbound", target, link.pool)
             allowlist = inbound.allow_spiffe_ids
             policy = None
             if inbound.mtls == "required":
@@ -177,6 +197,12 @@ class Sidecar:
                 jwt_svid=self.source.fetch_jwt_svid if self.source else None,
                 on_identity_rejected=self._rejected("outbound"),
             )
+            self.outbound.tracing = self.tracing
+            for route, pool in self.outbound.pools.items():
+                self.metrics.bind_pool("outbound", route, pool)
+            for route, mux in self.outbound.muxes.items():
+                for target, link in mux.links.items():
+                    self.metrics.bind_pool("outbound", f"{route}/{target}", link.pool)
             self.listeners["outbound"] = await self._listen(
                 "outbound", self.outbound, outbound, None
             )
@@ -238,7 +264,7 @@ class Sidecar:
         return record
 
     async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
-        return await start_listener(
+        listener = await start_listener(
             name,
             handler,
             cfg.listen.host,
@@ -246,6 +272,8 @@ class Sidecar:
             tls=tls,
             limits=cfg.limits,
         )
+        self.metrics.bind_listener(name, lambda: len(listener.server.connections))
+        return listener
 
     def port(self, name: str) -> int:
         return self.listeners[name].port
@@ -269,6 +297,8 @@ class Sidecar:
         await self.fetcher.close()
         if self._admin is not None:
             await self._admin.close(0.0)
+        if self.tracing is not None:
+            await self.tracing.shutdown()
         self.access_log.flush_pending()
 
 
@@ -308,12 +338,21 @@ async def serve(config: Config) -> int:
     return 0
 
 
+def configure_process_log(config: LogConfig, stream: TextIO | None = None) -> logging.Handler:
+    """The root logger writes to ``stream`` (stderr) as ``log.format`` says; returns the
+    handler."""
+    handler = logging.StreamHandler(stream)
+    if config.format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.level.upper(), handlers=[handler], force=True)
+    return handler
+
+
 def run(config: Config) -> int:
     """Entry point of ``mcp-sidecar run``: uvloop when available."""
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_process_log(config.log)
     apply_scheduler(config.process.scheduler)  # before any thread: they inherit it
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
@@ -323,4 +362,8 @@ def run(config: Config) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+        try:
+            return runner.run(serve(config))
+        except (ConfigError, TracingUnavailable) as exc:  # an OTEL_* value, a missing extra
+            print(exc.message, file=sys.stderr)
+            return 1

@@ -40,6 +40,7 @@ import logging
 import os
 import ssl
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
@@ -52,6 +53,7 @@ from sidecar.inject import (
     Skip,
     plan_injection,
 )
+from sidecar.metrics import WebhookMetrics
 from sidecar.webhook_cli import DEFAULT_RELOAD_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -277,6 +279,13 @@ def _log_decision(stream: TextIO | None, decision: Decision) -> None:
 class _State:
     options: InjectOptions
     log_stream: TextIO | None
+    metrics: WebhookMetrics
+
+
+def _decided(state: _State, decision: Decision, started: float) -> None:
+    """One admission answered: its log line and its metrics."""
+    _log_decision(state.log_stream, decision)
+    state.metrics.admission(decision.outcome, time.perf_counter() - started)
 
 
 STATE_KEY: Final = web.AppKey("mcp_sidecar_webhook", _State)
@@ -287,26 +296,27 @@ def _json(status: int, body: Mapping[str, Any]) -> web.Response:
 
 
 async def _inject(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     state = request.app[STATE_KEY]
     content_type = request.content_type
     if content_type != "application/json":
         message = f"Content-Type must be application/json, got {content_type!r}"
-        _log_decision(state.log_stream, Decision("invalid", message))
+        _decided(state, Decision("invalid", message), started)
         return _json(415, invalid_review("", message))
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         message = f"body larger than {MAX_BODY} bytes"
-        _log_decision(state.log_stream, Decision("invalid", message))
+        _decided(state, Decision("invalid", message), started)
         return _json(413, invalid_review("", message))
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         message = f"body is not JSON: {exc}"
-        _log_decision(state.log_stream, Decision("invalid", message))
+        _decided(state, Decision("invalid", message), started)
         return _json(400, invalid_review("", message))
     status, body, decision = review_response(payload, state.options)
-    _log_decision(state.log_stream, decision)
+    _decided(state, decision, started)
     return _json(status, body)
 
 
@@ -314,13 +324,26 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(options: InjectOptions, log_stream: TextIO | None = None) -> web.Application:
-    """The webhook's routes: ``POST /inject``, ``GET /healthz``, ``GET /readyz``."""
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[STATE_KEY].metrics.render(request.headers.get("Accept"))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def build_app(
+    options: InjectOptions,
+    log_stream: TextIO | None = None,
+    metrics: WebhookMetrics | None = None,
+) -> web.Application:
+    """The webhook's routes: ``POST /inject``, ``GET /healthz``, ``GET /readyz``,
+    ``GET /metrics`` (Prometheus)."""
     app = web.Application(client_max_size=MAX_BODY)
-    app[STATE_KEY] = _State(options, log_stream)
+    app[STATE_KEY] = _State(options, log_stream, metrics or WebhookMetrics())
     app.router.add_post(INJECT_PATH, _inject)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -361,7 +384,11 @@ async def start_webhook(
 ) -> RunningWebhook:
     """Start the HTTPS webhook in the running loop; ``port=0`` picks a free port."""
     tls = CertificateReloader(cert_file, key_file)
-    runner = web.AppRunner(build_app(options, log_stream), access_log=None, shutdown_timeout=5)
+    metrics = WebhookMetrics()
+    metrics.bind_certificate(tls)
+    runner = web.AppRunner(
+        build_app(options, log_stream, metrics), access_log=None, shutdown_timeout=5
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls.context)
     await site.start()

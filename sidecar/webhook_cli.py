@@ -17,9 +17,9 @@ from sidecar.inject import DEFAULT_CONFIG_MAP, DEFAULT_IMAGE, InjectOptions
 DEFAULT_LISTEN: Final = "0.0.0.0:9443"
 DEFAULT_RELOAD_INTERVAL: Final = 30.0
 DESCRIPTION: Final = """The mutating admission webhook that injects the sidecar into pods: an HTTPS
-server answering POST /inject with AdmissionReview admission.k8s.io/v1, plus GET /healthz and
-GET /readyz. The certificate and key files are re-read when they change. One JSON line per
-admission decision goes to stdout."""
+server answering POST /inject with AdmissionReview admission.k8s.io/v1, plus GET /healthz,
+GET /readyz and GET /metrics (Prometheus). The certificate and key files are re-read when they
+change. One JSON line per admission decision goes to stdout."""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

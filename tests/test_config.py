@@ -1181,7 +1181,7 @@ def test_top_level_shape() -> None:
     assert only(problems_of(["trust_domain"])) == (
         ROOT,
         "expected a mapping with keys trust_domain, workload_api, admin, inbound, outbound, "
-        "log, shutdown, process; got list",
+        "log, shutdown, process, tracing; got list",
     )
     assert only(yaml_problems(""))[1].startswith("the configuration is empty")
     problems = problems_of({"trust_domain": "example.org"})

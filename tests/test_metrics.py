@@ -312,3 +312,82 @@ def test_metrics_module_does_not_import_aiohttp() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+# -- operator metrics: bytes, tool calls, connections, pools, trust domains, spans -------------
+
+
+def test_request_and_response_bytes_by_direction() -> None:
+    m = Metrics()
+    m.observe_request("inbound", AGENT, 200, 0.01, 120, 3000)
+    m.observe_request("inbound", AGENT, 403, 0.01, 80, 0)
+    m.observe_request("outbound", MATH, 200, 0.01)
+    assert value(m, "mcp_sidecar_request_bytes_total", direction="inbound") == 200.0
+    assert value(m, "mcp_sidecar_response_bytes_total", direction="inbound") == 3000.0
+    assert value(m, "mcp_sidecar_request_bytes_total", direction="outbound") == 0.0
+
+
+def test_tool_call_duration_by_tool() -> None:
+    m = Metrics()
+    m.observe_tool_call("add", 0.002)
+    m.observe_tool_call("add", 0.3)
+    m.observe_tool_call("other", -1.0)
+    assert value(m, "mcp_sidecar_tool_call_duration_seconds_count", tool="add") == 2.0
+    assert value(m, "mcp_sidecar_tool_call_duration_seconds_bucket", tool="add", le="0.0025") == 1
+    assert value(m, "mcp_sidecar_tool_call_duration_seconds_sum", tool="other") == 0.0
+
+
+class Pool:
+    open_connections = 3
+    idle_connections = 2
+    pending_connections = 1
+
+
+def test_connections_and_pools_are_read_at_scrape_time() -> None:
+    m = Metrics()
+    live: set[int] = set()
+    m.bind_listener("inbound", lambda: len(live))
+    pool = Pool()
+    m.bind_pool("outbound", "math", pool)
+    assert value(m, "mcp_sidecar_active_connections", listener="inbound") == 0.0
+    live.update({1, 2})
+    pool.idle_connections = 0
+    assert value(m, "mcp_sidecar_active_connections", listener="inbound") == 2.0
+    labels = {"direction": "outbound", "route": "math"}
+    assert value(m, "mcp_sidecar_upstream_pool_connections", **labels) == 3.0
+    assert value(m, "mcp_sidecar_upstream_pool_idle_connections", **labels) == 0.0
+    assert value(m, "mcp_sidecar_upstream_pool_pending_connections", **labels) == 1.0
+
+
+def test_bundle_rotations_and_time_to_expiry_per_trust_domain(ca: DevCA) -> None:
+    partner = DevCA.generate("partner.example")
+    m = Metrics()
+    source = FakeSource()
+    m.bind_source(source)
+    assert value(m, "mcp_sidecar_svid_time_to_expiry_seconds", trust_domain=TD) is None
+    first = make_snapshot(ca, dt.timedelta(minutes=30))
+    first = X509Snapshot(first.svid, {TD: (ca.ca_cert,), "partner.example": (partner.ca_cert,)})
+    source.push(first)
+    ttl = value(m, "mcp_sidecar_svid_time_to_expiry_seconds", trust_domain=TD)
+    assert ttl is not None and 29 * 60 < ttl <= 30 * 60
+    expected = partner.ca_cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    bundle = value(m, "mcp_sidecar_bundle_time_to_expiry_seconds", trust_domain="partner.example")
+    assert bundle is not None and abs(bundle - expected.total_seconds()) < 60
+    # a new SVID with the same bundles: no bundle rotation; a new partner CA: one
+    source.push(X509Snapshot(make_snapshot(ca).svid, first.bundles))
+    assert value(m, "mcp_sidecar_bundle_rotations_total", trust_domain=TD) is None
+    rotated = DevCA.generate("partner.example")
+    bundles = {TD: (ca.ca_cert,), "partner.example": (partner.ca_cert, rotated.ca_cert)}
+    source.push(X509Snapshot(make_snapshot(ca).svid, bundles))
+    assert value(m, "mcp_sidecar_bundle_rotations_total", trust_domain="partner.example") == 1.0
+    assert value(m, "mcp_sidecar_svid_rotations_total") == 2.0
+
+
+def test_span_counters() -> None:
+    m = Metrics()
+    m.spans_exported(5)
+    m.spans_dropped("queue_full", 2)
+    m.spans_dropped("export_failed", 3)
+    assert value(m, "mcp_sidecar_trace_spans_exported_total") == 5.0
+    assert value(m, "mcp_sidecar_trace_spans_dropped_total", reason="queue_full") == 2.0
+    assert value(m, "mcp_sidecar_trace_spans_dropped_total", reason="export_failed") == 3.0

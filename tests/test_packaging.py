@@ -302,12 +302,15 @@ def test_runtime_lock_pins_exactly_the_runtime_dependencies() -> None:
     assert all(len(h) == 64 for entry in lock.values() for h in entry["hashes"])
 
 
-def test_demo_lock_adds_the_demo_extra_and_keeps_the_runtime_versions() -> None:
-    runtime, demo = read_lock("runtime"), read_lock("demo")
-    extra = [Requirement(text) for text in PYPROJECT["project"]["optional-dependencies"]["demo"]]
-    assert_pins(runtime_requirements() + extra, demo)
-    assert all(entry["hashes"] for entry in demo.values())
-    assert {n: e["version"] for n, e in runtime.items()} == {n: demo[n]["version"] for n in runtime}
+@pytest.mark.parametrize("extra_name", ["demo", "tracing"])
+def test_an_extras_lock_adds_the_extra_and_keeps_the_runtime_versions(extra_name: str) -> None:
+    runtime, locked = read_lock("runtime"), read_lock(extra_name)
+    extras = PYPROJECT["project"]["optional-dependencies"][extra_name]
+    assert_pins(runtime_requirements() + [Requirement(text) for text in extras], locked)
+    assert all(entry["hashes"] for entry in locked.values())
+    assert {n: e["version"] for n, e in runtime.items()} == {
+        n: locked[n]["version"] for n in runtime
+    }
 
 
 def test_build_lock_pins_a_backend_pyproject_accepts() -> None:

@@ -29,6 +29,7 @@ import jsonpatch
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.cli import main
 from sidecar.inject import STATUS_ANNOTATION, InjectOptions, load_documents
@@ -370,6 +371,41 @@ async def test_https_errors(server: Server) -> None:
             assert response.status == 200
     outcomes = [json.loads(line)["outcome"] for line in server.log.getvalue().splitlines()]
     assert outcomes == ["invalid", "invalid", "invalid"]
+
+
+async def test_metrics_count_admissions_by_outcome(server: Server, pki: Pki) -> None:
+    url = f"{server.url}/inject"
+    async with server.client.post(url, json=review_for(golden_pod("pod-minimal"))) as response:
+        assert response.status == 200
+    async with server.client.post(url, data=b"{not json", headers=_json_type()) as response:
+        assert response.status == 400
+    async with server.client.get(f"{server.url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    admissions = {
+        s.labels["outcome"]: s.value
+        for s in families["mcp_sidecar_webhook_admissions"].samples
+        if s.name.endswith("_total")
+    }
+    assert admissions["injected"] == 1.0 and admissions["invalid"] == 1.0
+    assert admissions["denied"] == 0.0
+    (count,) = [
+        s.value
+        for s in families["mcp_sidecar_webhook_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert count == 2.0
+    (expiry,) = families["mcp_sidecar_webhook_certificate_expiry_timestamp_seconds"].samples
+    leaf = x509.load_pem_x509_certificate(server.cert_file.read_bytes())
+    assert expiry.value == leaf.not_valid_after_utc.timestamp()
+    (reloads,) = [
+        s
+        for s in families["mcp_sidecar_webhook_certificate_reloads"].samples
+        if s.name.endswith("_total")
+    ]
+    assert reloads.value == 0.0
 
 
 def _json_type() -> dict[str, str]:

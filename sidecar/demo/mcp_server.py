@@ -90,6 +90,10 @@ class RequestRecord:
     headers: tuple[tuple[str, str], ...] = ()
     """Every request header (lowercase name, value): what reached the server, credentials
     included, so a demo or test can show what did not."""
+    traceparent: str | None = None
+    """The W3C ``traceparent`` the request carried (tracing through the sidecars)."""
+    request_id: str | None = None
+    """The ``X-Request-Id`` the request carried."""
 
 
 def host_header_name(host: str) -> str:
@@ -217,6 +221,8 @@ class _RecordingApp:
                         content_type=response_headers.get("content-type"),
                         response_session_id=response_headers.get("mcp-session-id"),
                         headers=tuple(request_headers.items()),
+                        traceparent=request_headers.get("traceparent"),
+                        request_id=request_headers.get("x-request-id"),
                     )
                 )
             await send(message)

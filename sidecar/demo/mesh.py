@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 import yaml
@@ -21,12 +21,15 @@ from mcp import MCPError
 from mcp.types import TextContent
 
 from sidecar.config import parse_config
-from sidecar.demo import mcp_client
+from sidecar.demo import mcp_client, trace_report
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
 from sidecar.demo.tokens import ISSUER, SCOPE, DemoIssuer
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
+
+if TYPE_CHECKING:
+    from sidecar.demo.otlp_receiver import OtlpReceiver
 
 TRUST_DOMAIN = "example.org"
 IDENTITIES = {
@@ -190,7 +193,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _sidecar(name: str, config: dict[str, Any], state: Path, logs: list[TextIO]) -> Sidecar:
+async def _sidecar(
+    name: str,
+    config: dict[str, Any],
+    state: Path,
+    logs: list[TextIO],
+    tracing: dict[str, Any] | None = None,
+) -> Sidecar:
+    if tracing is not None:
+        config = {**config, "tracing": {**tracing, "service_name": name}}
     (state / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     log_file = (state / f"{name}-access.log").open("a", encoding="utf-8")
     logs.append(log_file)
@@ -200,8 +211,9 @@ async def _sidecar(name: str, config: dict[str, Any], state: Path, logs: list[Te
 
 
 @contextlib.asynccontextmanager
-async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
-    """Bring the whole mesh up under ``state`` and tear it down again."""
+async def demo_mesh(state: Path, tracing: dict[str, Any] | None = None) -> AsyncIterator[DemoMesh]:
+    """Bring the whole mesh up under ``state`` and tear it down again; ``tracing`` is the
+    ``tracing:`` section of the agent's and the server's sidecars (none: no tracing)."""
     state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     sockets = {name: f"unix://{state}/{name}.sock" for name in IDENTITIES}
     ca = DevCA.load_or_create(state / "dev-ca", TRUST_DOMAIN)
@@ -218,6 +230,7 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
             inbound_config(sockets["math"], server.port, AGENTS_ALLOWED),
             state,
             logs,
+            tracing,
         )
         sidecars.append(inbound)
         clock_inbound = await _sidecar(
@@ -225,6 +238,7 @@ async def demo_mesh(state: Path) -> AsyncIterator[DemoMesh]:
             inbound_config(sockets["clock"], clock.port, AGENTS_ALLOWED),
             state,
             logs,
+            tracing,
         )
         sidecars.append(clock_inbound)
         ports = {"math": inbound.port("inbound"), "clock": clock_inbound.port("inbound")}
@@ -364,22 +378,64 @@ async def _metrics_excerpt(admin_port: int | None) -> list[str]:
 async def run_demo(*, keep_running: bool = False, state_dir: Path | None = None) -> int:
     with contextlib.ExitStack() as stack:
         state = state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mcp-")))
-        async with demo_mesh(state.resolve()) as mesh:
+        async with contextlib.AsyncExitStack() as services:
+            collector: OtlpReceiver | None = None
+            tracing: dict[str, Any] | None = None
+            if trace_report.tracing_available():
+                from sidecar.demo.otlp_receiver import OtlpReceiver
+
+                collector = await OtlpReceiver().start()
+                services.push_async_callback(collector.close)
+                tracing = {"enabled": True, "endpoint": collector.endpoint}
+            mesh = await services.enter_async_context(demo_mesh(state.resolve(), tracing))
             report = await exercise(mesh)
             metrics = await _metrics_excerpt(mesh.inbound.admin_port)
-            _print_report(mesh, report, metrics)
+            trace = await _traced_call(mesh, collector, report)
+            _print_report(mesh, report, metrics, trace)
             if keep_running:
                 await _wait_for_signal(mesh)
     return 0 if report.ok else 1
 
 
-def _print_report(mesh: DemoMesh, report: Report, metrics: list[str]) -> None:
+async def _traced_call(mesh: DemoMesh, collector: OtlpReceiver | None, report: Report) -> list[str]:
+    """One more tool call, with a ``traceparent`` of the agent's, and its trace as the
+    collector received it from both sidecars."""
+    if collector is None:
+        return [
+            "  (tracing extra not installed: pip install 'mcp-sidecar[tracing]' to see the "
+            "trace of a tool call across both sidecars)"
+        ]
+    traceparent, trace_id = trace_report.new_traceparent()
+    result = await mcp_client.call_tool(
+        mesh.agent_url(),
+        "add",
+        {"a": 20, "b": 22},
+        headers={"traceparent": traceparent},
+        timeout=STEP_TIMEOUT,
+    )
+    for sidecar in (mesh.agent, mesh.inbound):
+        if sidecar.tracing is not None:
+            await asyncio.to_thread(sidecar.tracing.flush)
+    spans = [s for s in collector.spans if s.trace_id == trace_id]
+    services = {s.service for s in spans}
+    report.step(
+        result.structured == {"result": 42} and services == {"agent-outbound", "math-inbound"},
+        "agent",
+        "tools/call add(a=20, b=22), traced",
+        f"-> {result.text}; {len(spans)} spans from {', '.join(sorted(services))}",
+    )
+    return [f"trace {trace_id}:", *trace_report.trace_lines(spans, trace_id, "tools/call add")]
+
+
+def _print_report(mesh: DemoMesh, report: Report, metrics: list[str], trace: list[str]) -> None:
     print("mcp-sidecar demo: an agentic mesh on the embedded dev Workload API\n")
     print("identities (dev Workload API, trust domain example.org):")
     for name, sid in IDENTITIES.items():
         print(f"  {name:<7} {sid}")
     print("\nwhat happened (MCP client -> outbound sidecar -> mTLS -> inbound sidecar -> server):")
     print("\n".join(report.lines))
+    print("\none tool call, traced across both sidecars (OpenTelemetry, W3C traceparent):")
+    print("\n".join(trace))
     print("\ninbound sidecar metrics:")
     print("\n".join(f"  {line}" for line in metrics))
     print("\nwhere to look:")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import sys
 import threading
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from sidecar.compat import compact_ascii_json_encoder
+from sidecar.tracing.correlation import Correlation, current
 
 MCP_SESSION_HEADER = "Mcp-Session-Id"
 
@@ -88,6 +90,7 @@ class AccessRecord:
     there is none, e.g. OAuth-only ingress or a request refused before routing).
     ``reason``: the refusal/error reason label when the sidecar answered itself.
     ``principal``: who the request was admitted as (SPIFFE ID, token subject, scopes, roles).
+    ``correlation``: the request's ``x-request-id`` and trace ids (by default: the current task's).
     """
 
     time: str = field(default_factory=rfc3339)
@@ -104,10 +107,12 @@ class AccessRecord:
     reason: str | None = None
     upstream: str | None = None
     principal: Mapping[str, Any] | None = None
+    correlation: Correlation | None = field(default_factory=current)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "time": self.time,
+            "kind": "access",
             "direction": self.direction,
             "peer": self.peer,
             "method": self.method,
@@ -121,11 +126,23 @@ class AccessRecord:
             "reason": self.reason,
             "upstream": self.upstream,
             "principal": dict(self.principal) if self.principal is not None else None,
+            **correlation_fields(self.correlation),
         }
 
     def to_json(self) -> str:
         """One line of compact JSON, ASCII only, no newline."""
         return _to_json(self.to_dict())
+
+
+def correlation_fields(correlation: Correlation | None) -> dict[str, str | None]:
+    """``x_request_id``, ``trace_id`` and ``span_id`` of a log line (``None`` when unknown)."""
+    if correlation is None:
+        return {"x_request_id": None, "trace_id": None, "span_id": None}
+    return {
+        "x_request_id": correlation.request_id,
+        "trace_id": correlation.trace_id,
+        "span_id": correlation.span_id,
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +165,7 @@ class AuditRecord:
     status: int
     latency_ms: float
     mcp_session_id: str | None
+    correlation: Correlation | None = field(default_factory=current)
 
     def to_json(self) -> str:
         data = {
@@ -163,7 +181,27 @@ class AuditRecord:
             "status": self.status,
             "latency_ms": round(self.latency_ms, 3) if math.isfinite(self.latency_ms) else None,
             "mcp_session_id": self.mcp_session_id,
+            **correlation_fields(self.correlation),
         }
+        return _to_json(data)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """The process log (``log.format: json``) as JSON lines shaped like the access lines:
+    ``time``, ``kind: "log"``, ``level``, ``logger``, ``message``, the request's correlation
+    ids when logged on behalf of one, and ``exception`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": rfc3339(dt.datetime.fromtimestamp(record.created, dt.UTC)),
+            "kind": "log",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **correlation_fields(current()),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
         return _to_json(data)
 
 

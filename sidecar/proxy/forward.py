@@ -124,6 +124,8 @@ async def forward(
     started; a failure mid-stream makes the stream raise, and the engine aborts the client
     connection (a truncated body must not look complete).
     """
+    if request.trace is not None:  # tracing on: our span's context goes upstream
+        request.trace.upstream(headers, body)
     upstream = await pool.request(
         request.method,
         target,

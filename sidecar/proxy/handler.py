@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
@@ -27,6 +28,10 @@ from sidecar.proxy.errors import BadRequest, MethodNotAllowed, ProxyError
 from sidecar.proxy.forward import check_origin, error_response
 from sidecar.proxy.messages import Request, Response
 from sidecar.tokens.claims import Principal
+from sidecar.tracing.correlation import begin_request
+
+if TYPE_CHECKING:
+    from sidecar.tracing.sdk import Tracing
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the response
 MCP_METHODS = ("POST", "GET", "DELETE", "HEAD")  # + OPTIONS with allowed_origins
@@ -45,12 +50,16 @@ class RequestInfo:
     close_connection: bool = False
     principal: Principal | None = None
     """Rendered for the log only when a line is written (``Principal.to_log``)."""
+    tool: str | None = None
+    """The metric label of a forwarded ``tools/call`` (inbound with a policy or rate limits)."""
 
 
 class ProxyHandler:
     """Subclasses implement ``proxy``; this class does the bookkeeping around it."""
 
     direction = "inbound"
+    tracing: Tracing | None = None
+    """Set by the runtime when tracing is on; with it off, a request costs this one check."""
 
     def __init__(
         self,
@@ -111,7 +120,10 @@ class ProxyHandler:
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
+        begin_request(request.headers)
         info = RequestInfo()
+        if self.tracing is not None:
+            self.tracing.start(request, self.direction)
         status = CLIENT_CLOSED
         streaming = False
         try:
@@ -121,6 +133,8 @@ class ProxyHandler:
                 response = await self.proxy(request, info)
             except SidecarError as exc:
                 info.reason = exc.reason
+                if request.trace is not None:
+                    request.trace.refused(exc)
                 if isinstance(exc, ProxyError) and exc.status in (502, 504):
                     self.metrics.upstream_error(self.direction, exc.reason)
                 response = self.refusal(exc, info)
@@ -162,7 +176,13 @@ class ProxyHandler:
 
     def _record(self, request: Request, info: RequestInfo, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.observe_request(self.direction, info.peer, status, elapsed)
+        self.metrics.observe_request(
+            self.direction, info.peer, status, elapsed, info.bytes_in, info.bytes_out
+        )
+        if info.tool is not None:
+            self.metrics.observe_tool_call(info.tool, elapsed)
+        if request.trace is not None:
+            request.trace.finish(status, info)
         if not self.access_log.enabled:
             return
         self.access_log.log(

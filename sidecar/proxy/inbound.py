@@ -25,7 +25,7 @@ from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
 from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
-from sidecar.proxy.mcp_guard import McpGuard
+from sidecar.proxy.mcp_guard import McpGuard, Verdict
 from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
 from sidecar.proxy.mux import MuxEndpoint, session_owner
 from sidecar.proxy.upstream import UpstreamPool, pool_for
@@ -113,10 +113,13 @@ class InboundProxy(ProxyHandler):
         info.bytes_in = len(body)
         started = time.perf_counter()
         verdict = self.guard.inspect(request, principal, body)
+        if request.trace is not None:
+            request.trace.mcp(body, verdict.audits)
         if verdict.refusal is not None:
             info.reason = "mcp_refused"
             self.guard.record(request, principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
+        info.tool = self._tool_label(verdict)
         if self.mux is not None:  # an edge gateway: the guard judged the multiplexed names
             response = await self.mux.handle(
                 request,
@@ -161,6 +164,16 @@ class InboundProxy(ProxyHandler):
         if rewrite is not None:
             _log_rewrite_failure(response, rewrite, info)
         return response
+
+    def _tool_label(self, verdict: Verdict) -> str | None:
+        """The tool of a body that is one ``tools/call``, as ``mcp_requests_total`` labels it
+        (a name the server listed, else ``other``); ``None`` for anything else."""
+        if len(verdict.audits) != 1:
+            return None
+        message = verdict.audits[0][0]
+        if message.method != "tools/call" or message.target is None:
+            return None
+        return message.target if message.target in self.guard.known_tools else "other"
 
     def _verified_peer(self, conn: PeerInfo, info: RequestInfo) -> SpiffeId:
         """The connection's SPIFFE peer, verified and allowlisted at the handshake."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import PeerRejected
+
+if TYPE_CHECKING:
+    from sidecar.tracing.spans import RequestTrace
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -47,6 +50,7 @@ class Request:
         "raw_path",
         "scheme",
         "target_scheme",
+        "trace",
         "version",
     )
 
@@ -70,6 +74,8 @@ class Request:
         self.conn = conn
         self._body = body
         self.target_scheme = target_scheme
+        #: the request's spans when tracing is on (set by the proxy handler), else None
+        self.trace: RequestTrace | None = None
 
     @property
     def target(self) -> str:

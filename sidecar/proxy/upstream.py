@@ -383,6 +383,22 @@ class UpstreamPool:
         self._idle: deque[UpstreamConnection] = deque()
         self._busy: set[UpstreamConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting = 0
+
+    # -- state for the metrics (read at scrape time) -----------------------------------------
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._idle) + len(self._busy)
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections being opened (each for a request waiting on it)."""
+        return self._connecting
 
     async def request(
         self,
@@ -478,6 +494,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         context = self._context() if self._context is not None else None
         for attempt in (1, 2):
+            self._connecting += 1
             try:
                 conn = await self._connect(loop, context)
             except UpstreamUnavailable as exc:
@@ -485,6 +502,8 @@ class UpstreamPool:
                     log.info("upstream connect failed (%s); retrying once", exc.message)
                     continue
                 raise
+            finally:
+                self._connecting -= 1
             self._busy.add(conn)
             return conn
         raise AssertionError("unreachable")  # pragma: no cover

@@ -140,6 +140,43 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
     return bootstrap(0, listener, static_cluster("upstream", upstream_port))
 
 
+def traced_front_bootstrap(
+    sidecar_port: int, collector_port: int, service_name: str
+) -> dict[str, Any]:
+    """Envoy as a front proxy with its own tracing on: listener ``front`` (plain HTTP) ->
+    ``sidecar_port``, one span per request exported with ``envoy.tracers.opentelemetry`` over
+    OTLP/HTTP to ``collector_port`` (``/v1/traces``), flushed after every span."""
+    tracing = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "http_service": {
+                    "http_uri": {
+                        "uri": f"http://127.0.0.1:{collector_port}/v1/traces",
+                        "cluster": "collector",
+                        "timeout": "2s",
+                    }
+                },
+                "service_name": service_name,
+            },
+        }
+    }
+    listener = {
+        "name": "front",
+        "stat_prefix": "front",
+        "address": address(0),
+        "filter_chains": [{"filters": [_forwarding_manager("front", "sidecar", tracing=tracing)]}],
+    }
+    config = bootstrap(0, listener, static_cluster("sidecar", sidecar_port))
+    config["static_resources"]["clusters"].append(static_cluster("collector", collector_port))
+    # the tracer exports once 5 spans are waiting or every 5 s; a test waits for one span
+    config["layered_runtime"] = {
+        "layers": [{"name": "static", "static_layer": {"tracing.opentelemetry.min_flush_spans": 1}}]
+    }
+    return config
+
+
 # ------------------------------------------------------------------------------ the process
 
 

@@ -24,7 +24,7 @@ import yaml
 
 KUSTOMIZATION = "kustomization.yaml"
 SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "generatorOptions"}
-GENERATOR_KEYS = {"name", "namespace", "files", "literals"}
+GENERATOR_KEYS = {"name", "namespace", "files", "literals", "options"}
 
 
 class KustomizeError(Exception):
@@ -101,6 +101,11 @@ def render(directory: Path) -> Rendered:
         metadata: dict[str, Any] = {"name": generator["name"]}
         if "namespace" in generator:
             metadata["namespace"] = generator["namespace"]
+        generator_options = generator.get("options") or {}
+        if set(generator_options) - {"labels"}:
+            raise KustomizeError(f"{kustomization_file}: generator options other than labels")
+        if generator_options.get("labels"):
+            metadata["labels"] = dict(generator_options["labels"])
         result.objects.append(
             {
                 "apiVersion": "v1",

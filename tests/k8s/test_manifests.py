@@ -32,10 +32,18 @@ import yaml
 from sidecar import inject, webhook
 from sidecar.config import load_config_text
 from sidecar.spiffe.ids import SpiffeId
+from tests.k8s import prometheus_operator
 from tests.k8s.kustomize import KUSTOMIZATION, Rendered, object_key, render
 
 ROOT = Path(__file__).resolve().parents[2]
-KUSTOMIZATIONS = ("spire", "deploy/injector", "deploy/demo", "deploy/demo/rogue", "deploy/gateway")
+KUSTOMIZATIONS = (
+    "spire",
+    "deploy/injector",
+    "deploy/demo",
+    "deploy/demo/rogue",
+    "deploy/gateway",
+    "deploy/observability",
+)
 K8S_VERSIONS = ("1.29", "1.37")
 CRD_FILE = ROOT / "spire" / "crds" / "clusterspiffeids.spire.spiffe.io.yaml"
 # Fields of ControllerManagerConfig in spire-controller-manager v0.6.6
@@ -154,6 +162,9 @@ def test_python_render_matches_kubectl_kustomize(directory: str) -> None:
 def validate(obj: dict[str, Any], version: str) -> None:
     if obj["kind"] == "ClusterSPIFFEID":
         validate_against_crd(obj)
+        return
+    if obj["apiVersion"] == "monitoring.coreos.com/v1":
+        jsonschema.validate(obj, prometheus_operator.SCHEMAS[obj["kind"]])
         return
     try:
         kubernetes_validate.validate(obj, version, strict=True)

@@ -109,8 +109,17 @@ async def local_mesh(
     outbound: dict[str, Any] | None = None,
     upstream_port: int | None = None,
     route: dict[str, Any] | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> AsyncIterator[Mesh]:
-    """The inbound sidecar forwards to the recording upstream, or to ``upstream_port``."""
+    """The inbound sidecar forwards to the recording upstream, or to ``upstream_port``.
+    ``tracing``: the ``tracing:`` section of both sidecars (service names ``server-sidecar``
+    and ``agent-sidecar`` unless it names one)."""
+
+    def traced(config: dict[str, Any], service: str) -> dict[str, Any]:
+        if tracing is not None:
+            config["tracing"] = {"service_name": service, **tracing}
+        return config
+
     with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
         d = Path(tmp)
         ca = DevCA.load_or_create(d / "state", TD)
@@ -123,7 +132,12 @@ async def local_mesh(
         server_log, agent_log = io.StringIO(), io.StringIO()
         server = Sidecar(
             parse_config(
-                inbound_config(sockets["server"], upstream_port or upstream.port, **(inbound or {}))
+                traced(
+                    inbound_config(
+                        sockets["server"], upstream_port or upstream.port, **(inbound or {})
+                    ),
+                    "server-sidecar",
+                )
             ),
             access_stream=server_log,
         )
@@ -133,8 +147,14 @@ async def local_mesh(
             await server.start(svid_timeout=WAIT)
             agent = Sidecar(
                 parse_config(
-                    outbound_config(
-                        sockets["agent"], server.port("inbound"), route=route, **(outbound or {})
+                    traced(
+                        outbound_config(
+                            sockets["agent"],
+                            server.port("inbound"),
+                            route=route,
+                            **(outbound or {}),
+                        ),
+                        "agent-sidecar",
                     )
                 ),
                 access_stream=agent_log,

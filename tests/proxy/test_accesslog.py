@@ -6,6 +6,8 @@ import asyncio
 import datetime as dt
 import io
 import json
+import logging
+import sys
 
 import pytest
 from hypothesis import given
@@ -54,6 +56,7 @@ def test_one_json_object_per_line() -> None:
     first, second = (json.loads(line) for line in lines)
     assert list(first) == [
         "time",
+        "kind",
         "direction",
         "peer",
         "method",
@@ -67,7 +70,12 @@ def test_one_json_object_per_line() -> None:
         "reason",
         "upstream",
         "principal",
+        "x_request_id",
+        "trace_id",
+        "span_id",
     ]
+    assert first["kind"] == "access"
+    assert first["x_request_id"] is None  # logged outside a request
     assert first["peer"] == "spiffe://example.org/ns/agents/sa/agent"
     assert first["duration_ms"] == 1.235
     assert first["mcp_session_id"] == "sess-1"
@@ -302,3 +310,33 @@ def test_a_flush_left_pending_by_a_stopped_loop_does_not_stall_the_next_loop() -
 
     asyncio.run(log_and_turn())
     assert out.flushes > flushes
+
+
+def test_process_log_records_as_json_lines() -> None:
+    formatter = accesslog.JsonLogFormatter()
+    record = logging.LogRecord(
+        "sidecar.runtime", logging.WARNING, __file__, 1, "x=%s", ("\n",), None
+    )
+    line = formatter.format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["kind"] == "log" and data["level"] == "warning"
+    assert data["logger"] == "sidecar.runtime" and data["message"] == "x=\n"
+    assert data["time"].endswith("Z") and data["x_request_id"] is None
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "oops", (), sys.exc_info())
+    assert "ValueError: boom" in json.loads(formatter.format(failed))["exception"]
+
+
+async def test_process_log_lines_of_a_request_carry_its_ids() -> None:
+    from sidecar.tracing.correlation import begin_request
+
+    async def in_request() -> dict[str, object]:
+        begin_request(CIMultiDict({"X-Request-Id": "req-1"}))
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+        return json.loads(accesslog.JsonLogFormatter().format(record))  # type: ignore[no-any-return]
+
+    data = await asyncio.create_task(in_request())
+    assert data["x_request_id"] == "req-1" and data["trace_id"] is None

@@ -211,6 +211,39 @@ async def test_metrics_access_log_and_readiness(mesh: Mesh, client: aiohttp.Clie
     assert agent_line["route"] == "math" and agent_line["peer"] == SERVER
 
 
+async def test_operator_metrics_of_a_request_through_the_mesh(
+    mesh: Mesh, client: aiohttp.ClientSession
+) -> None:
+    pending = asyncio.create_task(client.post(f"{mesh.outbound_url}/math/slow", data=b"{}"))
+    try:
+        await asyncio.wait_for(_until(lambda: mesh.upstream.requests), WAIT)
+        # while the request is in flight: one client connection on each data listener, one
+        # busy pooled connection on each hop
+        agent = mesh.agent.metrics.registry.get_sample_value
+        server = mesh.server.metrics.registry.get_sample_value
+        assert agent("mcp_sidecar_active_connections", {"listener": "outbound"}) == 1.0
+        assert server("mcp_sidecar_active_connections", {"listener": "inbound"}) == 1.0
+        route = {"direction": "outbound", "route": "math"}
+        local = {"direction": "inbound", "route": "local"}
+        assert agent("mcp_sidecar_upstream_pool_connections", route) == 1.0
+        assert agent("mcp_sidecar_upstream_pool_idle_connections", route) == 0.0
+        assert server("mcp_sidecar_upstream_pool_connections", local) == 1.0
+        assert agent("mcp_sidecar_upstream_pool_pending_connections", route) == 0.0
+    finally:
+        mesh.upstream.gate.set()
+    async with await pending as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    assert agent("mcp_sidecar_upstream_pool_idle_connections", route) == 1.0  # kept for reuse
+    assert agent("mcp_sidecar_request_bytes_total", {"direction": "outbound"}) == 2.0
+    assert agent("mcp_sidecar_response_bytes_total", {"direction": "outbound"}) == len(body)
+    async with client.get(f"http://127.0.0.1:{mesh.server.admin_port}/metrics") as resp:
+        text = await resp.text()
+    assert 'mcp_sidecar_active_connections{listener="admin"} 1.0' in text  # this scrape
+    assert f'mcp_sidecar_svid_time_to_expiry_seconds{{trust_domain="{TD}"}}' in text
+    assert f'mcp_sidecar_bundle_time_to_expiry_seconds{{trust_domain="{TD}"}}' in text
+
+
 async def test_stop_drains_in_flight_request(mesh: Mesh, client: aiohttp.ClientSession) -> None:
     pending = asyncio.create_task(client.post(f"{mesh.outbound_url}/math/slow", data=b"{}"))
     await asyncio.wait_for(_until(lambda: len(mesh.upstream.requests) == 1), WAIT)
