@@ -129,7 +129,7 @@ def test_the_pod_monitor_scrapes_every_injected_admin_port() -> None:
                 "protocol": "TCP",
             }
             assert admin in ports
-    assert selected == 5  # the demo's math server, agent and rogue; the gateway and its clock server
+    assert selected == 5  # math server, agent, rogue; the gateway and its clock server
     assert endpoint["path"] == "/metrics"
 
 
