@@ -246,7 +246,7 @@ async def demo_mesh(state: Path, tracing: dict[str, Any] | None = None) -> Async
         agent_config["outbound"]["routes"].append(
             {"name": "tools", "path_prefix": "/tools", "targets": targets(ports)}
         )
-        agent = await _sidecar("agent-outbound", agent_config, state, logs)
+        agent = await _sidecar("agent-outbound", agent_config, state, logs, tracing)
         sidecars.append(agent)
         gateway = await _sidecar(
             "gateway",

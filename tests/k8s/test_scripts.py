@@ -164,7 +164,7 @@ def test_dockerfile_checklist() -> None:
     locks = {m for part in pip_installs for m in re.findall(r"requirements/[a-z]+\.lock", part)}
     assert locks == {
         "requirements/build.lock",
-        "requirements/runtime.lock",
+        "requirements/tracing.lock",
         "requirements/demo.lock",
     }
     copies = [args for name, args in instructions if name == "COPY" and "--from" not in args]

@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import aiohttp
     from sidecar.config import parse_config
-    from sidecar.identity.devca import DevCA
-    from sidecar.identity.devserver import DevWorkloadApi
+    from sidecar.dev.devca import DevCA
+    from sidecar.dev.devserver import DevWorkloadApi
     from sidecar.runtime import Sidecar
     from tests.proxy.upstream import RecordingUpstream
 
