@@ -13,6 +13,7 @@ Metric names (all prefixed ``mcp_sidecar_``)::
     tls_handshake_failures_total{direction,reason}   counter
     spiffe_rejections_total{direction,reason}        counter
     upstream_errors_total{direction,reason}          counter
+    open_connections{listener}                       gauge at scrape time: connections tracked
     svid_expiry_timestamp_seconds                    gauge, unix time of our SVID's notAfter
     svid_rotations_total                             counter, SVID serial number changed
     workload_api_updates_total                       counter, X.509 contexts received
@@ -235,6 +236,12 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.open_connections = Gauge(
+            f"{PREFIX}open_connections",
+            "Connections a listener holds (handshaking, idle or busy), by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.ready = Gauge(
             f"{PREFIX}ready",
             "1 while the sidecar is ready to serve (has a valid SVID).",
@@ -331,6 +338,10 @@ class Metrics:
             self.svid_rotations.inc()
         self._serial = serial
         self.svid_expiry.set(snapshot.svid.not_after.timestamp())
+
+    def track_connections(self, listener: str, count: Callable[[], int]) -> None:
+        """Compute ``open_connections{listener}`` at scrape time from ``count``."""
+        self.open_connections.labels(listener=listener).set_function(lambda: float(count()))
 
     def set_ready_function(self, ready: Callable[[], bool]) -> None:
         """Compute ``mcp_sidecar_ready`` at scrape time from ``ready`` (e.g. the admin's check)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sidecar.config import Config, InboundConfig
+from sidecar.heap import HeapTrimmer, trim
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.mcp.policy import Policy, load_policy_file
@@ -65,6 +66,7 @@ class Sidecar:
         self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
         self._stopped = False
+        self._trimmer: asyncio.Task[None] | None = None
 
     # -- identity --------------------------------------------------------------------------
 
@@ -112,6 +114,8 @@ class Sidecar:
             await self.source.start()
             await self._wait_for_identity(svid_timeout, self.source)
         await self._start_listeners()
+        trimmer = HeapTrimmer(lambda: sum(lst.server.ended for lst in self.listeners.values()))
+        self._trimmer = asyncio.create_task(trimmer.run(), name="heap-trimmer")
 
     async def _wait_for_identity(self, timeout: float | None, source: WorkloadApiSource) -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +189,7 @@ class Sidecar:
         return record
 
     async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
-        return await start_listener(
+        listener = await start_listener(
             name,
             handler,
             cfg.listen.host,
@@ -193,6 +197,9 @@ class Sidecar:
             tls=tls,
             limits=cfg.limits,
         )
+        connections = listener.server.connections
+        self.metrics.track_connections(name, lambda: len(connections))
+        return listener
 
     def port(self, name: str) -> int:
         return self.listeners[name].port
@@ -202,6 +209,10 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         await asyncio.gather(
             *(listener.close(self.config.drain_timeout) for listener in self.listeners.values())
         )
@@ -245,6 +256,7 @@ async def serve(config: Config) -> int:
     if not stopping.done():
         log.info("mcp-sidecar running: %s", {n: lst.port for n, lst in sidecar.listeners.items()})
         freeze_startup_objects()
+        trim()  # what start-up freed goes back to the kernel: the idle RSS is what we keep
         await stopping
     log.info("shutting down: draining for up to %ss", config.drain_timeout)
     starting.cancel()

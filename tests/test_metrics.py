@@ -293,6 +293,15 @@ def test_set_ready_function() -> None:
     assert value(m, "mcp_sidecar_ready") == 1.0
 
 
+def test_open_connections_are_counted_at_scrape_time() -> None:
+    m = Metrics()
+    held: set[object] = set()
+    m.track_connections("inbound", lambda: len(held))
+    assert value(m, "mcp_sidecar_open_connections", listener="inbound") == 0
+    held.update({object(), object()})
+    assert value(m, "mcp_sidecar_open_connections", listener="inbound") == 2
+
+
 def test_registries_are_independent() -> None:
     a, b = Metrics(), Metrics()
     a.upstream_error("outbound", "timeout")
