@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from sidecar.config import Config, InboundConfig
+from sidecar.config import Config, InboundConfig, ListenAddress
+from sidecar.errors import StartupError
 from sidecar.heap import HeapTrimmer, trim
+from sidecar.identity.endpoint import ENDPOINT_ENV, check_socket_path
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.mcp.policy import Policy, load_policy_file
@@ -103,10 +106,14 @@ class Sidecar:
 
     async def start(self, *, svid_timeout: float | None = None) -> None:
         """Start admin and source, wait for an SVID (forever unless ``svid_timeout``), listen."""
+        if self.source is not None:
+            field = "workload_api" if self.config.workload_api else f"${ENDPOINT_ENV}"
+            check_socket_path(self.source.target, field=field)
         admin = self.config.admin
-        self._admin, self.admin_port = await start_admin(
-            build_admin_handler(self.metrics, self.ready), admin.listen.host, admin.listen.port
-        )
+        with _bind_errors("admin", admin.listen):
+            self._admin, self.admin_port = await start_admin(
+                build_admin_handler(self.metrics, self.ready), admin.listen.host, admin.listen.port
+            )
         self.metrics.set_ready_function(lambda: self.ready()[0])
         if self.source is not None:
             self.metrics.bind_source(self.source)
@@ -189,14 +196,15 @@ class Sidecar:
         return record
 
     async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
-        listener = await start_listener(
-            name,
-            handler,
-            cfg.listen.host,
-            cfg.listen.port,
-            tls=tls,
-            limits=cfg.limits,
-        )
+        with _bind_errors(name, cfg.listen):
+            listener = await start_listener(
+                name,
+                handler,
+                cfg.listen.host,
+                cfg.listen.port,
+                tls=tls,
+                limits=cfg.limits,
+            )
         connections = listener.server.connections
         self.metrics.track_connections(name, lambda: len(connections))
         return listener
@@ -227,6 +235,21 @@ class Sidecar:
         if self._admin is not None:
             await self._admin.close(0.0)
         self.access_log.flush_pending()
+
+
+@contextlib.contextmanager
+def _bind_errors(section: str, listen: ListenAddress) -> Iterator[None]:
+    """A listener that cannot bind (port in use, address not ours, no permission) is a
+    start-up error naming its key, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is already in use"
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        where = f"{host}:{listen.port}"
+        raise StartupError(f"{section}.listen", f"cannot listen on {where}: {why.lower()}") from exc
 
 
 def freeze_startup_objects() -> int:
