@@ -147,6 +147,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "server_spiffe_id",
         "strip_prefix",
         "jwt_svid_audience",
+        "sni",
     ),
     "log": ("level", "access_log"),
     "shutdown": ("drain_timeout",),
@@ -376,6 +377,10 @@ class RouteConfig:
     jwt_svid_audience: str | None = None
     """If set, a JWT-SVID for this audience (from the Workload API) is sent upstream as
     ``Authorization: Bearer``, replacing any Authorization header from the agent."""
+    sni: str | None = None
+    """The TLS server name sent to the upstream: the ``sni`` key, else the upstream URL's host
+    when it is a name; ``None`` (no SNI) for an IP literal. Routing help for the server side
+    only: the server is still identified by ``server_spiffe_id``, never by this name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -779,6 +784,31 @@ def _path_prefix(value: object, path: str) -> str:
     if any(segment in (".", "..") for segment in text.split("/")):
         raise ConfigError(path, f"{_short(text)} must not contain '.' or '..' segments")
     return text
+
+
+def _sni(value: object, path: str) -> str:
+    text = _string(value, path, "math.mcp.svc")
+    try:
+        host = _host(text)
+    except ValueError as exc:
+        raise ConfigError(path, f"not a DNS name: {exc}") from None
+    if _is_ip_literal(host):
+        raise ConfigError(path, f"must be a DNS name, not an IP address (got {_short(text)})")
+    return host
+
+
+def _default_sni(upstream: str) -> str | None:
+    """The upstream URL's host when it is a name (TLS sends no IP literal as SNI)."""
+    host = urlsplit(upstream).hostname
+    return None if not host or _is_ip_literal(host) else host
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _route_name(value: object, path: str) -> str:
@@ -1644,6 +1674,7 @@ class _Parser:
         )
         strip_prefix = f.optional("strip_prefix", _boolean, True)
         jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
+        sni = f.optional("sni", _sni, None)
         if f.failed or name is None or upstream is None or server_spiffe_id is None:
             raise _Failed
         return RouteConfig(
@@ -1654,6 +1685,7 @@ class _Parser:
             server_spiffe_id=server_spiffe_id,
             strip_prefix=strip_prefix,
             jwt_svid_audience=jwt_svid_audience,
+            sni=sni if sni is not None else _default_sni(upstream),
         )
 
 

@@ -53,6 +53,7 @@ class OutboundProxy(ProxyHandler):
                 config.limits,
                 context=tls.client_context,
                 verify=self._verifier(route, on_identity_rejected),
+                server_name=route.sni,
             )
 
     def _verifier(

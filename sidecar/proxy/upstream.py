@@ -360,7 +360,9 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect)."""
+    """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect),
+    sending ``server_name`` as SNI (none when ``None``). The name only lets the server side pick
+    its listener: who the server is, ``verify`` decides (the context checks no host name)."""
 
     def __init__(
         self,
@@ -369,6 +371,7 @@ class UpstreamPool:
         *,
         context: Callable[[], ssl.SSLContext] | None = None,
         verify: Callable[[Any], object] | None = None,
+        server_name: str | None = None,
         connect_timeout: float = 5.0,
         keepalive_timeout: float = 30.0,
         max_idle: int = 256,
@@ -377,6 +380,7 @@ class UpstreamPool:
         self.port = port
         self._context = context
         self._verify = verify
+        self.server_name = server_name
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle
@@ -499,7 +503,7 @@ class UpstreamPool:
                     self.host,
                     self.port,
                     ssl=context,
-                    server_hostname="" if context is not None else None,
+                    server_hostname=(self.server_name or "") if context is not None else None,
                     ssl_handshake_timeout=self.connect_timeout if context is not None else None,
                 )
         except TimeoutError as exc:
@@ -541,6 +545,7 @@ def pool_for(
     *,
     context: Callable[[], ssl.SSLContext] | None = None,
     verify: Callable[[Any], object] | None = None,
+    server_name: str | None = None,
     keepalive_timeout: float = 30.0,
 ) -> tuple[UpstreamPool, str]:
     """A pool for a configured ``scheme://host:port`` upstream, and its ``Host`` header value."""
@@ -551,6 +556,7 @@ def pool_for(
         parts.port,
         context=context,
         verify=verify,
+        server_name=server_name,
         connect_timeout=limits.connect_timeout,
         keepalive_timeout=keepalive_timeout,
     )

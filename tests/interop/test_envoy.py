@@ -189,6 +189,55 @@ async def test_our_outbound_refuses_envoy_with_unexpected_spiffe_id(
     assert mesh.upstream.requests == []
 
 
+# ------------------------------------------- SNI: an Envoy listener that picks its chain by name
+
+GATEWAY_NAME = "math.mcp.svc"
+
+
+@pytest.mark.parametrize(
+    ("host", "route", "reached"),
+    [
+        pytest.param("127.0.0.1", {"sni": GATEWAY_NAME}, True, id="sni-key"),
+        pytest.param("localhost", {}, True, id="upstream-host-name"),
+        pytest.param("127.0.0.1", {}, False, id="ip-literal-sends-none"),
+        pytest.param("localhost", {"sni": "other.mcp.svc"}, False, id="other-name"),
+    ],
+)
+async def test_envoy_listener_matching_on_sni_sees_our_server_name(
+    mesh: Mesh,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    host: str,
+    route: dict[str, str],
+    reached: bool,
+) -> None:
+    svid = issue(mesh, tmp_path, "envoy-server", ENVOY_SERVER)
+    config = ingress_bootstrap(
+        svid.files, TD, mesh.upstream.port, server_names=[GATEWAY_NAME, "localhost"]
+    )
+    async with running_envoy(config, tmp_path / "envoy") as envoy:
+        sidecar_config = outbound_config(
+            mesh.sockets["agent"], envoy.port("ingress"), server_id=ENVOY_SERVER, route=route
+        )
+        sidecar_config["outbound"]["routes"][0]["upstream"] = (
+            f"https://{host}:{envoy.port('ingress')}"
+        )
+        outbound = await mesh.sidecar(sidecar_config)
+        url = f"http://127.0.0.1:{outbound.port('outbound')}/math/mcp"
+        async with client.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}) as resp:
+            status = resp.status
+            body = await resp.read()
+        unmatched = await envoy.counter("listener.ingress.no_filter_chain_match")
+    if reached:
+        assert status == 200, body
+        assert unmatched == 0
+        assert len(mesh.upstream.requests) == 1
+    else:
+        assert status == 502, body
+        assert unmatched >= 1  # Envoy itself found no chain for the name we sent
+        assert mesh.upstream.requests == []
+
+
 # ------------------------------------------------ Envoy's SPIFFE validator, seen by a plain client
 
 

@@ -823,6 +823,30 @@ async def test_tls_context_rotation_opens_a_new_connection(pki: Pki) -> None:
         assert up.accepts == 2
 
 
+@pytest.mark.parametrize("server_name", ["math.mcp.svc", None])
+async def test_tls_pool_sends_its_server_name_and_still_checks_only_the_spiffe_id(
+    pki: Pki, server_name: str | None
+) -> None:
+    # The server's certificate has a URI SAN only: no host name check may stand in the way.
+    seen: list[str | None] = []
+    server = server_context(pki.tmp, pki.root.issue_leaf(SERVER_ID), pki.root, "sni-server")
+    server.sni_callback = lambda ssl_object, name, ctx: seen.append(name)
+    verified: list[str] = []
+    ctx = pki.client()
+    async with (
+        upstream(echo_forever, server) as up,
+        pool_to(
+            up.port,
+            context=lambda: ctx,
+            verify=lambda obj: verified.append(peer_uri(obj)),
+            server_name=server_name,
+        ) as pool,
+    ):
+        assert (await fetch(pool, "/sni"))[0].status == 200
+    assert seen == [server_name]
+    assert verified == [SERVER_ID]
+
+
 # -- 8. flow control --------------------------------------------------------------------------
 
 
