@@ -41,6 +41,7 @@ from sidecar.proxy.errors import BadRequest, PayloadTooLarge
 from sidecar.proxy.flow import WriteFlow
 from sidecar.proxy.messages import Request, Response, json_error
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.alerts import AlertingSSLObject, arm, disarm
 from sidecar.tls.contexts import PeerRejected
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._closing = False
         self._lost = False
         self._dropped = False  # we closed it before its TLS handshake completed (drain)
+        self._alerting: AlertingSSLObject | None = None
         self._paused = False
         #: the monotonic time after which the sweeper closes this connection (0: no deadline)
         self.deadline = 0.0
@@ -150,10 +152,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         tls = self._tls
         started = self._loop.time()  # when the SSL protocol's own handshake timer starts
         waiter: asyncio.Future[None] = self._loop.create_future()
+        context = tls.context()
         ssl_protocol = _ssl_protocol_class(self._loop)(
             self._loop,
             self,
-            tls.context(),
+            context,
             waiter,
             server_side=True,
             server_hostname=None,
@@ -162,6 +165,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         )
         transport.set_protocol(ssl_protocol)
         ssl_protocol.connection_made(transport)
+        # a refused client gets OpenSSL's alert, which the SSL protocol would drop
+        self._alerting = arm(context, transport.write)  # type: ignore[attr-defined]
         self._task = self._loop.create_task(
             self._handshake(transport, ssl_protocol, waiter, started)
         )
@@ -182,6 +187,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
             finally:
                 self._task = None
+                disarm(self._alerting)  # the handshake is over: no transport kept by it
+                self._alerting = None
             if raw.is_closing():
                 # the waiter also resolves without an error when the connection is closed
                 # mid-handshake (``connection_lost(None)``): that is no handshake

@@ -28,6 +28,7 @@ from sidecar.identity.snapshot import X509Snapshot, X509Svid, certificates_to_pe
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist
 from sidecar.spiffe.verify import VerificationError, verify_x509_svid_der
+from sidecar.tls.alerts import AlertingContext
 
 ALPN_HTTP1 = ["http/1.1"]
 
@@ -50,8 +51,10 @@ class NotReady(SidecarError):
     reason = "no_svid"
 
 
-def _base_context(protocol: int, snapshot: X509Snapshot) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(protocol)
+def _base_context(
+    protocol: int, snapshot: X509Snapshot, cls: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
+    ctx = cls(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # identity is the SPIFFE ID, never a hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -65,8 +68,9 @@ def _base_context(protocol: int, snapshot: X509Snapshot) -> ssl.SSLContext:
 
 
 def build_server_context(snapshot: X509Snapshot) -> ssl.SSLContext:
-    """Server side: requires a client certificate chaining to some trusted bundle."""
-    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, snapshot)
+    """Server side: requires a client certificate chaining to some trusted bundle; a client
+    refused at the handshake gets OpenSSL's alert (``sidecar.tls.alerts``), not a bare reset."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, snapshot, AlertingContext)
     ctx.num_tickets = 0
     return ctx
 
