@@ -15,6 +15,8 @@ Metric names (all prefixed ``mcp_sidecar_``)::
     upstream_errors_total{direction,reason}          counter
     open_connections{listener}                       gauge at scrape time: connections tracked
     svid_expiry_timestamp_seconds                    gauge, unix time of our SVID's notAfter
+    svid_expired                                     gauge 1/0 at scrape time: ours expired,
+                                                     every handshake and request is refused
     svid_rotations_total                             counter, SVID serial number changed
     workload_api_updates_total                       counter, X.509 contexts received
     workload_api_connected{stream}                   gauge 1/0 at scrape time (x509, jwt_bundles)
@@ -220,6 +222,12 @@ class Metrics:
             "Unix time at which our current X.509-SVID expires (notAfter).",
             registry=r,
         )
+        self.svid_expired = Gauge(
+            f"{PREFIX}svid_expired",
+            "1 while our X.509-SVID has expired (the Workload API did not renew it): new "
+            "handshakes and requests needing our identity are refused.",
+            registry=r,
+        )
         self.svid_rotations = Counter(
             f"{PREFIX}svid_rotations_total",
             "X.509-SVID rotations seen (the serial number changed).",
@@ -338,6 +346,10 @@ class Metrics:
             self.svid_rotations.inc()
         self._serial = serial
         self.svid_expiry.set(snapshot.svid.not_after.timestamp())
+
+    def set_svid_expired_function(self, expired: Callable[[], bool]) -> None:
+        """Compute ``svid_expired`` at scrape time from ``expired``."""
+        self.svid_expired.set_function(lambda: 1.0 if expired() else 0.0)
 
     def track_connections(self, listener: str, count: Callable[[], int]) -> None:
         """Compute ``open_connections{listener}`` at scrape time from ``count``."""

@@ -14,6 +14,7 @@ import errno
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -70,6 +71,8 @@ class Sidecar:
         self._wrong_trust_domain: str | None = None
         self._stopped = False
         self._trimmer: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.metrics.set_svid_expired_function(lambda: self.tls.expired)
 
     # -- identity --------------------------------------------------------------------------
 
@@ -84,7 +87,30 @@ class Sidecar:
             )
             return
         self._wrong_trust_domain = None
+        if self.tls.expired:
+            log.warning("a valid X.509-SVID arrived (%s): serving again", snapshot.svid.spiffe_id)
         self.tls.update(snapshot)
+        self._watch_expiry(snapshot)
+
+    def _watch_expiry(self, snapshot: X509Snapshot) -> None:
+        """Say so, once, when our SVID expires without a renewal (RotatingTls refuses to use
+        it from then on; this only makes the outage visible in the log)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, snapshot.svid.not_after.timestamp() - time.time())
+        self._expiry_timer = loop.call_later(delay, self._report_expiry, snapshot)
+
+    def _report_expiry(self, snapshot: X509Snapshot) -> None:
+        self._expiry_timer = None
+        log.error(
+            "our X.509-SVID %s expired at %s and the Workload API (%s) has not renewed it: "
+            "refusing every new TLS handshake and every request that needs our identity "
+            "until a valid SVID arrives",
+            snapshot.svid.spiffe_id,
+            snapshot.svid.not_after.isoformat(),
+            self.source.target if self.source is not None else "none",
+        )
 
     def _jwt_bundles(self) -> Mapping[str, Mapping[str, Any]]:
         return self.source.jwt_bundles if self.source is not None else {}
@@ -217,6 +243,8 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self._trimmer is not None:
             self._trimmer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

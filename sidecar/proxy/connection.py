@@ -42,7 +42,7 @@ from sidecar.proxy.flow import WriteFlow
 from sidecar.proxy.messages import Request, Response, json_error
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.alerts import AlertingSSLObject, arm, disarm
-from sidecar.tls.contexts import PeerRejected
+from sidecar.tls.contexts import NotReady, PeerRejected
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_HEAD_LINES = 100
 PIPELINE_LIMIT = 256 * 1024  # buffered bytes of requests waiting behind the current one
 LINGER = 2.0  # seconds to keep reading (and dropping) a refused body before closing
+CLOCK_SLACK = 0.005  # uvloop's clock counts whole milliseconds: its timers fire "early" by that
 
 # OpenSSL verify codes -> stable metric reasons.
 _VERIFY_REASONS = {
@@ -151,8 +152,14 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         # otherwise be taken for decrypted data and the handshake would stall.
         tls = self._tls
         started = self._loop.time()  # when the SSL protocol's own handshake timer starts
+        try:
+            context = tls.context()
+        except NotReady as exc:  # our own SVID expired (or none yet): present nothing
+            log.info("refusing a TLS connection: %s", exc.message)
+            tls.on_failure(exc.reason)
+            transport.abort()  # type: ignore[attr-defined]  # then connection_lost untracks
+            return
         waiter: asyncio.Future[None] = self._loop.create_future()
-        context = tls.context()
         ssl_protocol = _ssl_protocol_class(self._loop)(
             self._loop,
             self,
@@ -203,7 +210,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             reason = handshake_failure_reason(exc)
             if (
                 isinstance(exc, ConnectionAbortedError)
-                and self._loop.time() - started >= tls.handshake_timeout
+                and self._loop.time() - started >= tls.handshake_timeout - CLOCK_SLACK
             ):  # the SSL protocol's own handshake timer fired (it aborts with this error)
                 reason = "handshake_timeout"
             if not self._dropped:  # not our own doing (a drain closing pending handshakes)
@@ -219,6 +226,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         except PeerRejected as exc:
             self.rejection = exc
             tls.on_rejected(exc)
+        except NotReady as exc:  # our SVID expired during the handshake: serve nothing
+            log.info("closing a TLS connection: %s", exc.message)
+            tls.on_failure(exc.reason)
+            self._end(raw, None)
+            return
         except Exception:  # a verifier bug: fail closed, never serve an unjudged peer
             log.exception("peer verification failed unexpectedly; closing the connection")
             tls.on_failure("verify_error")

@@ -561,8 +561,10 @@ class UpstreamPool:
             assert conn.transport is not None
             try:
                 self._verify(conn.transport.get_extra_info("ssl_object"))
-            except PeerRejected as exc:
-                conn.transport.abort()
+            except BaseException as exc:
+                conn.transport.abort()  # not one byte to a server we did not accept
+                if not isinstance(exc, PeerRejected):
+                    raise  # e.g. our own SVID expired meanwhile (NotReady, 503)
                 raise UpstreamUnavailable(
                     f"upstream identity rejected: {exc.message}",
                     reason="upstream_identity_mismatch",
