@@ -183,6 +183,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "strip_prefix",
         "jwt_svid_audience",
         "token_exchange",
+        "sni",
         *MUX_KEYS,
     ),
     EXCHANGE_SCHEMA: (
@@ -415,6 +416,8 @@ class TargetConfig:
     ``strip_prefix``)."""
     jwt_svid_audience: str | None = None
     """If set, a JWT-SVID for this audience is sent to this target as ``Authorization``."""
+    sni: str | None = None
+    """The TLS server name sent to this target: its upstream's host when it is a name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -538,6 +541,10 @@ class RouteConfig:
     token_exchange: TokenExchangeConfig | None = None
     """If set, the user's token from the agent's request is exchanged (RFC 8693) and the
     result sent upstream as ``Authorization: Bearer``; excludes ``jwt_svid_audience``."""
+    sni: str | None = None
+    """The TLS server name sent to the upstream: the ``sni`` key, else the upstream URL's host
+    when it is a name; ``None`` (no SNI) for an IP literal. Routing help for the server side
+    only: the server is still identified by ``server_spiffe_id``, never by this name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -987,6 +994,31 @@ def _path_prefix(value: object, path: str) -> str:
     if any(segment in (".", "..") for segment in text.split("/")):
         raise ConfigError(path, f"{_short(text)} must not contain '.' or '..' segments")
     return text
+
+
+def _sni(value: object, path: str) -> str:
+    text = _string(value, path, "math.mcp.svc")
+    try:
+        host = _host(text)
+    except ValueError as exc:
+        raise ConfigError(path, f"not a DNS name: {exc}") from None
+    if _is_ip_literal(host):
+        raise ConfigError(path, f"must be a DNS name, not an IP address (got {_short(text)})")
+    return host
+
+
+def _default_sni(upstream: str) -> str | None:
+    """The upstream URL's host when it is a name (TLS sends no IP literal as SNI)."""
+    host = urlsplit(upstream).hostname
+    return None if not host or _is_ip_literal(host) else host
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _route_name(value: object, path: str) -> str:
@@ -1934,6 +1966,13 @@ class _Parser:
                     f.failed = True
         strip_prefix = f.optional("strip_prefix", _boolean, True)
         jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
+        sni = f.optional("sni", _sni, None)
+        if "sni" in f and "targets" in f:
+            self.error(
+                _join(path, "sni"),
+                "not used with targets: each target is reached by its own upstream's host name",
+            )
+            f.failed = True
         token_exchange = f.optional("token_exchange", self.token_exchange, None)
         if "token_exchange" in f and "jwt_svid_audience" in f:
             self.error(
@@ -1966,6 +2005,7 @@ class _Parser:
             strip_prefix=strip_prefix,
             jwt_svid_audience=jwt_svid_audience,
             token_exchange=token_exchange,
+            sni=sni if sni is not None else _default_sni(upstream) if upstream else None,
         )
 
     def token_exchange(self, value: object, path: str) -> TokenExchangeConfig:
@@ -2146,6 +2186,7 @@ class _Parser:
             server_spiffe_id=server_spiffe_id,
             path=target_path,
             jwt_svid_audience=audience,
+            sni=_default_sni(upstream),
         )
 
 

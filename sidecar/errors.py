@@ -33,3 +33,11 @@ class ConfigError(SidecarError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+
+
+class StartupError(ConfigError):
+    """The sidecar cannot start as configured: a listener cannot bind, the Workload API socket's
+    directory does not exist... ``path`` names the key; ``mcp-sidecar run`` prints it as one
+    line and exits 1."""
+
+    reason = "startup_error"

@@ -21,6 +21,8 @@ Metric names (all prefixed ``mcp_sidecar_``)::
     spiffe_rejections_total{direction,reason}        counter
     upstream_errors_total{direction,reason}          counter
     svid_expiry_timestamp_seconds                    gauge, unix time of our SVID's notAfter
+    svid_expired                                     gauge 1/0 at scrape time: ours expired,
+                                                     every handshake and request is refused
     svid_rotations_total                             counter, SVID serial number changed
     svid_time_to_expiry_seconds{trust_domain}        gauge at scrape time (our SVID)
     bundle_time_to_expiry_seconds{trust_domain}      gauge at scrape time (earliest CA)
@@ -395,6 +397,12 @@ class Metrics:
             "Unix time at which our current X.509-SVID expires (notAfter).",
             registry=r,
         )
+        self.svid_expired = Gauge(
+            f"{PREFIX}svid_expired",
+            "1 while our X.509-SVID has expired (the Workload API did not renew it): new "
+            "handshakes and requests needing our identity are refused.",
+            registry=r,
+        )
         self.svid_rotations = Counter(
             f"{PREFIX}svid_rotations_total",
             "X.509-SVID rotations seen (the serial number changed).",
@@ -570,6 +578,10 @@ class Metrics:
                     self.bundle_rotations.labels(trust_domain=self.trust_domain_label(domain)).inc()
         self._bundles = bundles
         self.snapshot = snapshot
+
+    def set_svid_expired_function(self, expired: Callable[[], bool]) -> None:
+        """Compute ``svid_expired`` at scrape time from ``expired``."""
+        self.svid_expired.set_function(lambda: 1.0 if expired() else 0.0)
 
     def set_ready_function(self, ready: Callable[[], bool]) -> None:
         """Compute ``mcp_sidecar_ready`` at scrape time from ``ready`` (e.g. the admin's check)."""

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from sidecar.config import Config, InboundConfig, LogConfig
-from sidecar.errors import ConfigError
+from sidecar.config import Config, InboundConfig, ListenAddress, LogConfig
+from sidecar.errors import ConfigError, StartupError
+from sidecar.heap import HeapTrimmer, trim
+from sidecar.identity.endpoint import ENDPOINT_ENV, check_socket_path
 from sidecar.identity.snapshot import X509Snapshot
 from sidecar.identity.workload_api import WorkloadApiSource
 from sidecar.mcp.policy import Policy, load_policy_file
@@ -84,6 +88,9 @@ class Sidecar:
         self._source_ready = readiness(self.source) if self.source else lambda: (True, "")
         self._wrong_trust_domain: str | None = None
         self._stopped = False
+        self._trimmer: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.metrics.set_svid_expired_function(lambda: self.tls.expired)
 
     # -- identity --------------------------------------------------------------------------
 
@@ -98,7 +105,30 @@ class Sidecar:
             )
             return
         self._wrong_trust_domain = None
+        if self.tls.expired:
+            log.warning("a valid X.509-SVID arrived (%s): serving again", snapshot.svid.spiffe_id)
         self.tls.update(snapshot)
+        self._watch_expiry(snapshot)
+
+    def _watch_expiry(self, snapshot: X509Snapshot) -> None:
+        """Say so, once, when our SVID expires without a renewal (RotatingTls refuses to use
+        it from then on; this only makes the outage visible in the log)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, snapshot.svid.not_after.timestamp() - time.time())
+        self._expiry_timer = loop.call_later(delay, self._report_expiry, snapshot)
+
+    def _report_expiry(self, snapshot: X509Snapshot) -> None:
+        self._expiry_timer = None
+        log.error(
+            "our X.509-SVID %s expired at %s and the Workload API (%s) has not renewed it: "
+            "refusing every new TLS handshake and every request that needs our identity "
+            "until a valid SVID arrives",
+            snapshot.svid.spiffe_id,
+            snapshot.svid.not_after.isoformat(),
+            self.source.target if self.source is not None else "none",
+        )
 
     def _jwt_bundles(self) -> Mapping[str, Mapping[str, Any]]:
         return self.source.jwt_bundles if self.source is not None else {}
@@ -120,16 +150,20 @@ class Sidecar:
 
     async def start(self, *, svid_timeout: float | None = None) -> None:
         """Start admin and source, wait for an SVID (forever unless ``svid_timeout``), listen."""
+        if self.source is not None:
+            field = "workload_api" if self.config.workload_api else f"${ENDPOINT_ENV}"
+            check_socket_path(self.source.target, field=field)
         admin = self.config.admin
-        self._admin, self.admin_port = await start_admin(
-            build_admin_handler(
-                self.metrics,
-                self.ready,
-                operator_views(self.tls, self._jwt_bundles, self.config),
-            ),
-            admin.listen.host,
-            admin.listen.port,
-        )
+        with _bind_errors("admin", admin.listen):
+            self._admin, self.admin_port = await start_admin(
+                build_admin_handler(
+                    self.metrics,
+                    self.ready,
+                    operator_views(self.tls, self._jwt_bundles, self.config),
+                ),
+                admin.listen.host,
+                admin.listen.port,
+            )
         self.metrics.set_ready_function(lambda: self.ready()[0])
         admin_server = self._admin.server
         self.metrics.bind_listener("admin", lambda: len(admin_server.connections))
@@ -139,6 +173,8 @@ class Sidecar:
             await self.source.start()
             await self._wait_for_identity(svid_timeout, self.source)
         await self._start_listeners()
+        trimmer = HeapTrimmer(lambda: sum(lst.server.ended for lst in self.listeners.values()))
+        self._trimmer = asyncio.create_task(trimmer.run(), name="heap-trimmer")
 
     async def _wait_for_identity(self, timeout: float | None, source: WorkloadApiSource) -> None:
         loop = asyncio.get_running_loop()
@@ -264,15 +300,17 @@ class Sidecar:
         return record
 
     async def _listen(self, name: str, handler: Any, cfg: Any, tls: TlsPolicy | None) -> Listener:
-        listener = await start_listener(
-            name,
-            handler,
-            cfg.listen.host,
-            cfg.listen.port,
-            tls=tls,
-            limits=cfg.limits,
-        )
-        self.metrics.bind_listener(name, lambda: len(listener.server.connections))
+        with _bind_errors(name, cfg.listen):
+            listener = await start_listener(
+                name,
+                handler,
+                cfg.listen.host,
+                cfg.listen.port,
+                tls=tls,
+                limits=cfg.limits,
+            )
+        connections = listener.server.connections
+        self.metrics.bind_listener(name, lambda: len(connections))
         return listener
 
     def port(self, name: str) -> int:
@@ -283,6 +321,12 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         await asyncio.gather(
             *(listener.close(self.config.drain_timeout) for listener in self.listeners.values())
         )
@@ -300,6 +344,21 @@ class Sidecar:
         if self.tracing is not None:
             await self.tracing.shutdown()
         self.access_log.flush_pending()
+
+
+@contextlib.contextmanager
+def _bind_errors(section: str, listen: ListenAddress) -> Iterator[None]:
+    """A listener that cannot bind (port in use, address not ours, no permission) is a
+    start-up error naming its key, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is already in use"
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        where = f"{host}:{listen.port}"
+        raise StartupError(f"{section}.listen", f"cannot listen on {where}: {why.lower()}") from exc
 
 
 def freeze_startup_objects() -> int:
@@ -329,6 +388,7 @@ async def serve(config: Config) -> int:
     if not stopping.done():
         log.info("mcp-sidecar running: %s", {n: lst.port for n, lst in sidecar.listeners.items()})
         freeze_startup_objects()
+        trim()  # what start-up freed goes back to the kernel: the idle RSS is what we keep
         await stopping
     log.info("shutting down: draining for up to %ss", config.drain_timeout)
     starting.cancel()

@@ -274,6 +274,7 @@ def test_full_config_round_trips_to_the_expected_dataclasses() -> None:
                     upstream="https://math.mcp.svc:8443",
                     server_spiffe_id=SpiffeId.parse("spiffe://example.org/ns/mcp/sa/math"),
                     strip_prefix=True,
+                    sni="math.mcp.svc",
                 ),
                 RouteConfig(
                     name="search_2",
@@ -282,6 +283,7 @@ def test_full_config_round_trips_to_the_expected_dataclasses() -> None:
                     upstream="https://search.partner.example:443",
                     server_spiffe_id=SpiffeId.parse("spiffe://partner.example/ns/mcp/sa/search"),
                     strip_prefix=False,
+                    sni="search.partner.example",
                 ),
             ),
         ),
@@ -1869,6 +1871,43 @@ def test_overlapping_prefixes_and_other_hosts_are_fine() -> None:
     config = parse_config(with_change("outbound.routes", routes))
     assert config.outbound is not None
     assert [r.name for r in config.outbound.routes] == [r["name"] for r in routes]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "sni", "expected"),
+    [
+        ("https://Math.MCP.svc:8443", ..., "math.mcp.svc"),  # the URL's host name
+        ("https://127.0.0.1:8443", ..., None),  # no IP literal as SNI
+        ("https://[::1]:8443", ..., None),
+        ("https://127.0.0.1:8443", "Math.Gateway.example", "math.gateway.example"),
+        ("https://math.mcp.svc:8443", "other.example", "other.example"),
+    ],
+)
+def test_route_sni(upstream: str, sni: object, expected: str | None) -> None:
+    data = with_change("outbound.routes[0].upstream", upstream)
+    if sni is not ...:
+        data["outbound"]["routes"][0]["sni"] = sni
+    outbound = parse_config(data).outbound
+    assert outbound is not None
+    assert outbound.routes[0].sni == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("10.0.0.1", "must be a DNS name, not an IP address"),
+        ("::1", "must be a DNS name, not an IP address"),
+        ("ma th", "not a DNS name"),
+        ("math.local:8443", "not a DNS name"),
+        ("math.", "not a DNS name"),
+        ("", "not a DNS name"),
+        (5, "got integer 5"),
+    ],
+)
+def test_bad_route_sni(value: object, fragment: str) -> None:
+    path, message = only(problems_of(with_change("outbound.routes[0].sni", value)))
+    assert path == "outbound.routes[0].sni"
+    assert fragment in message
 
 
 @pytest.mark.parametrize("value", ["math.local:0", "math.local:x", "ma th", "[::1", "a:1:2"])

@@ -67,6 +67,7 @@ def test_a_route_with_targets() -> None:
                 name="math",
                 upstream="https://math.mcp.svc:8443",
                 server_spiffe_id=SpiffeId.parse("spiffe://example.org/ns/mcp/sa/math"),
+                sni="math.mcp.svc",
             ),
             TargetConfig(
                 name="clock",
@@ -74,6 +75,7 @@ def test_a_route_with_targets() -> None:
                 server_spiffe_id=SpiffeId.parse("spiffe://example.org/ns/mcp/sa/clock"),
                 path="/mcp",
                 jwt_svid_audience="spiffe://example.org/ns/mcp/sa/clock",
+                sni="clock.mcp.svc",
             ),
         ),
         prefix_mode="always",
@@ -244,3 +246,21 @@ def test_gateway_rules_must_name_multiplexed_names() -> None:
     assert parse_config(gateway(targets=[MATH], mcp_policy=policy)).inbound is not None
     never = gateway(targets=[MATH, CLOCK], prefix_mode="never", mcp_policy=policy)
     assert parse_config(never).inbound is not None
+
+
+def test_targets_send_their_host_name_as_sni_but_never_an_ip() -> None:
+    by_ip = {**MATH, "name": "ip", "upstream": "https://10.0.0.7:8443"}
+    config = parse_config(outbound(targets=[MATH, CLOCK, by_ip]))
+    assert config.outbound is not None
+    mux = config.outbound.routes[0].mux
+    assert mux is not None
+    assert [t.sni for t in mux.targets] == ["math.mcp.svc", "clock.mcp.svc", None]
+
+
+def test_sni_is_refused_on_a_route_with_targets() -> None:
+    assert problems(outbound(targets=[MATH], sni="math.mcp.svc")) == [
+        (
+            "outbound.routes[0].sni",
+            "not used with targets: each target is reached by its own upstream's host name",
+        )
+    ]

@@ -293,6 +293,15 @@ def test_set_ready_function() -> None:
     assert value(m, "mcp_sidecar_ready") == 1.0
 
 
+def test_svid_expired_is_computed_at_scrape_time() -> None:
+    m = Metrics()
+    state = {"expired": False}
+    m.set_svid_expired_function(lambda: state["expired"])
+    assert value(m, "mcp_sidecar_svid_expired") == 0.0
+    state["expired"] = True
+    assert value(m, "mcp_sidecar_svid_expired") == 1.0
+
+
 def test_registries_are_independent() -> None:
     a, b = Metrics(), Metrics()
     a.upstream_error("outbound", "timeout")

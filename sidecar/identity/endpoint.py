@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from urllib.parse import urlsplit
 
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, StartupError
 
 ENDPOINT_ENV = "SPIFFE_ENDPOINT_SOCKET"
 
@@ -48,3 +49,25 @@ def grpc_target(address: str, *, field: str = "workload_api") -> str:
         host = f"[{ip}]" if ip.version == 6 else str(ip)
         return f"{host}:{port}"
     raise ConfigError(field, f"{address!r}: scheme must be unix:// or tcp://")
+
+
+def check_socket_path(target: str, *, field: str = "workload_api") -> None:
+    """Refuse a unix socket path that can never work: its directory is missing, or something
+    other than a socket sits there. A missing socket in an existing directory is fine — the
+    SPIRE agent may start after us, and the source waits for it."""
+    if not target.startswith("unix://"):
+        return
+    path = target[len("unix://") :]
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise StartupError(field, f"the Workload API socket's directory {directory} does not exist")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StartupError(
+            field, f"cannot reach the Workload API socket {path}: {exc.strerror}"
+        ) from exc
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(field, f"{path} is not a unix socket")

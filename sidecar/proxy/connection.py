@@ -42,7 +42,8 @@ from sidecar.proxy.errors import BadRequest, PayloadTooLarge
 from sidecar.proxy.flow import WriteFlow
 from sidecar.proxy.messages import Request, Response, json_error
 from sidecar.spiffe.ids import SpiffeId
-from sidecar.tls.contexts import PeerRejected
+from sidecar.tls.alerts import AlertingSSLObject, arm, disarm
+from sidecar.tls.contexts import NotReady, PeerRejected
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_HEAD_LINES = 100
 PIPELINE_LIMIT = 256 * 1024  # buffered bytes of requests waiting behind the current one
 LINGER = 2.0  # seconds to keep reading (and dropping) a refused body before closing
+CLOCK_SLACK = 0.005  # uvloop's clock counts whole milliseconds: its timers fire "early" by that
 
 # OpenSSL verify codes -> stable metric reasons.
 _VERIFY_REASONS = {
@@ -110,6 +112,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._lost = False
+        self._dropped = False  # we closed it before its TLS handshake completed (drain)
+        self._alerting: AlertingSSLObject | None = None
         self._paused = False
         #: the monotonic time after which the sweeper closes this connection (0: no deadline)
         self.deadline = 0.0
@@ -143,51 +147,91 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         # after ``connection_made`` returns, and a ClientHello arriving in that window would
         # otherwise be taken for decrypted data and the handshake would stall.
         tls = self._tls
+        started = self._loop.time()  # when the SSL protocol's own handshake timer starts
+        try:
+            context = tls.context()
+        except NotReady as exc:  # our own SVID expired (or none yet): present nothing
+            log.info("refusing a TLS connection: %s", exc.message)
+            tls.on_failure(exc.reason)
+            transport.abort()  # type: ignore[attr-defined]  # then connection_lost untracks
+            return
         waiter: asyncio.Future[None] = self._loop.create_future()
         ssl_protocol = server_tls_protocol(
-            self._loop, self, tls.context(), waiter, handshake_timeout=tls.handshake_timeout
+            self._loop, self, context, waiter, handshake_timeout=tls.handshake_timeout
         )
         transport.set_protocol(ssl_protocol)
         ssl_protocol.connection_made(transport)
-        self._task = self._loop.create_task(self._handshake(transport, ssl_protocol, waiter))
+        # a refused client gets OpenSSL's alert, which the SSL protocol would drop
+        self._alerting = arm(context, transport.write)  # type: ignore[attr-defined]
+        self._task = self._loop.create_task(
+            self._handshake(transport, ssl_protocol, waiter, started)
+        )
 
-    async def _handshake(self, raw: Any, ssl_protocol: Any, waiter: asyncio.Future[None]) -> None:
+    async def _handshake(
+        self, raw: Any, ssl_protocol: Any, waiter: asyncio.Future[None], started: float
+    ) -> None:
+        """Wait for the TLS handshake, judge the peer, start HTTP; or end the connection.
+
+        A connection that dies mid-handshake (reset, timeout, refusal) is never announced to us
+        by the SSL protocol — neither asyncio's nor uvloop's calls ``connection_lost`` of its
+        application protocol before the handshake completed — so every way out of here that
+        does not start HTTP goes through ``connection_lost`` itself (see ``_end``)."""
         assert self._tls is not None
         tls = self._tls
-        started = self._loop.time()
         try:
-            await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
+            try:
+                await asyncio.wait_for(waiter, tls.handshake_timeout + 1.0)
+            finally:
+                self._task = None
+                disarm(self._alerting)  # the handshake is over: no transport kept by it
+                self._alerting = None
+            if raw.is_closing():
+                # the waiter also resolves without an error when the connection is closed
+                # mid-handshake (``connection_lost(None)``): that is no handshake
+                raise ConnectionResetError("connection closed during the TLS handshake")
+            transport = tls_app_transport(ssl_protocol)
+            ssl_object = transport.get_extra_info("ssl_object")
+            assert ssl_object is not None  # the handshake completed on an open connection
         except asyncio.CancelledError:
-            raw.abort()
+            self._end(raw, None)
             raise
         except Exception as exc:
             reason = handshake_failure_reason(exc)
             if (
                 isinstance(exc, ConnectionAbortedError)
-                and self._loop.time() - started >= tls.handshake_timeout
+                and self._loop.time() - started >= tls.handshake_timeout - CLOCK_SLACK
             ):  # the SSL protocol's own handshake timer fired (it aborts with this error)
                 reason = "handshake_timeout"
-            log.info("TLS handshake failed: %s (%s)", reason, exc)
-            tls.on_failure(reason)
-            raw.abort()
+            if not self._dropped:  # not our own doing (a drain closing pending handshakes)
+                log.info("TLS handshake failed: %s (%s)", reason, exc)
+                tls.on_failure(reason)
+            exc.__traceback__ = None  # no frame (and with it this connection) kept alive by it
+            self._end(raw, None)
             return
-        finally:
-            self._task = None
-        transport = tls_app_transport(ssl_protocol)
-        ssl_object = transport.get_extra_info("ssl_object")
-        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        leaf = ssl_object.getpeercert(binary_form=True)
         self.peer_cert_sha256 = hashlib.sha256(leaf).hexdigest() if leaf else None
         try:
             self.peer = tls.verify(ssl_object)
         except PeerRejected as exc:
             self.rejection = exc
             tls.on_rejected(exc)
+        except NotReady as exc:  # our SVID expired during the handshake: serve nothing
+            log.info("closing a TLS connection: %s", exc.message)
+            tls.on_failure(exc.reason)
+            self._end(raw, None)
+            return
         except Exception:  # a verifier bug: fail closed, never serve an unjudged peer
             log.exception("peer verification failed unexpectedly; closing the connection")
             tls.on_failure("verify_error")
-            raw.abort()
+            self._end(raw, None)
             return
         self._start_http(transport)
+
+    def _end(self, raw: asyncio.BaseTransport, exc: BaseException | None) -> None:
+        """A connection that never got to HTTP: close it and forget it, now."""
+        self._closing = True
+        raw.abort()  # type: ignore[attr-defined]  # every stream transport has it
+        self.connection_lost(exc)
 
     def _start_http(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -235,13 +279,19 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        """The one place a connection ends: untracked and its state released, exactly once,
+        whether the transport reports it or the handshake found it dead (``_end``)."""
+        if self._lost:
+            return
         self._lost = True
         self._closing = True
         self._server.connections.discard(self)
+        self._server.ended += 1
+        self._early.clear()
         if not self._body_done:
             self._body_failed(ConnectionResetError("client went away"))
         self.drain_lost("client went away")
-        if self._task is not None:
+        if self._task is not None and self._started:
             self._task.cancel()  # the client is gone: so is the upstream exchange
 
     # -- requests --------------------------------------------------------------------------
@@ -479,12 +529,18 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
     def cut(self) -> None:
         """Abort the connection and cancel whatever it is doing (the end of a drain)."""
+        self._dropped = not self._started
         self._abort()
         if self._task is not None:
             self._task.cancel()
 
     def close_idle(self) -> bool:
-        """Close now if no request is in flight (drain); returns whether it was idle."""
+        """Close now if no request is in flight (drain); returns whether it was idle. A TLS
+        handshake still in progress counts as idle: nothing was asked yet."""
+        if not self._started and self._raw is not None:
+            self._closing = self._dropped = True
+            self._raw.abort()  # type: ignore[attr-defined]  # the handshake task then ends it
+            return True
         if self._head is None and self._task is None:
             self._closing = True
             if self.transport is not None:
@@ -635,6 +691,7 @@ class HttpServer:
         self.tls = tls
         self.loop = loop
         self.connections: set[HttpConnection] = set()
+        self.ended = 0  # connections released since start (``sidecar.heap`` trims after bursts)
         self.draining = False
         interval = min(settings.header_timeout, settings.keepalive_timeout) / 4
         self._interval = max(0.02, min(1.0, interval))

@@ -30,6 +30,7 @@ from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
 from sidecar.proxy.mux import MuxEndpoint, session_owner
 from sidecar.proxy.upstream import UpstreamPool, pool_for
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import NotReady
 from sidecar.tokens.errors import TokenError
 from sidecar.tokens.gate import TokenGate
 
@@ -98,6 +99,17 @@ class InboundProxy(ProxyHandler):
 
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
         conn = request.conn
+        our_id: SpiffeId | None = None
+        if self.config.mtls == "required":
+            try:
+                our_id = self.our_id()
+            except NotReady:
+                # Our SVID expired (Workload API outage) while this connection was open: it
+                # was accepted with an identity we may no longer claim, so it serves nothing
+                # more (503 svid_expired) and is closed; new handshakes are refused until a
+                # valid SVID arrives.
+                info.close_connection = True
+                raise
         peer = self._verified_peer(conn, info) if self.config.mtls == "required" else None
         if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
             return json_response(self.tokens.metadata)
@@ -142,8 +154,8 @@ class InboundProxy(ProxyHandler):
             # The answer will be read and rewritten: the local hop gains nothing from
             # compression, so ask for none (a server that compresses anyway is decoded).
             headers["Accept-Encoding"] = "identity"
-        if peer is not None:
-            headers[XFCC] = xfcc_value(self.our_id(), peer, conn.peer_cert_sha256)
+        if peer is not None and our_id is not None:
+            headers[XFCC] = xfcc_value(our_id, peer, conn.peer_cert_sha256)
         headers["Host"] = self.upstream_host
         headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
         assert self.pool is not None  # an edge gateway (mux) was served above

@@ -172,6 +172,7 @@ def build_endpoint(
             limits,
             context=tls.client_context,
             verify=server_verifier(tls, target.server_spiffe_id, on_rejected),
+            server_name=target.sni,
         )
         links[target.name] = TargetLink(target, pool, host, svid_headers.header)
     return MuxEndpoint(name, config, limits, links, metrics, peer_is_target=peer_is_target)

@@ -71,6 +71,7 @@ class OutboundProxy(ProxyHandler):
                 config.limits,
                 context=tls.client_context,
                 verify=server_verifier(tls, route.server_spiffe_id, on_identity_rejected),
+                server_name=route.sni,
             )
         exchanged = ExchangeCache()  # one bound for every route's exchanged tokens
         self.exchangers: dict[str, TokenExchanger] = {

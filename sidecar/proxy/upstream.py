@@ -34,6 +34,7 @@ from sidecar.http1.parse import (
 )
 from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.flow import WriteFlow
+from sidecar.tls.alerts import CERTIFICATE_ALERTS, received_alert
 from sidecar.tls.contexts import PeerRejected
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,32 @@ LOW_WATER = 64 * 1024
 
 
 SMALL_WRITE = 64 * 1024  # a request this small is taken by the kernel at once: no drain wait
+
+
+def tls_refusal(alert: str) -> UpstreamUnavailable:
+    """The upstream ended TLS with ``alert``: named as such (a refused identity is no crash)."""
+    what = (
+        "refused our client certificate (SVID)"
+        if alert in CERTIFICATE_ALERTS
+        else "refused the TLS connection"
+    )
+    log.warning("the upstream %s: TLS alert %s", what, alert)
+    return UpstreamUnavailable(
+        f"the upstream {what}: TLS alert {alert}", reason=f"upstream_tls_refused_{alert}"
+    )
+
+
+async def _take_pending_input() -> None:
+    """Let the loop read what already arrived on a fresh TLS connection before we write on it.
+
+    TLS 1.3: a server refusing our certificate does so after our side of the handshake is
+    complete, with an alert; a server that then closes without reading the rest of our flight
+    makes its kernel answer with a reset. If both are in before our request is written, the
+    write fails on the reset and the alert, still unread, is lost: the refusal would look like
+    a crash. Two turns of the loop (asyncio runs I/O callbacks after the tasks already ready,
+    uvloop before) read it first, so the alert names the refusal. Once per connection."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
@@ -112,7 +139,14 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             else:
                 self._fail(ConnectionResetError("upstream closed the connection mid-body"))
         elif self._head is None:
-            self._fail(ConnectionResetError("upstream closed the connection"))
+            # TLS 1.3: a server refusing our certificate says so after our handshake completed,
+            # so its alert arrives here, in place of the response head
+            alert = received_alert(exc)
+            self._fail(
+                tls_refusal(alert)
+                if alert is not None
+                else ConnectionResetError("upstream closed the connection")
+            )
         self.drain_lost("upstream closed the connection")
 
     # -- parsing ---------------------------------------------------------------------------
@@ -360,7 +394,9 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect)."""
+    """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect),
+    sending ``server_name`` as SNI (none when ``None``). The name only lets the server side pick
+    its listener: who the server is, ``verify`` decides (the context checks no host name)."""
 
     def __init__(
         self,
@@ -369,6 +405,7 @@ class UpstreamPool:
         *,
         context: Callable[[], ssl.SSLContext] | None = None,
         verify: Callable[[Any], object] | None = None,
+        server_name: str | None = None,
         connect_timeout: float = 5.0,
         keepalive_timeout: float = 30.0,
         max_idle: int = 256,
@@ -377,6 +414,7 @@ class UpstreamPool:
         self.port = port
         self._context = context
         self._verify = verify
+        self.server_name = server_name
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle
@@ -518,7 +556,7 @@ class UpstreamPool:
                     self.host,
                     self.port,
                     ssl=context,
-                    server_hostname="" if context is not None else None,
+                    server_hostname=(self.server_name or "") if context is not None else None,
                     ssl_handshake_timeout=self.connect_timeout if context is not None else None,
                 )
         except TimeoutError as exc:
@@ -527,6 +565,9 @@ class UpstreamPool:
                 reason="upstream_connect_timeout",
             ) from exc
         except ssl.SSLError as exc:
+            alert = received_alert(exc)
+            if alert is not None:  # TLS 1.2: the server's refusal is part of the handshake
+                raise tls_refusal(alert) from exc
             raise UpstreamUnavailable(
                 f"TLS to upstream failed: {exc}", reason="upstream_tls_failed"
             ) from exc
@@ -539,12 +580,16 @@ class UpstreamPool:
             assert conn.transport is not None
             try:
                 self._verify(conn.transport.get_extra_info("ssl_object"))
-            except PeerRejected as exc:
-                conn.transport.abort()
+            except BaseException as exc:
+                conn.transport.abort()  # not one byte to a server we did not accept
+                if not isinstance(exc, PeerRejected):
+                    raise  # e.g. our own SVID expired meanwhile (NotReady, 503)
                 raise UpstreamUnavailable(
                     f"upstream identity rejected: {exc.message}",
                     reason="upstream_identity_mismatch",
                 ) from exc
+        if context is not None:
+            await _take_pending_input()
         return conn
 
     def close(self) -> None:
@@ -560,6 +605,7 @@ def pool_for(
     *,
     context: Callable[[], ssl.SSLContext] | None = None,
     verify: Callable[[Any], object] | None = None,
+    server_name: str | None = None,
     keepalive_timeout: float = 30.0,
 ) -> tuple[UpstreamPool, str]:
     """A pool for a configured ``scheme://host:port`` upstream, and its ``Host`` header value."""
@@ -570,6 +616,7 @@ def pool_for(
         parts.port,
         context=context,
         verify=verify,
+        server_name=server_name,
         connect_timeout=limits.connect_timeout,
         keepalive_timeout=keepalive_timeout,
     )

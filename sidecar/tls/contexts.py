@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from sidecar.identity.snapshot import X509Snapshot, X509Svid, certificates_to_pe
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist
 from sidecar.spiffe.verify import VerificationError, verify_x509_svid_der
+from sidecar.tls.alerts import AlertingContext
 
 ALPN_HTTP1 = ["http/1.1"]
 
@@ -45,14 +48,17 @@ class PeerRejected(SidecarError):
 
 
 class NotReady(SidecarError):
-    """No SVID yet: nothing to present, so no TLS can be spoken (503)."""
+    """No usable SVID — none yet (``no_svid``) or ours expired (``svid_expired``, e.g. a long
+    Workload API outage): nothing may be presented, so no TLS is spoken (503)."""
 
     status = 503
     reason = "no_svid"
 
 
-def _base_context(protocol: int, snapshot: X509Snapshot) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(protocol)
+def _base_context(
+    protocol: int, snapshot: X509Snapshot, cls: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
+    ctx = cls(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # identity is the SPIFFE ID, never a hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -66,8 +72,9 @@ def _base_context(protocol: int, snapshot: X509Snapshot) -> ssl.SSLContext:
 
 
 def build_server_context(snapshot: X509Snapshot) -> ssl.SSLContext:
-    """Server side: requires a client certificate chaining to some trusted bundle."""
-    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, snapshot)
+    """Server side: requires a client certificate chaining to some trusted bundle; a client
+    refused at the handshake gets OpenSSL's alert (``sidecar.tls.alerts``), not a bare reset."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, snapshot, AlertingContext)
     ctx.num_tickets = 0
     return ctx
 
@@ -137,8 +144,12 @@ class RotatingTls:
     Wire it to the identity source with ``source.subscribe(tls.update)``.
     """
 
-    def __init__(self, snapshot: X509Snapshot | None = None) -> None:
+    def __init__(
+        self, snapshot: X509Snapshot | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._current: ContextSet | None = None
+        self._expires_at = 0.0  # unix time of the current SVID's notAfter
+        self._clock = clock
         self._listener_context: ssl.SSLContext | None = None
         self.swaps = 0
         if snapshot is not None:
@@ -147,13 +158,29 @@ class RotatingTls:
     def update(self, snapshot: X509Snapshot) -> None:
         """Build new contexts for ``snapshot`` and make them current (one assignment)."""
         self._current = ContextSet.build(snapshot)
+        self._expires_at = snapshot.svid.not_after.timestamp()
         self.swaps += 1
 
     @property
     def current(self) -> ContextSet:
-        if self._current is None:
+        """The contexts of our SVID — only while it is valid: an expired SVID (the Workload
+        API could not renew it) is never presented, so every new handshake, in or out, and
+        every request that needs our identity is refused until a valid one arrives."""
+        current = self._current
+        if current is None:
             raise NotReady("no X.509-SVID received from the Workload API yet")
-        return self._current
+        if self._clock() >= self._expires_at:
+            raise NotReady(
+                f"our X.509-SVID expired at {current.snapshot.svid.not_after.isoformat()} and "
+                "the Workload API has not renewed it",
+                reason="svid_expired",
+            )
+        return current
+
+    @property
+    def expired(self) -> bool:
+        """Whether we hold an SVID that has expired (not: whether we have none yet)."""
+        return self._current is not None and self._clock() >= self._expires_at
 
     @property
     def snapshot(self) -> X509Snapshot:
@@ -174,10 +201,11 @@ class RotatingTls:
 
     def _select_server_context(
         self, ssl_object: Any, server_name: str | None, _ctx: ssl.SSLContext
-    ) -> None:
-        current = self._current
-        if current is not None:
-            ssl_object.context = current.server
+    ) -> int | None:
+        try:
+            ssl_object.context = self.current.server
+        except NotReady:  # nothing valid to present: end the handshake with an alert
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
         return None
 
     def verify_peer(self, ssl_object: Any, allowlist: Allowlist | None = None) -> SpiffeId:

@@ -1,7 +1,15 @@
+import socket
+from pathlib import Path
+
 import pytest
 
-from sidecar.errors import ConfigError
-from sidecar.identity.endpoint import ENDPOINT_ENV, grpc_target, resolve_endpoint
+from sidecar.errors import ConfigError, StartupError
+from sidecar.identity.endpoint import (
+    ENDPOINT_ENV,
+    check_socket_path,
+    grpc_target,
+    resolve_endpoint,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +62,24 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError) as err:
         resolve_endpoint(None)
     assert err.value.path == "$SPIFFE_ENDPOINT_SOCKET"
+
+
+def test_a_socket_not_there_yet_in_an_existing_directory_is_waited_for(tmp_path: Path) -> None:
+    # the SPIRE agent may start after the sidecar: not a start-up error
+    check_socket_path(f"unix://{tmp_path}/agent.sock")
+
+
+def test_a_socket_path_that_can_never_work_is_a_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StartupError, match=r"directory .* does not exist"):
+        check_socket_path(f"unix://{tmp_path}/nodir/agent.sock")
+    with pytest.raises(StartupError, match="is not a unix socket") as caught:
+        check_socket_path(f"unix://{tmp_path}/file", field="$SPIFFE_ENDPOINT_SOCKET")
+    assert caught.value.path == "$SPIFFE_ENDPOINT_SOCKET"
+
+
+def test_a_real_socket_and_tcp_targets_pass(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "agent.sock"))
+        check_socket_path(f"unix://{tmp_path}/agent.sock")
+    check_socket_path("127.0.0.1:8081")

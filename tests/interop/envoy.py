@@ -38,6 +38,9 @@ from bench.envoy import (
 )
 
 WAIT = 30.0  # bound on every wait: start-up, readiness, shutdown
+TLS_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
 STOP_GRACE = 10.0
 
 
@@ -120,10 +123,19 @@ def egress_bootstrap(files: TlsFiles, peer_port: int, peer_spiffe_id: str) -> di
     return bootstrap(0, listener, static_cluster("peer", peer_port, transport_socket=tls))
 
 
-def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) -> dict[str, Any]:
+def ingress_bootstrap(
+    files: TlsFiles,
+    trust_domain: str,
+    upstream_port: int,
+    server_names: Sequence[str] = (),
+) -> dict[str, Any]:
     """Envoy as the server-side proxy: listener ``ingress`` (mTLS, client certificate required,
     verified by ``envoy.tls.cert_validator.spiffe`` against ``files.bundle`` for
-    ``trust_domain``) -> plain HTTP to ``upstream_port`` with XFCC ``SANITIZE_SET`` + ``URI``."""
+    ``trust_domain``) -> plain HTTP to ``upstream_port`` with XFCC ``SANITIZE_SET`` + ``URI``.
+
+    With ``server_names`` its only filter chain matches on SNI (``filter_chain_match``, SNI read
+    by the TLS inspector), as a gateway that picks its listener by name: a client sending no
+    SNI, or another name, matches no chain and is refused."""
     tls = spiffe_downstream_tls_socket(files.chain, files.key, files.bundle, trust_domain)
     manager = _forwarding_manager(
         "ingress",
@@ -131,12 +143,21 @@ def ingress_bootstrap(files: TlsFiles, trust_domain: str, upstream_port: int) ->
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True},
     )
-    listener = {
+    chain: dict[str, Any] = {"transport_socket": tls, "filters": [manager]}
+    listener: dict[str, Any] = {
         "name": "ingress",
         "stat_prefix": "ingress",
         "address": address(0),
-        "filter_chains": [{"transport_socket": tls, "filters": [manager]}],
+        "filter_chains": [chain],
     }
+    if server_names:
+        chain["filter_chain_match"] = {"server_names": list(server_names)}
+        listener["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ]
     return bootstrap(0, listener, static_cluster("upstream", upstream_port))
 
 

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.alerts import CERTIFICATE_ALERTS
 from tests.certfactory import CertFactory
 from tests.interop.envoy import (
     ENVOY_UNAVAILABLE,
@@ -187,6 +188,81 @@ async def test_our_outbound_refuses_envoy_with_unexpected_spiffe_id(
             assert resp.status == 502
             assert (await resp.json())["error"] == "upstream_identity_mismatch"
     assert mesh.upstream.requests == []
+
+
+async def test_envoy_refusing_our_certificate_is_named_by_its_alert(
+    mesh: Mesh, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # Envoy's own SVID is from the mesh CA (so we accept it), but it trusts another CA only.
+    ca = mesh.api.ca
+    chain, key = ca.issue_x509_svid(SpiffeId.parse(ENVOY_SERVER), dt.timedelta(hours=1))
+    stranger_ca = CertFactory.root(TD).cert
+    files = write_pem_files(tmp_path, "envoy-server", chain, key, [stranger_ca])
+    async with running_envoy(
+        ingress_bootstrap(files, TD, mesh.upstream.port), tmp_path / "envoy"
+    ) as envoy:
+        outbound = await mesh.sidecar(
+            outbound_config(mesh.sockets["agent"], envoy.port("ingress"), server_id=ENVOY_SERVER)
+        )
+        url = f"http://127.0.0.1:{outbound.port('outbound')}/math/mcp"
+        async with client.post(url, data=b"{}") as resp:
+            assert resp.status == 502
+            body = await resp.json()
+        assert await wait_counter(envoy, "listener.ingress.ssl.fail_verify_error", 1) >= 1
+    # Envoy 1.40 says certificate_unknown; any certificate alert names the refusal
+    assert body["error"].startswith("upstream_tls_refused_"), body
+    assert body["error"].removeprefix("upstream_tls_refused_") in CERTIFICATE_ALERTS
+    assert "refused our client certificate" in body["message"]
+    assert mesh.upstream.requests == []
+
+
+# ------------------------------------------- SNI: an Envoy listener that picks its chain by name
+
+GATEWAY_NAME = "math.mcp.svc"
+
+
+@pytest.mark.parametrize(
+    ("host", "route", "reached"),
+    [
+        pytest.param("127.0.0.1", {"sni": GATEWAY_NAME}, True, id="sni-key"),
+        pytest.param("localhost", {}, True, id="upstream-host-name"),
+        pytest.param("127.0.0.1", {}, False, id="ip-literal-sends-none"),
+        pytest.param("localhost", {"sni": "other.mcp.svc"}, False, id="other-name"),
+    ],
+)
+async def test_envoy_listener_matching_on_sni_sees_our_server_name(
+    mesh: Mesh,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    host: str,
+    route: dict[str, str],
+    reached: bool,
+) -> None:
+    svid = issue(mesh, tmp_path, "envoy-server", ENVOY_SERVER)
+    config = ingress_bootstrap(
+        svid.files, TD, mesh.upstream.port, server_names=[GATEWAY_NAME, "localhost"]
+    )
+    async with running_envoy(config, tmp_path / "envoy") as envoy:
+        sidecar_config = outbound_config(
+            mesh.sockets["agent"], envoy.port("ingress"), server_id=ENVOY_SERVER, route=route
+        )
+        sidecar_config["outbound"]["routes"][0]["upstream"] = (
+            f"https://{host}:{envoy.port('ingress')}"
+        )
+        outbound = await mesh.sidecar(sidecar_config)
+        url = f"http://127.0.0.1:{outbound.port('outbound')}/math/mcp"
+        async with client.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}) as resp:
+            status = resp.status
+            body = await resp.read()
+        unmatched = await envoy.counter("listener.ingress.no_filter_chain_match")
+    if reached:
+        assert status == 200, body
+        assert unmatched == 0
+        assert len(mesh.upstream.requests) == 1
+    else:
+        assert status == 502, body
+        assert unmatched >= 1  # Envoy itself found no chain for the name we sent
+        assert mesh.upstream.requests == []
 
 
 # ------------------------------------------------ Envoy's SPIFFE validator, seen by a plain client

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import io
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -14,9 +15,23 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from sidecar.config import parse_config
+from sidecar.dev.devca import DevCA
+from sidecar.dev.devserver import DevWorkloadApi
+from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
 from tests.certfactory import CertFactory, IssuedCert
-from tests.proxy.mesh import AGENT, ROGUE, SERVER, TD, WAIT, Mesh, local_mesh, outbound_config
+from tests.proxy.mesh import (
+    AGENT,
+    ROGUE,
+    SERVER,
+    TD,
+    WAIT,
+    Mesh,
+    local_mesh,
+    log_lines,
+    outbound_config,
+)
 from tests.tlsharness import client_context
 
 MCP_HEADERS = {
@@ -108,6 +123,48 @@ async def test_outbound_refuses_server_with_unexpected_id(
     ) as resp:
         assert resp.status == 502
         assert (await resp.json())["error"] == "upstream_identity_mismatch"
+    assert mesh.upstream.requests == []
+
+
+async def test_inbound_that_does_not_trust_us_is_named_as_a_tls_refusal(
+    mesh: Mesh, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An agent of a trust domain the server's inbound does not trust (the agent trusts the
+    server's, through federation): the inbound refuses the handshake with an alert and the
+    outbound reports that alert, not a reset."""
+    other = DevCA.load_or_create(tmp_path / "other-ca", "other.test")
+    socket = f"unix://{tmp_path}/stranger.sock"
+    stranger = "spiffe://other.test/ns/agents/sa/agent"
+    async with DevWorkloadApi(other, {socket: stranger}, federated=[mesh.api.ca]):
+        config = outbound_config(socket, mesh.inbound_port)
+        config["trust_domain"] = "other.test"
+        log = io.StringIO()
+        agent = Sidecar(parse_config(config), access_stream=log)
+        await agent.start(svid_timeout=WAIT)
+        mesh.extra.append(agent)
+        async with client.post(
+            f"http://127.0.0.1:{agent.port('outbound')}/math/mcp", data=b"{}"
+        ) as resp:
+            assert resp.status == 502
+            body = await resp.json()
+        await agent.stop()
+    assert body["error"] == "upstream_tls_refused_unknown_ca"
+    assert "refused our client certificate" in body["message"]
+    assert json.loads(log_lines(agent, log)[-1])["reason"] == "upstream_tls_refused_unknown_ca"
+    agent_metrics = agent.metrics.render()[0].decode()
+    assert (
+        'mcp_sidecar_upstream_errors_total{direction="outbound",'
+        'reason="upstream_tls_refused_unknown_ca"} 1.0'
+    ) in agent_metrics
+
+    def handshake_failures() -> list[str]:
+        text = mesh.server.metrics.render()[0].decode()
+        prefix = 'mcp_sidecar_tls_handshake_failures_total{direction="inbound"'
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    # the server counts it when its handshake task runs, maybe after our 502 went out
+    await _until(handshake_failures)
+    assert len(handshake_failures()) == 1 and handshake_failures()[0].endswith(" 1.0")
     assert mesh.upstream.requests == []
 
 

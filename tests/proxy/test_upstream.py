@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from cryptography import x509
 
 from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
@@ -816,6 +817,119 @@ async def test_tls_context_rotation_opens_a_new_connection(pki: Pki) -> None:
         assert (await fetch(pool, "/c"))[1] == b"conn=1 req=0 GET /c HTTP/1.1 "
         assert (await fetch(pool, "/d"))[1] == b"conn=1 req=1 GET /d HTTP/1.1 "
         assert up.accepts == 2
+
+
+@pytest.mark.parametrize("server_name", ["math.mcp.svc", None])
+async def test_tls_pool_sends_its_server_name_and_still_checks_only_the_spiffe_id(
+    pki: Pki, server_name: str | None
+) -> None:
+    # The server's certificate has a URI SAN only: no host name check may stand in the way.
+    seen: list[str | None] = []
+    server = server_context(pki.tmp, pki.root.issue_leaf(SERVER_ID), pki.root, "sni-server")
+    server.sni_callback = lambda ssl_object, name, ctx: seen.append(name)
+    verified: list[str] = []
+    ctx = pki.client()
+    async with (
+        upstream(echo_forever, server) as up,
+        pool_to(
+            up.port,
+            context=lambda: ctx,
+            verify=lambda obj: verified.append(peer_uri(obj)),
+            server_name=server_name,
+        ) as pool,
+    ):
+        assert (await fetch(pool, "/sni"))[0].status == 200
+    assert seen == [server_name]
+    assert verified == [SERVER_ID]
+
+
+@dataclass
+class RefusingTlsServer:
+    """A blocking OpenSSL server in a thread (no asyncio in between: its alerts go out as
+    OpenSSL writes them) that refuses every client certificate not from ``trusted``; it counts
+    the connections it accepts and whatever application data it ever read."""
+
+    ctx: ssl.SSLContext
+    port: int = 0
+    accepts: int = 0
+    data: bytes = b""
+    errors: list[str] = field(default_factory=list)
+
+    def serve(self, listening: socket.socket) -> None:
+        listening.settimeout(WAIT)
+        with contextlib.suppress(TimeoutError, OSError):
+            while True:
+                raw, _ = listening.accept()
+                self.accepts += 1
+                with raw:
+                    raw.settimeout(WAIT)
+                    try:
+                        with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                            self.data += conn.recv(65536)
+                    except ssl.SSLError as exc:
+                        self.errors.append(str(exc.reason))
+
+
+@contextlib.asynccontextmanager
+async def refusing_server(pki: Pki, version: ssl.TLSVersion) -> AsyncIterator[RefusingTlsServer]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*pki.root.issue_leaf(SERVER_ID).write(pki.tmp, "refusing"))
+    ctx.load_verify_locations(cadata=CertFactory.root(TD).pem())  # not our client's CA
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.maximum_version = version
+    server = RefusingTlsServer(ctx)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        server.port = listening.getsockname()[1]
+        thread = asyncio.create_task(asyncio.to_thread(server.serve, listening))
+        try:
+            yield server
+        finally:
+            listening.shutdown(socket.SHUT_RDWR)
+            await asyncio.wait_for(thread, WAIT)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("certificate", ["untrusted", "none"])
+async def test_a_server_refusing_our_certificate_is_named_by_its_alert_and_not_retried(
+    pki: Pki, version: ssl.TLSVersion, certificate: str
+) -> None:
+    ctx = pki.client() if certificate == "untrusted" else ssl.create_default_context()
+    if certificate == "none":
+        ctx.load_verify_locations(cadata=pki.root.pem())
+    ctx.check_hostname = False
+    verified: list[str] = []
+    async with refusing_server(pki, version) as server:
+        async with pool_to(
+            server.port, context=lambda: ctx, verify=lambda obj: verified.append(peer_uri(obj))
+        ) as pool:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await fetch(pool, method="POST", body=b"must never be processed")
+        accepts = server.accepts
+    alert = {
+        "untrusted": "unknown_ca",
+        "none": "handshake_failure"
+        if version is ssl.TLSVersion.TLSv1_2
+        else "certificate_required",
+    }[certificate]
+    assert caught.value.reason == f"upstream_tls_refused_{alert}"
+    assert f"TLS alert {alert}" in caught.value.message
+    assert caught.value.status == 502
+    assert accepts == 1  # a refusal is final: never sent again
+    assert server.data == b""  # the server never read the request
+    # TLS 1.3: our side of the handshake completed (and checked the server) before the refusal
+    assert verified == ([SERVER_ID] if version is ssl.TLSVersion.TLSv1_3 else [])
+
+
+@pytest.mark.parametrize("certificate", ["untrusted", "none"])
+def test_a_tls13_refusal_is_named_under_uvloop_too(pki: Pki, certificate: str) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(
+            test_a_server_refusing_our_certificate_is_named_by_its_alert_and_not_retried(
+                pki, ssl.TLSVersion.TLSv1_3, certificate
+            )
+        )
 
 
 # -- 8. flow control --------------------------------------------------------------------------

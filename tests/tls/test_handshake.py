@@ -18,7 +18,7 @@ import pytest
 
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist
-from sidecar.tls.contexts import PeerRejected, RotatingTls, build_server_context
+from sidecar.tls.contexts import NotReady, PeerRejected, RotatingTls, build_server_context
 from tests.certfactory import CertFactory, IssuedCert
 from tests.tlsharness import VerifyingServer, attempt, client_context, connect, snapshot_of
 
@@ -215,3 +215,31 @@ def test_contexts_have_the_required_settings(mesh: Mesh) -> None:
         subjects = sorted(str(ca["subject"]) for ca in ctx.get_ca_certs())
         assert len(subjects) == 2
     assert server_ctx.num_tickets == 0
+
+
+async def test_an_expired_own_svid_is_never_presented_nor_used(
+    cas: tuple[IssuedCert, IssuedCert], tmp_path: Path
+) -> None:
+    """A clock past our SVID's notAfter (a Workload API outage): the listener ends every new
+    handshake (with an alert) instead of presenting the expired certificate, and neither an
+    outgoing connection nor a peer check may use it."""
+    ca_a, _ = cas
+    server_leaf = ca_a.issue_leaf(SERVER)
+    now = [server_leaf.cert.not_valid_after_utc.timestamp() - 60.0]
+    tls = RotatingTls(snapshot_of(server_leaf, {TD_A: (ca_a.cert,)}), clock=lambda: now[0])
+    server = await VerifyingServer(tls).start()
+    try:
+        ctx = client_context(tmp_path, ca_a.issue_leaf(AGENT))
+        assert await attempt(server.port, ctx) == f"OK {AGENT}"
+        assert not tls.expired
+        now[0] += 60.0  # notAfter reached
+        assert tls.expired
+        reply = await attempt(server.port, ctx)
+        assert reply.startswith("HANDSHAKE_FAILED"), reply
+        assert server.accepted == [AGENT]
+        for use in (tls.client_context, lambda: tls.verify_peer(None), lambda: tls.snapshot):
+            with pytest.raises(NotReady) as caught:
+                use()
+            assert caught.value.reason == "svid_expired"
+    finally:
+        await server.close()
