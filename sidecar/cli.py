@@ -169,7 +169,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sidecar.errors import ConfigError
     from sidecar.runtime import run
 
     config = _load_or_report(args.config)
@@ -178,11 +177,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.log_level is not None:
         log = dataclasses.replace(config.log, level=args.log_level)
         config = dataclasses.replace(config, log=log)
-    try:
-        return run(config)
-    except ConfigError as exc:  # cannot start as configured (port in use, Workload API path...)
-        print(f"mcp-sidecar: {exc.message}", file=sys.stderr)
-        return 1
+    return run(config)  # start-up errors are one line (runtime.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

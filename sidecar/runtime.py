@@ -424,6 +424,8 @@ def run(config: Config) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
             return runner.run(serve(config))
-        except (ConfigError, TracingUnavailable) as exc:  # an OTEL_* value, a missing extra
-            print(exc.message, file=sys.stderr)
+        except (ConfigError, TracingUnavailable) as exc:
+            # cannot start as configured: an OTEL_* value, a missing extra, a port in use, the
+            # Workload API socket's path... one line, never a traceback
+            print(f"mcp-sidecar: {exc.message}", file=sys.stderr)
             return 1
