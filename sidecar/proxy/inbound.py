@@ -12,6 +12,7 @@ the Host sent upstream is the local server's either way.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ from sidecar.tokens.gate import TokenGate
 XFCC = "X-Forwarded-Client-Cert"
 UNFILTERABLE = "unfilterable_list_response"
 LOCAL_IDLE_REUSE = 4.0  # seconds an idle connection to the local MCP server is reused
+LOCAL_ROUTE = "local"  # the ``route`` label of the local MCP server in metrics
 
 
 def xfcc_value(our_id: SpiffeId, peer: SpiffeId, cert_sha256: str | None) -> str:
@@ -64,7 +66,11 @@ class InboundProxy(ProxyHandler):
         # Idle connections to the local MCP server are dropped before common servers drop them
         # (uvicorn: 5 s), so a request rarely meets a connection the server is just closing.
         self.pool, self.upstream_host = pool_for(
-            config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
+            config.upstream,
+            config.limits,
+            keepalive_timeout=LOCAL_IDLE_REUSE,
+            breakers=config.circuit_breakers,
+            on_overflow=functools.partial(metrics.upstream_overflowed, "inbound", LOCAL_ROUTE),
         )
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)

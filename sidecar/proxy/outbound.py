@@ -12,6 +12,7 @@ agent would expect a TLS session with the server itself, which we neither give n
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,6 +62,8 @@ class OutboundProxy(ProxyHandler):
                 config.limits,
                 context=tls.client_context,
                 verify=self._verifier(route, on_identity_rejected),
+                breakers=route.circuit_breakers,
+                on_overflow=functools.partial(metrics.upstream_overflowed, "outbound", route.name),
             )
         exchanged = ExchangeCache()  # one bound for every route's exchanged tokens
         self.exchangers: dict[str, TokenExchanger] = {
