@@ -2042,12 +2042,14 @@ def _unknown_key_message(key: str, schema: str) -> str:
     message = f"unknown key {_short(key)}"
     homes = [name for name, keys in SCHEMA.items() if key in keys and name != schema]
     homes += [k.rpartition(".")[0] for k in UNSUPPORTED_KEYS if k.rpartition(".")[2] == key]
-    if homes:  # a real key in the wrong place (``limits.max_requests``) is not a typo
-        where = " or ".join(repr(_display_schema(home)) for home in homes)
-        return f"{message}; it belongs under {where}"
-    close = difflib.get_close_matches(key, SCHEMA[schema], n=1)
+    # a real key of another section is a typo only if nearly the same as one here
+    # (``audience`` for ``audiences``), not when merely alike (``max_requests`` in ``limits``)
+    close = difflib.get_close_matches(key, SCHEMA[schema], n=1, cutoff=0.9 if homes else 0.6)
     if close:
         return f"{message}; did you mean {close[0]!r}?"
+    if homes:
+        where = " or ".join(repr(_display_schema(home)) for home in homes)
+        return f"{message}; it belongs under {where}"
     return f"{message}; expected one of: {', '.join(SCHEMA[schema])}"
 
 
