@@ -1464,6 +1464,12 @@ class _Parser:
             )
         if not (isinstance(value, Mapping) and "file" in value):
             return McpPolicyConfig(policy=self.delegate(parse_policy, value, path))
+        if "dry_run" in value:  # one place, reloaded with the rules it is about
+            self.error(
+                _join(path, "dry_run"),
+                "belongs in the policy file, next to default and rules (it is reloaded with them)",
+            )
+            value = {key: item for key, item in value.items() if key != "dry_run"}
         f = self.fields(value, path, "inbound.mcp_policy.file")
         file = f.required(
             "file",

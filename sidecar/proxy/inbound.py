@@ -112,14 +112,14 @@ class InboundProxy(ProxyHandler):
             self.guard.record(request, principal, verdict, verdict.refusal.status, started)
             return verdict.refusal
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
-        if self.guard.policy is not None and request.method == "GET":
+        if self.guard.filters_lists and request.method == "GET":
             # A resumed stream would replay responses (e.g. a tools/list result) whose requests
             # we never saw, so they could not be filtered: under a policy, fail closed and let
             # the server start a fresh stream instead of replaying.
             headers.popall("Last-Event-ID", None)
-        rewrite = verdict.rewrite
-        if rewrite is not None:
-            # The answer will be read and rewritten: the local hop gains nothing from
+        rewrite, observe = verdict.rewrite, verdict.observe
+        if rewrite is not None or observe is not None:
+            # The answer will be read (and rewritten): the local hop gains nothing from
             # compression, so ask for none (a server that compresses anyway is decoded).
             headers["Accept-Encoding"] = "identity"
         if peer is not None:
@@ -135,6 +135,7 @@ class InboundProxy(ProxyHandler):
                 body,
                 self.limits,
                 rewrite=rewrite,
+                observe=observe,
             )
         except SidecarError as exc:
             self.guard.record(request, principal, verdict, exc.status, started)
@@ -142,6 +143,11 @@ class InboundProxy(ProxyHandler):
         self.guard.record(request, principal, verdict, response.status, started)
         if rewrite is not None:
             _log_rewrite_failure(response, rewrite, info)
+        if observe is not None:
+            _when_sent(
+                response,
+                lambda: self.guard.record_observed(request, principal, verdict, response.status),
+            )
         return response
 
     def _verified_peer(self, conn: PeerInfo, info: RequestInfo) -> SpiffeId:
@@ -157,19 +163,28 @@ class InboundProxy(ProxyHandler):
         return conn.peer
 
 
-def _log_rewrite_failure(response: Response, rewrite: ListRewrite, info: RequestInfo) -> None:
-    """Name a list answer (or part of one) replaced by the error in the access log: at once for
-    a whole body, when the stream ends for SSE (``release`` runs before the line is written)."""
+def _when_sent(response: Response, done: Callable[[], None]) -> None:
+    """``done()`` now for a whole answer, or when a streamed one has been sent (before the
+    access-log line, which ``release`` writes)."""
     if response.stream is None:
-        if rewrite.failure is not None:
-            info.reason = UNFILTERABLE
+        done()
         return
     release = response.release
 
     def released() -> None:
-        if rewrite.failure is not None and info.reason is None:
-            info.reason = UNFILTERABLE
+        done()
         if release is not None:
             release()
 
     response.release = released
+
+
+def _log_rewrite_failure(response: Response, rewrite: ListRewrite, info: RequestInfo) -> None:
+    """Name a list answer (or part of one) replaced by the error in the access log: at once for
+    a whole body, when the stream ends for SSE."""
+
+    def note() -> None:
+        if rewrite.failure is not None and info.reason is None:
+            info.reason = UNFILTERABLE
+
+    _when_sent(response, note)
