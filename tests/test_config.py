@@ -817,6 +817,11 @@ def test_bad_policy_file_is_reported_under_the_file_key(
         ),
         ({"reload_interval": "0s"}, "inbound.mcp_policy.reload_interval", "must be greater than 0"),
         (
+            {"dry_run": True},
+            "inbound.mcp_policy.dry_run",
+            "belongs in the policy file, next to default and rules",
+        ),
+        (
             {"reload_interval": "soon"},
             "inbound.mcp_policy.reload_interval",
             "not a duration",
