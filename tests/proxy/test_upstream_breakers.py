@@ -8,7 +8,9 @@ opens its gate, so "N requests in flight" is a fact the test waits for, never a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -18,6 +20,7 @@ from sidecar.proxy.upstream import UpstreamPool, UpstreamResponse
 from tests.proxy.test_upstream import (
     HOST,
     WAIT,
+    ScriptedUpstream,
     fetch,
     ok,
     pool_to,
@@ -69,8 +72,35 @@ async def until(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.005)
 
 
-def counted(overflows: list[str]) -> Callable[[str], None]:
-    return overflows.append
+async def busy_and_waiting(
+    pool: UpstreamPool, gated: Gated, target: str = "/"
+) -> tuple[asyncio.Task[UpstreamResponse], asyncio.Task[UpstreamResponse]]:
+    """With one connection allowed: a request holding it (to ``target``, its answer held by
+    the upstream) and one waiting for it."""
+    busy = start(pool, target)
+    await gated.until_arrived(1)
+    waiting = start(pool)
+    await until(lambda: pool.pending == 1)
+    return busy, waiting
+
+
+class Rig(NamedTuple):
+    gated: Gated
+    up: ScriptedUpstream
+    pool: UpstreamPool
+    overflows: list[str]
+    """The limits the pool overflowed, in order."""
+
+
+@contextlib.asynccontextmanager
+async def gated_pool(breakers: CircuitBreakers, **options: Any) -> AsyncIterator[Rig]:
+    """A ``Gated`` upstream and a pool to it with ``breakers``."""
+    gated, overflows = Gated(), []
+    async with (
+        upstream(gated.serve) as up,
+        pool_to(up.port, breakers=breakers, on_overflow=overflows.append, **options) as pool,
+    ):
+        yield Rig(gated, up, pool, overflows)
 
 
 def assert_idle(pool: UpstreamPool) -> None:
@@ -79,12 +109,8 @@ def assert_idle(pool: UpstreamPool) -> None:
 
 
 async def test_max_requests_overflows_at_once_and_frees_on_release() -> None:
-    gated, overflows = Gated(), []
-    breakers = CircuitBreakers(max_requests=3)
-    async with (
-        upstream(gated.serve) as up,
-        pool_to(up.port, breakers=breakers, on_overflow=counted(overflows)) as pool,
-    ):
+    async with gated_pool(CircuitBreakers(max_requests=3)) as rig:
+        gated, up, pool, overflows = rig
         held = [start(pool) for _ in range(3)]
         await gated.until_arrived(3)
         for _ in range(2):
@@ -112,16 +138,9 @@ async def test_max_requests_overflows_at_once_and_frees_on_release() -> None:
 
 
 async def test_a_request_waits_for_a_busy_connection_and_gets_it() -> None:
-    gated, overflows = Gated(), []
-    breakers = CircuitBreakers(max_connections=1, max_pending_requests=1)
-    async with (
-        upstream(gated.serve) as up,
-        pool_to(up.port, breakers=breakers, on_overflow=counted(overflows)) as pool,
-    ):
-        first = start(pool)
-        await gated.until_arrived(1)
-        second = start(pool)
-        await until(lambda: pool.pending == 1)
+    async with gated_pool(CircuitBreakers(max_connections=1, max_pending_requests=1)) as rig:
+        gated, up, pool, overflows = rig
+        first, second = await busy_and_waiting(pool, gated)
         with pytest.raises(UpstreamOverflow) as refused:
             await pool.request("GET", "/", HOST, b"", head_timeout=WAIT)
         assert refused.value.limit == "max_pending_requests"
@@ -137,12 +156,8 @@ async def test_a_request_waits_for_a_busy_connection_and_gets_it() -> None:
 
 
 async def test_no_pending_requests_means_overflow_when_every_connection_is_busy() -> None:
-    gated, overflows = Gated(), []
-    breakers = CircuitBreakers(max_connections=2, max_pending_requests=0)
-    async with (
-        upstream(gated.serve) as up,
-        pool_to(up.port, breakers=breakers, on_overflow=counted(overflows)) as pool,
-    ):
+    async with gated_pool(CircuitBreakers(max_connections=2, max_pending_requests=0)) as rig:
+        gated, _up, pool, overflows = rig
         held = [start(pool) for _ in range(2)]
         await gated.until_arrived(2)
         with pytest.raises(UpstreamOverflow):
@@ -155,14 +170,8 @@ async def test_no_pending_requests_means_overflow_when_every_connection_is_busy(
 
 
 async def test_a_pending_request_waits_at_most_connect_timeout() -> None:
-    gated, overflows = Gated(), []
-    breakers = CircuitBreakers(max_connections=1)
-    async with (
-        upstream(gated.serve) as up,
-        pool_to(
-            up.port, breakers=breakers, on_overflow=counted(overflows), connect_timeout=0.05
-        ) as pool,
-    ):
+    async with gated_pool(CircuitBreakers(max_connections=1), connect_timeout=0.05) as rig:
+        gated, _up, pool, overflows = rig
         first = start(pool)
         await gated.until_arrived(1)
         with pytest.raises(UpstreamOverflow) as refused:
@@ -177,13 +186,9 @@ async def test_a_pending_request_waits_at_most_connect_timeout() -> None:
 
 
 async def test_a_waiting_client_that_goes_away_frees_its_place() -> None:
-    gated = Gated()
-    breakers = CircuitBreakers(max_connections=1, max_pending_requests=1)
-    async with upstream(gated.serve) as up, pool_to(up.port, breakers=breakers) as pool:
-        first = start(pool)
-        await gated.until_arrived(1)
-        waiting = start(pool)
-        await until(lambda: pool.pending == 1)
+    async with gated_pool(CircuitBreakers(max_connections=1, max_pending_requests=1)) as rig:
+        gated, up, pool, _ = rig
+        first, waiting = await busy_and_waiting(pool, gated)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -200,13 +205,9 @@ async def test_a_waiting_client_that_goes_away_frees_its_place() -> None:
 
 
 async def test_a_connection_handed_to_a_request_cancelled_meanwhile_is_not_lost() -> None:
-    gated = Gated()
-    breakers = CircuitBreakers(max_connections=1)
-    async with upstream(gated.serve) as up, pool_to(up.port, breakers=breakers) as pool:
-        first = start(pool)
-        await gated.until_arrived(1)
-        waiting = start(pool)
-        await until(lambda: pool.pending == 1)
+    async with gated_pool(CircuitBreakers(max_connections=1)) as rig:
+        gated, up, pool, _ = rig
+        first, waiting = await busy_and_waiting(pool, gated)
         gated.gate.set()
         response = await asyncio.wait_for(first, WAIT)
         await read_all(response)
@@ -221,13 +222,9 @@ async def test_a_connection_handed_to_a_request_cancelled_meanwhile_is_not_lost(
 
 
 async def test_a_slot_handed_to_a_request_cancelled_meanwhile_is_not_lost() -> None:
-    gated = Gated()
-    breakers = CircuitBreakers(max_connections=1)
-    async with upstream(gated.serve) as up, pool_to(up.port, breakers=breakers) as pool:
-        closing = start(pool, "/close")
-        await gated.until_arrived(1)
-        waiting = start(pool)
-        await until(lambda: pool.pending == 1)
+    async with gated_pool(CircuitBreakers(max_connections=1)) as rig:
+        gated, _up, pool, _ = rig
+        closing, waiting = await busy_and_waiting(pool, gated, "/close")
         gated.gate.set()
         response = await asyncio.wait_for(closing, WAIT)
         assert await read_all(response) == b"closing"
@@ -242,12 +239,8 @@ async def test_a_slot_handed_to_a_request_cancelled_meanwhile_is_not_lost() -> N
 
 
 async def test_an_upstream_failure_frees_the_request_and_connection_slots() -> None:
-    gated, overflows = Gated(), []
-    breakers = CircuitBreakers(max_connections=1, max_requests=2)
-    async with (
-        upstream(gated.serve) as up,
-        pool_to(up.port, breakers=breakers, on_overflow=counted(overflows)) as pool,
-    ):
+    async with gated_pool(CircuitBreakers(max_connections=1, max_requests=2)) as rig:
+        gated, up, pool, overflows = rig
         gated.gate.set()
         with pytest.raises(UpstreamUnavailable):
             await asyncio.wait_for(start(pool, "/reset"), WAIT)
@@ -260,13 +253,9 @@ async def test_an_upstream_failure_frees_the_request_and_connection_slots() -> N
 
 
 async def test_a_failing_request_hands_its_connection_slot_to_a_waiting_one() -> None:
-    gated = Gated()
-    breakers = CircuitBreakers(max_connections=1)
-    async with upstream(gated.serve) as up, pool_to(up.port, breakers=breakers) as pool:
-        failing = start(pool, "/reset")
-        await gated.until_arrived(1)
-        waiting = start(pool)
-        await until(lambda: pool.pending == 1)
+    async with gated_pool(CircuitBreakers(max_connections=1)) as rig:
+        gated, up, pool, _ = rig
+        failing, waiting = await busy_and_waiting(pool, gated, "/reset")
         gated.gate.set()
         with pytest.raises(UpstreamUnavailable):
             await asyncio.wait_for(failing, WAIT)
@@ -295,10 +284,7 @@ async def test_waiting_requests_fail_when_the_pool_closes() -> None:
     breakers = CircuitBreakers(max_connections=1)
     async with upstream(gated.serve) as up:
         pool = UpstreamPool("127.0.0.1", up.port, breakers=breakers)
-        first = start(pool)
-        await gated.until_arrived(1)
-        waiting = start(pool)
-        await until(lambda: pool.pending == 1)
+        first, waiting = await busy_and_waiting(pool, gated)
         pool.close()
         with pytest.raises(UpstreamUnavailable):
             await asyncio.wait_for(waiting, WAIT)
