@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,7 @@ from sidecar.proxy.upstream import UpstreamPool
 from sidecar.runtime import Sidecar
 from tests.proxy.mesh import WAIT, Mesh, local_mesh
 from tests.proxy.test_upstream import upstream
-from tests.proxy.test_upstream_breakers import Gated
+from tests.proxy.test_upstream_breakers import Gated, until
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -35,12 +35,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 async def get(client: aiohttp.ClientSession, url: str) -> Answer:
     async with client.get(url) as resp:
         return resp.status, dict(resp.headers), await resp.read()
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not predicate():  # noqa: ASYNC110 - polls the scripted upstream / a pool
-            await asyncio.sleep(0.005)
 
 
 def overflows(sidecar: Sidecar, direction: str, route: str, limit: str) -> float:
