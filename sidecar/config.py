@@ -61,6 +61,7 @@ __all__ = [
     "UNSUPPORTED_KEYS",
     "AdminConfig",
     "ApiKeysConfig",
+    "CircuitBreakers",
     "Config",
     "ConfigErrors",
     "InboundConfig",
@@ -105,6 +106,9 @@ LIMIT_KEYS = (
     "total_timeout",
     "sse_heartbeat",
 )
+CIRCUIT_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests")
+MAX_CIRCUIT_BREAKER = 1_000_000
+"""Upper bound of every circuit-breaker threshold (more would exhaust file descriptors first)."""
 ROUTE_SCHEMA = "outbound.routes[]"
 EXCHANGE_SCHEMA = "outbound.routes[].token_exchange"
 TARGET_SCHEMA = "targets[]"
@@ -147,6 +151,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "mcp_policy",
         "rate_limits",
         "api_keys",
+        "circuit_breakers",
         *MUX_KEYS,
     ),
     "inbound.mcp_policy.file": ("file", "reload_interval"),
@@ -172,8 +177,18 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "groups_claim",
     ),
     "inbound.limits": LIMIT_KEYS,
-    "outbound": ("listen", "allow_non_loopback", "allowed_origins", "limits", "routes"),
+    "inbound.circuit_breakers": CIRCUIT_BREAKER_KEYS,
+    "outbound": (
+        "listen",
+        "allow_non_loopback",
+        "allowed_origins",
+        "limits",
+        "routes",
+        "circuit_breakers",
+    ),
     "outbound.limits": LIMIT_KEYS,
+    "outbound.circuit_breakers": CIRCUIT_BREAKER_KEYS,
+    f"{ROUTE_SCHEMA}.circuit_breakers": CIRCUIT_BREAKER_KEYS,
     ROUTE_SCHEMA: (
         "name",
         "path_prefix",
@@ -184,6 +199,7 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
         "jwt_svid_audience",
         "token_exchange",
         "sni",
+        "circuit_breakers",
         *MUX_KEYS,
     ),
     EXCHANGE_SCHEMA: (
@@ -310,6 +326,23 @@ class Limits:
     """Whole exchange for non-SSE responses; 504. SSE streams are exempt."""
     sse_heartbeat: float = 15.0
     """Interval of the SSE comment line sent downstream while upstream is quiet; 0 = off."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreakers:
+    """Envoy's cluster circuit breakers for one upstream (an outbound route, the inbound's
+    local server): past a threshold a request is answered 503 ``upstream_overflow`` at once
+    instead of piling onto a saturated upstream. Defaults are Envoy's."""
+
+    max_connections: int = 1024
+    """Connections open to the upstream at once (busy, idle or being opened); each SSE stream
+    holds one for its whole life."""
+    max_pending_requests: int = 1024
+    """Requests waiting for a connection while ``max_connections`` are busy; each waits at
+    most ``connect_timeout``. 0: no waiting, overflow at once."""
+    max_requests: int = 1024
+    """Requests in flight to the upstream at once, waiting ones included (until the answer's
+    last byte: an SSE stream counts for its whole life)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -460,6 +493,8 @@ class InboundConfig:
     mcp_policy: McpPolicyConfig | None = None
     rate_limits: tuple[RateLimit, ...] = ()
     api_keys: ApiKeysConfig | None = None
+    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
+    """Of the pool to the local MCP server."""
     public_url: str | None = None
     """The listener's externally visible origin (``https://mcp.example.com``), normalised like
     ``allowed_origins``; set (by default to the origin of ``oauth.audience``) iff ``oauth``
@@ -545,6 +580,9 @@ class RouteConfig:
     """The TLS server name sent to the upstream: the ``sni`` key, else the upstream URL's host
     when it is a name; ``None`` (no SNI) for an IP literal. Routing help for the server side
     only: the server is still identified by ``server_spiffe_id``, never by this name."""
+    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
+    """This route's own thresholds and counters (``outbound.circuit_breakers``, with the
+    route's keys over them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -556,6 +594,8 @@ class OutboundConfig:
     allow_non_loopback: bool = False
     allowed_origins: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
+    """The defaults of every route (each route still counts on its own)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -852,6 +892,19 @@ def _size_between(low: int, high: int, low_text: str, high_text: str) -> _Parse[
         if not low <= size <= high:
             raise ConfigError(path, f"must be from {low_text} to {high_text} (got {size} bytes)")
         return size
+
+    return parse
+
+
+def _integer_between(low: int, high: int) -> _Parse[int]:
+    def parse(value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                path, f"expected a whole number from {low} to {high}, got {_got(value)}"
+            )
+        if not low <= value <= high:
+            raise ConfigError(path, f"must be from {low} to {high} (got {value})")
+        return value
 
     return parse
 
@@ -1430,6 +1483,28 @@ class _Parser:
             raise _Failed
         return limits
 
+    def circuit_breakers(
+        self, value: object, path: str, base: CircuitBreakers, schema: str
+    ) -> CircuitBreakers:
+        """The thresholds given, the others from ``base`` (the outbound's for a route)."""
+        f = self.fields(value, path, schema)
+        breakers = CircuitBreakers(
+            max_connections=f.optional(
+                "max_connections", _integer_between(1, MAX_CIRCUIT_BREAKER), base.max_connections
+            ),
+            max_pending_requests=f.optional(
+                "max_pending_requests",
+                _integer_between(0, MAX_CIRCUIT_BREAKER),
+                base.max_pending_requests,
+            ),
+            max_requests=f.optional(
+                "max_requests", _integer_between(1, MAX_CIRCUIT_BREAKER), base.max_requests
+            ),
+        )
+        if f.failed:
+            raise _Failed
+        return breakers
+
     def origins(self, value: object, path: str) -> tuple[str, ...]:
         return self.strings(value, path, "origins like https://app.example.com", _origin)
 
@@ -1477,6 +1552,11 @@ class _Parser:
             "rate_limits", lambda v, p: self.delegate(parse_rate_limits, v, p), ()
         )
         api_keys: ApiKeysConfig | None = f.optional("api_keys", self.api_keys, None)
+        breakers = f.optional(
+            "circuit_breakers",
+            lambda v, p: self.circuit_breakers(v, p, CircuitBreakers(), "inbound.circuit_breakers"),
+            CircuitBreakers(),
+        )
         if "public_url" in f and "oauth" not in f:
             self.error(
                 _join(path, "public_url"),
@@ -1546,6 +1626,7 @@ class _Parser:
             mcp_policy=mcp_policy,
             rate_limits=rate_limits,
             api_keys=api_keys,
+            circuit_breakers=breakers,
         )
 
     # -- MCP policy
@@ -1568,6 +1649,12 @@ class _Parser:
             )
         if not (isinstance(value, Mapping) and "file" in value):
             return McpPolicyConfig(policy=self.delegate(parse_policy, value, path))
+        if "dry_run" in value:  # one place, reloaded with the rules it is about
+            self.error(
+                _join(path, "dry_run"),
+                "belongs in the policy file, next to default and rules (it is reloaded with them)",
+            )
+            value = {key: item for key, item in value.items() if key != "dry_run"}
         f = self.fields(value, path, "inbound.mcp_policy.file")
         file = f.required(
             "file",
@@ -1874,7 +1961,16 @@ class _Parser:
         allow_non_loopback = f.optional("allow_non_loopback", _boolean, False)
         origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
         limits = f.optional("limits", self.limits, Limits())
-        routes = f.required("routes", self.routes, "at least one route")
+        breakers = f.optional(
+            "circuit_breakers",
+            lambda v, p: self.circuit_breakers(
+                v, p, CircuitBreakers(), "outbound.circuit_breakers"
+            ),
+            CircuitBreakers(),
+        )
+        routes = f.required(
+            "routes", lambda v, p: self.routes(v, p, breakers), "at least one route"
+        )
         if listen is not None and not listen.is_loopback and not allow_non_loopback:
             self.error(
                 _join(path, "listen"),
@@ -1891,9 +1987,12 @@ class _Parser:
             allow_non_loopback=allow_non_loopback,
             allowed_origins=origins,
             limits=limits,
+            circuit_breakers=breakers,
         )
 
-    def routes(self, value: object, path: str) -> tuple[RouteConfig, ...]:
+    def routes(
+        self, value: object, path: str, breakers: CircuitBreakers = CircuitBreakers()
+    ) -> tuple[RouteConfig, ...]:
         items = self.sequence(value, path, "routes")
         if not items:
             raise ConfigError(path, "at least one route is required")
@@ -1904,7 +2003,7 @@ class _Parser:
         for index, item in enumerate(items):
             item_path = f"{path}[{index}]"
             try:
-                routes.append(self.route(item, item_path))
+                routes.append(self.route(item, item_path, breakers))
             except _Failed:
                 failed = True
             # Uniqueness is checked on the fields that are valid, even if others are not.
@@ -1934,7 +2033,9 @@ class _Parser:
             raise _Failed
         return tuple(routes)
 
-    def route(self, value: object, path: str) -> RouteConfig:
+    def route(
+        self, value: object, path: str, defaults: CircuitBreakers = CircuitBreakers()
+    ) -> RouteConfig:
         f = self.fields(value, path, ROUTE_SCHEMA)
         name = f.required("name", _route_name, "a short unique name, e.g. math")
         path_prefix = f.optional("path_prefix", _path_prefix, "/")
@@ -1974,6 +2075,11 @@ class _Parser:
             )
             f.failed = True
         token_exchange = f.optional("token_exchange", self.token_exchange, None)
+        breakers = f.optional(
+            "circuit_breakers",
+            lambda v, p: self.circuit_breakers(v, p, defaults, f"{ROUTE_SCHEMA}.circuit_breakers"),
+            defaults,
+        )
         if "token_exchange" in f and "jwt_svid_audience" in f:
             self.error(
                 _join(path, "token_exchange"),
@@ -2006,6 +2112,7 @@ class _Parser:
             jwt_svid_audience=jwt_svid_audience,
             token_exchange=token_exchange,
             sni=sni if sni is not None else _default_sni(upstream) if upstream else None,
+            circuit_breakers=breakers,
         )
 
     def token_exchange(self, value: object, path: str) -> TokenExchangeConfig:
@@ -2292,26 +2399,17 @@ def _log_level(value: object, path: str) -> LogLevel:
 
 def _unknown_key_message(key: str, schema: str) -> str:
     message = f"unknown key {_short(key)}"
-    close = difflib.get_close_matches(key, SCHEMA[schema], n=1)
     homes = [name for name, keys in SCHEMA.items() if key in keys and name != schema]
     homes += [k.rpartition(".")[0] for k in UNSUPPORTED_KEYS if k.rpartition(".")[2] == key]
-    # A near-miss here ('audience' for 'audiences') is a typo; a key spelled exactly as in
-    # another section, with only a faint likeness here ('routes' / 'process'), was misplaced.
-    if close and not (homes and _likeness(key, close[0]) < CLEAR_TYPO):
+    # a real key of another section is a typo only if nearly the same as one here
+    # (``audience`` for ``audiences``), not when merely alike (``max_requests`` in ``limits``)
+    close = difflib.get_close_matches(key, SCHEMA[schema], n=1, cutoff=0.9 if homes else 0.6)
+    if close:
         return f"{message}; did you mean {close[0]!r}?"
     if homes:
         where = " or ".join(repr(_display_schema(home)) for home in homes)
         return f"{message}; it belongs under {where}"
     return f"{message}; expected one of: {', '.join(SCHEMA[schema])}"
-
-
-CLEAR_TYPO = 0.75
-"""difflib likeness above which an unknown key is taken for a typo of a known one even when
-the same spelling is a key of another section."""
-
-
-def _likeness(a: str, b: str) -> float:
-    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def _display_schema(schema: str) -> str:

@@ -20,6 +20,7 @@ Metric names (all prefixed ``mcp_sidecar_``)::
     tls_handshake_failures_total{direction,reason}   counter
     spiffe_rejections_total{direction,reason}        counter
     upstream_errors_total{direction,reason}          counter
+    upstream_overflow_total{direction,route,limit}   counter, circuit breaker refusals (503)
     svid_expiry_timestamp_seconds                    gauge, unix time of our SVID's notAfter
     svid_expired                                     gauge 1/0 at scrape time: ours expired,
                                                      every handshake and request is refused
@@ -348,6 +349,14 @@ class Metrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.upstream_overflow = Counter(
+            f"{PREFIX}upstream_overflow_total",
+            "Requests refused with 503 by a circuit breaker, by direction, route ('local' for the "
+            "inbound's MCP server) and limit (max_requests, max_pending_requests, "
+            "max_connections).",
+            ["direction", "route", "limit"],
+            registry=r,
+        )
         self.token_rejections = Counter(
             f"{PREFIX}token_rejections_total",
             "Requests refused by the token layer, by layer (jwt_svid, oauth) and reason.",
@@ -522,6 +531,12 @@ class Metrics:
     def upstream_error(self, direction: str, reason: object) -> None:
         self.upstream_errors.labels(
             direction=direction_label(direction), reason=self.reason_label(reason)
+        ).inc()
+
+    def upstream_overflowed(self, direction: str, route: str, limit: str) -> None:
+        """``route`` is a configured name (bounded by the configuration)."""
+        self.upstream_overflow.labels(
+            direction=direction_label(direction), route=route, limit=self.reason_label(limit)
         ).inc()
 
     def mcp_request(self, method: str | None, tool: str | None, decision: str) -> None:

@@ -59,6 +59,22 @@ def needs_identity(config: Config) -> bool:
     )
 
 
+def _announce_dry_run(policy: Policy, source: str) -> None:
+    if policy.dry_run:
+        log.warning(
+            "MCP policy from %s is in dry run: its denials are logged and counted as "
+            "would_deny, not enforced",
+            source,
+        )
+
+
+def _load_policy_file(path: Path) -> Policy:
+    """A reloaded policy file; one in dry run is announced (it enforces nothing)."""
+    policy = load_policy_file(path)
+    _announce_dry_run(policy, str(path))
+    return policy
+
+
 class Sidecar:
     """Everything one ``mcp-sidecar run`` owns; usable in-process by tests and the demo."""
 
@@ -273,6 +289,7 @@ class Sidecar:
             JwtSvidHeaders(self.source.fetch_jwt_svid if self.source else None),
             self._rejected("outbound"),
             peer_is_target=False,
+            breakers=inbound.circuit_breakers,
         )
 
     def _guard(self, inbound: InboundConfig) -> McpGuard:
@@ -280,10 +297,11 @@ class Sidecar:
         holder: PolicyHolder[Policy] | None = None
         if inbound.mcp_policy is not None:
             cfg = inbound.mcp_policy
+            _announce_dry_run(cfg.policy, cfg.file or "inbound.mcp_policy")
             holder = PolicyHolder(
                 cfg.policy,
                 path=Path(cfg.file) if cfg.file else None,
-                loader=load_policy_file,
+                loader=_load_policy_file,
                 interval=cfg.reload_interval,
                 metrics=self.metrics,
             )

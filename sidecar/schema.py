@@ -146,6 +146,13 @@ class Problems:
             return None
         return parse_each(items, path, parse, self.items)
 
+    def boolean(self, value: object, path: str) -> bool | None:
+        """``true`` / ``false`` only (YAML 1.2: ``yes`` / ``on`` are strings), or None."""
+        if isinstance(value, bool):
+            return value
+        self.add(path, f"expected true or false, got {got(value)}")
+        return None
+
     def choice(self, value: object, path: str, choices: Sequence[str]) -> str | None:
         if isinstance(value, str) and value in choices:
             return value

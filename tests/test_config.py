@@ -22,6 +22,7 @@ from sidecar.config import (
     SCHEMA,
     UNSUPPORTED_KEYS,
     AdminConfig,
+    CircuitBreakers,
     Config,
     ConfigErrors,
     InboundConfig,
@@ -818,6 +819,11 @@ def test_bad_policy_file_is_reported_under_the_file_key(
         ),
         ({"reload_interval": "0s"}, "inbound.mcp_policy.reload_interval", "must be greater than 0"),
         (
+            {"dry_run": True},
+            "inbound.mcp_policy.dry_run",
+            "belongs in the policy file, next to default and rules",
+        ),
+        (
             {"reload_interval": "soon"},
             "inbound.mcp_policy.reload_interval",
             "not a duration",
@@ -1134,8 +1140,8 @@ def test_bad_origins(value: str) -> None:
             ["listen"],
             "expected a mapping with keys listen, upstream, public_url, mtls, "
             "allow_spiffe_ids, jwt_svid, oauth, allowed_origins, forward_authorization, limits, "
-            "mcp_policy, rate_limits, api_keys, targets, prefix_mode, session_idle, "
-            "max_sessions, target_wait; got list",
+            "mcp_policy, rate_limits, api_keys, circuit_breakers, targets, prefix_mode, "
+            "session_idle, max_sessions, target_wait; got list",
         ),
         ("outbound.routes", {"name": "math"}, "expected a list of routes, got mapping"),
         ("outbound.routes", [], "at least one route is required"),
@@ -2455,3 +2461,83 @@ def test_token_exchange_problems() -> None:
     data["outbound"]["routes"][0]["jwt_svid_audience"] = "spiffe://example.org/ns/mcp/sa/math"
     path, message = only(problems_of(data))
     assert path == f"{p}" and "cannot be combined with jwt_svid_audience" in message
+
+
+# -- circuit breakers ----------------------------------------------------------------------------
+
+
+def test_circuit_breakers_default_to_envoys_thresholds() -> None:
+    config = parse_config(base())
+    assert config.inbound is not None and config.outbound is not None
+    envoy = CircuitBreakers(max_connections=1024, max_pending_requests=1024, max_requests=1024)
+    assert config.inbound.circuit_breakers == envoy
+    assert config.outbound.circuit_breakers == envoy
+    assert config.outbound.routes[0].circuit_breakers == envoy
+
+
+def test_a_route_overrides_the_outbound_circuit_breakers_key_by_key() -> None:
+    data = base()
+    data["outbound"]["circuit_breakers"] = {"max_requests": 200, "max_connections": 100}
+    routes = data["outbound"]["routes"]
+    routes.append({**routes[0], "name": "files", "path_prefix": "/files"})
+    routes[0]["circuit_breakers"] = {"max_connections": 8, "max_pending_requests": 0}
+    data["inbound"]["circuit_breakers"] = {"max_pending_requests": 5}
+    config = parse_config(data)
+    assert config.inbound is not None and config.outbound is not None
+    math, files = config.outbound.routes
+    assert math.circuit_breakers == CircuitBreakers(
+        max_connections=8, max_pending_requests=0, max_requests=200
+    )
+    assert files.circuit_breakers == config.outbound.circuit_breakers
+    assert files.circuit_breakers == CircuitBreakers(max_connections=100, max_requests=200)
+    assert config.inbound.circuit_breakers == CircuitBreakers(max_pending_requests=5)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "inbound.circuit_breakers.max_requests",
+            0,
+            "must be from 1 to 1000000 (got 0)",
+        ),
+        (
+            "outbound.circuit_breakers.max_connections",
+            True,
+            "expected a whole number from 1 to 1000000, got boolean true",
+        ),
+        (
+            "outbound.routes[0].circuit_breakers.max_pending_requests",
+            -1,
+            "must be from 0 to 1000000 (got -1)",
+        ),
+        (
+            "outbound.routes[0].circuit_breakers.max_requests",
+            "100",
+            "expected a whole number from 1 to 1000000, got string '100'",
+        ),
+        (
+            "outbound.circuit_breakers.max_requests",
+            1.5,
+            "expected a whole number from 1 to 1000000, got number 1.5",
+        ),
+        (
+            "inbound.circuit_breakers.max_connections",
+            1_000_001,
+            "must be from 1 to 1000000 (got 1000001)",
+        ),
+        (
+            "outbound.circuit_breakers.max_request",
+            5,
+            "unknown key 'max_request'; did you mean 'max_requests'?",
+        ),
+        (
+            "inbound.limits.max_requests",
+            5,
+            "unknown key 'max_requests'; it belongs under 'inbound.circuit_breakers' or "
+            "'outbound.circuit_breakers' or 'outbound.routes[i].circuit_breakers'",
+        ),
+    ],
+)
+def test_bad_circuit_breakers_name_their_key(path: str, value: object, message: str) -> None:
+    assert only(problems_of(_set(base(), path, value))) == (path, message)

@@ -6,13 +6,15 @@ receive - from ``--method``, ``--tool`` / ``--resource`` / ``--prompt``, ``--arg
 written, so numbers such as ``-1e400`` reach the policy as the sidecar reads them) and ``--id``
 (none for ``notifications/...`` methods: a notification), or given whole with ``--body`` (a
 batch, say) - and runs it through ``sidecar.mcp.judge``, the function the proxy's MCP guard
-calls. Prints ``ALLOW`` or ``DENY`` with the rule and the reason (per element for a batch).
+calls. Prints ``ALLOW`` or ``DENY`` with the rule and the reason (per element for a batch); a
+policy in dry run says so (``DENY (dry run: would be allowed through)``).
 Before the policy it applies the admission checks the proxy makes first (SPIFFE-ID allowlist,
 JWT-SVID peer binding, OAuth required scopes), so a caller those refuse is a DENY too. Token
 signatures, audiences and lifetimes are not simulated: the token is taken as valid.
 
-Exit status: 0 allow, 3 deny, 1 bad input or configuration (the message names the flag or key),
-including a body the sidecar would refuse as invalid JSON-RPC (it answers 400).
+Exit status: 0 allow, 3 deny (the verdict, also in dry run), 1 bad input or configuration (the
+message names the flag or key), including a body the sidecar would refuse as invalid JSON-RPC
+(it answers 400).
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class Explanation:
     elements: tuple[tuple[Message, Decision], ...] = ()
     """Each message of the body with its own decision (the admission check's, if one refused)."""
     batch: bool = False
+    dry_run: bool = False
+    """The policy is in dry run: its denials are logged, and the call forwarded."""
+
+    @property
+    def forwarded(self) -> bool:
+        """What the sidecar does: a policy in dry run forwards what it denies (an admission
+        check that refused is enforced all the same)."""
+        return self.decision.allowed or (self.dry_run and self.stage == "mcp_policy")
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -369,7 +379,9 @@ def explain(
         return Explanation(denial, stage, tuple(notes), principal, elements, parsed.batch)
     elements = tuple(zip(parsed.messages, judgement.decisions, strict=True))
     decision = summarise(judgement.decisions)
-    return Explanation(decision, "mcp_policy", tuple(notes), principal, elements, parsed.batch)
+    return Explanation(
+        decision, "mcp_policy", tuple(notes), principal, elements, parsed.batch, policy.dry_run
+    )
 
 
 def _gateway_notes(inbound: InboundConfig, name: str | None, uri: str | None) -> list[str]:
@@ -507,9 +519,18 @@ def render(result: Explanation) -> list[str]:
     """The report: the verdict, the call (or each element of a batch), rule, reason, stage."""
     decision = result.decision
     lines = ["ALLOW" if decision.allowed else "DENY"]
+    if not decision.allowed and result.forwarded:
+        lines[0] += " (dry run: would be allowed through)"
+    if result.dry_run:
+        lines.append("  mode:   dry run (denials are logged as would_deny, not enforced)")
     if result.batch:
         count = len(result.elements)
-        lines.append(f"  batch:  {count} messages, forwarded only if every one is allowed")
+        rule = (
+            "forwarded whatever the verdict"
+            if result.dry_run
+            else "forwarded only if every one is allowed"
+        )
+        lines.append(f"  batch:  {count} messages, {rule}")
         for index, (message, own) in enumerate(result.elements):
             verdict = "ALLOW" if own.allowed else "DENY "
             lines.append(

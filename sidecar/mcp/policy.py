@@ -4,6 +4,7 @@ arguments (``inbound.mcp_policy``). Pure: no I/O apart from ``load_policy_file``
 Document shape::
 
     default: deny                  # deny | allow (required)
+    dry_run: false                 # true: decide and log, enforce nothing (see below)
     rules:
       - name: agents-add           # required, unique ([A-Za-z0-9][A-Za-z0-9_.-]*, <= 64)
         effect: allow              # allow (default) | deny
@@ -72,6 +73,12 @@ syntax (google-re2, what Envoy uses: linear time in the input, so no pattern can
 catastrophically), compiled at load time; what RE2 cannot compile (backreferences, lookaround,
 atomic groups, possessive quantifiers) is a configuration error. The input is capped at
 ``max_length`` (default ``REGEX_INPUT_CAP`` characters).
+
+**Dry run** (``dry_run: true``): every decision is made and reported as usual, but nothing the
+policy decides is enforced - a denied call is forwarded and reported as ``would_deny``, list
+answers are not filtered (what would be hidden is reported instead) - so a new rule set can be
+tried on production traffic before it is switched on. The sidecar applies it
+(``proxy.mcp_guard``); here it is only read.
 
 **Denials** are answered with HTTP 403 and a JSON-RPC error ``FORBIDDEN_CODE`` (-32001, "Forbidden
 by policy", in the implementation-defined server-error range) naming the rule or saying that no
@@ -464,6 +471,8 @@ class Rule:
 class Policy:
     default: Effect
     rules: tuple[Rule, ...] = ()
+    dry_run: bool = False
+    """Decide and report, enforce nothing (``would_deny``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,7 +656,7 @@ def denial_body(
 
 # ------------------------------------------------------------------------------------- parsing
 
-POLICY_KEYS: Final = ("default", "rules")
+POLICY_KEYS: Final = ("default", "rules", "dry_run")
 RULE_KEYS: Final = (
     "name",
     "effect",
@@ -737,9 +746,12 @@ class _PolicyParser:
                 rule = self.rule(item, f"{rules_path}[{index}]")
                 if rule is not None:
                     rules.append(rule)
+        dry_run = False
+        if "dry_run" in fields:
+            dry_run = bool(self.p.boolean(fields["dry_run"], join(path, "dry_run")))
         if default is None:
             return None
-        return Policy(cast(Effect, default), tuple(rules))
+        return Policy(cast(Effect, default), tuple(rules), dry_run)
 
     def rule(self, data: object, path: str) -> Rule | None:
         fields = self.p.mapping(data, path, RULE_KEYS, none_ok=False)
@@ -816,13 +828,7 @@ class _PolicyParser:
         )
         delegated: bool | None = None
         if "delegated" in fields:
-            if isinstance(fields["delegated"], bool):
-                delegated = fields["delegated"]
-            else:
-                self.p.add(
-                    join(path, "delegated"),
-                    f"expected true or false, got {got(fields['delegated'])}",
-                )
+            delegated = self.p.boolean(fields["delegated"], join(path, "delegated"))
         actor = actors_outside = None
         if "actor" in fields:
             actor = self.p.items_of(
@@ -960,12 +966,7 @@ class _PolicyParser:
             )
         optional = False
         if "optional" in fields:
-            if isinstance(fields["optional"], bool):
-                optional = fields["optional"]
-            else:
-                self.p.add(
-                    join(path, "optional"), f"expected true or false, got {got(fields['optional'])}"
-                )
+            optional = bool(self.p.boolean(fields["optional"], join(path, "optional")))
         equals: Scalar | None = None
         if "equals" in fields:
             equals = self.attempt(_scalar, fields["equals"], join(path, "equals"))

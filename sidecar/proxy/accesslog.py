@@ -151,7 +151,8 @@ class AuditRecord:
 
     ``decision`` is the message's own verdict; ``batch`` (for the elements of a batch only) the
     verdict on the whole batch, which is forwarded only if every element is allowed - so an
-    allowed element of a denied batch is ``decision: allow`` with ``batch: deny``."""
+    allowed element of a denied batch is ``decision: allow`` with ``batch: deny``. ``extra``
+    fields (a dry-run policy's ``would_hide``...) follow the others when given."""
 
     time: str = field(default_factory=rfc3339)
     kind: str = "mcp_audit"
@@ -159,13 +160,14 @@ class AuditRecord:
     method: str | None
     tool: str | None  # tool / prompt name or resource URI
     request_id: str | int | None
-    decision: str  # allow | deny | rate_limited | invalid
+    decision: str  # allow | deny | would_deny | would_filter | rate_limited | invalid
     rule: str | None
-    batch: str | None = None  # allow | deny | rate_limited, for batch elements
+    batch: str | None = None  # allow | deny | would_deny | rate_limited, for batch elements
     status: int
     latency_ms: float
     mcp_session_id: str | None
     correlation: Correlation | None = field(default_factory=current)
+    extra: Mapping[str, Any] | None = None
 
     def to_json(self) -> str:
         data = {
@@ -183,6 +185,8 @@ class AuditRecord:
             "mcp_session_id": self.mcp_session_id,
             **correlation_fields(self.correlation),
         }
+        if self.extra is not None:
+            data.update(self.extra)
         return _to_json(data)
 
 

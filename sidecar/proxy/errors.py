@@ -47,6 +47,21 @@ class UpstreamUnavailable(ProxyError):
     reason = "upstream_unavailable"
 
 
+class UpstreamOverflow(ProxyError):
+    """A circuit breaker of the upstream refused the request (Envoy's overflow, response flag
+    ``UO``): answered at once, nothing was sent. ``limit`` names the threshold."""
+
+    status = 503
+    reason = "upstream_overflow"
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "limit": self.limit}
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
     reason = "upstream_timeout"

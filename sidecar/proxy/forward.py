@@ -12,8 +12,9 @@ of upstream silence, written only between events, which keeps intermediaries fro
 stream and makes a vanished client show up as a write error.
 
 An answer a policy must rewrite (``rewrite``: MCP list filtering) goes through
-``sidecar.proxy.rewrite``'s one rule instead: read and rewritten, or replaced; every other
-answer is passed on without being looked at.
+``sidecar.proxy.rewrite``'s one rule instead: read and rewritten, or replaced; one a policy in
+dry run only watches (``observe``) is passed on unchanged while a copy is read the same way
+(``AnswerTap``); every other answer is passed on without being looked at.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.proxy.rewrite import (
     MAX_REWRITTEN_BODY,
     AnswerRewrite,
+    AnswerTap,
     Shape,
     StreamRewriter,
     decoding_stream,
@@ -116,11 +118,14 @@ async def forward(
     limits: Limits,
     *,
     rewrite: AnswerRewrite | None = None,
+    observe: AnswerRewrite | None = None,
 ) -> Response:
     """Send the request upstream; answer with its response, streamed unless small.
 
     ``rewrite`` is applied to the answer under ``sidecar.proxy.rewrite``'s rule (the result is
-    then sent chunked, or whole for JSON). Raises ``ProxyError`` only before the response has
+    then sent chunked, or whole for JSON); ``observe`` is shown a copy of the answer that way,
+    which itself passes unchanged (the copy is read whole once the answer was sent, or as it
+    streams). Raises ``ProxyError`` only before the response has
     started; a failure mid-stream makes the stream raise, and the engine aborts the client
     connection (a truncated body must not look complete).
     """
@@ -155,15 +160,19 @@ async def forward(
                 return Response(
                     upstream.status, headers, reason=reason, stream=stream, release=upstream.release
                 )
+        tap = None if observe is None else AnswerTap(upstream.status, upstream.headers, observe)
         length = upstream.content_length
         is_sse = upstream.content_type == "text/event-stream"
         if length is not None and length <= SMALL_BODY and not is_sse:
             data = await _read_small(upstream, limits)
+            if tap is not None:
+                tap.feed(data)
+                tap.finish()
             return Response(upstream.status, out_headers, data, reason=upstream.head.reason)
         if is_sse:
-            stream = _sse_body(upstream, limits.sse_heartbeat, None)
+            stream = _sse_body(upstream, limits.sse_heartbeat, None, tap)
         else:
-            stream = _body(upstream, limits)
+            stream = _body(upstream, limits, tap)
         released = True  # the stream releases the connection when it ends
         return Response(
             upstream.status,
@@ -213,9 +222,12 @@ async def _read_whole(upstream: UpstreamResponse, limits: Limits, cap: int) -> b
     return b"".join(pieces)
 
 
-async def _body(upstream: UpstreamResponse, limits: Limits) -> AsyncIterator[bytes]:
+async def _body(
+    upstream: UpstreamResponse, limits: Limits, tap: AnswerTap | None = None
+) -> AsyncIterator[bytes]:
     """A non-SSE body: each silence bounded by ``idle_timeout``; ``total_timeout`` is checked
-    at every piece and every silence (so a silent body overruns it by ``idle_timeout`` at most)."""
+    at every piece and every silence (so a silent body overruns it by ``idle_timeout`` at most).
+    ``tap`` is fed what the upstream sent, and finished at its end."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.total_timeout
     wait = min(limits.idle_timeout, limits.total_timeout)
@@ -229,18 +241,25 @@ async def _body(upstream: UpstreamResponse, limits: Limits) -> AsyncIterator[byt
                     "upstream body exceeded total_timeout", reason="upstream_timeout"
                 )
             if not chunk:
+                if tap is not None:
+                    tap.finish()
                 break
+            if tap is not None:
+                tap.feed(chunk)
             yield chunk
     finally:
         upstream.release()
 
 
 async def _sse_body(
-    upstream: UpstreamResponse, heartbeat: float, rewriter: StreamRewriter | None
+    upstream: UpstreamResponse,
+    heartbeat: float,
+    rewriter: StreamRewriter | None,
+    tap: AnswerTap | None = None,
 ) -> AsyncIterator[bytes]:
     """An SSE stream: no idle/total timeout; a heartbeat comment after ``heartbeat`` seconds of
     upstream silence, only between events. A ``rewriter`` that is ``done`` ends the stream (the
-    rest of the upstream's is not read)."""
+    rest of the upstream's is not read); ``tap`` is fed what the upstream sent."""
     at_boundary = True
     wait = heartbeat if heartbeat > 0 else None
     try:
@@ -251,7 +270,11 @@ async def _sse_body(
                     yield SSE_HEARTBEAT
                 continue
             if not chunk:
+                if tap is not None:
+                    tap.finish()
                 break
+            if tap is not None:
+                tap.feed(chunk)
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)  # emits whole events only
                 if rewriter.done:

@@ -24,7 +24,7 @@ from sidecar.http1.errors import HttpParseError
 from sidecar.http1.target import normalize_path
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
-from sidecar.proxy.errors import BadRequest, MethodNotAllowed, ProxyError
+from sidecar.proxy.errors import BadRequest, MethodNotAllowed, ProxyError, UpstreamOverflow
 from sidecar.proxy.forward import check_origin, error_response
 from sidecar.proxy.messages import Request, Response
 from sidecar.tokens.claims import Principal
@@ -84,6 +84,8 @@ class ProxyHandler:
         response = error_response(exc, close=info.close_connection)
         if isinstance(exc, MethodNotAllowed):
             response.headers["Allow"] = exc.allow
+        elif isinstance(exc, UpstreamOverflow):  # as Envoy: a retry would only add to the load
+            response.headers["X-Envoy-Overloaded"] = "true"
         return response
 
     def admit(self, request: Request, info: RequestInfo) -> None:

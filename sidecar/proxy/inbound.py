@@ -14,6 +14,7 @@ same checks, so policy, rate limits and list filtering see the multiplexed names
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ from sidecar.tokens.gate import TokenGate
 XFCC = "X-Forwarded-Client-Cert"
 UNFILTERABLE = "unfilterable_list_response"
 LOCAL_IDLE_REUSE = 4.0  # seconds an idle connection to the local MCP server is reused
+LOCAL_ROUTE = "local"  # the ``route`` label of the local MCP server in metrics
 
 
 def xfcc_value(our_id: SpiffeId, peer: SpiffeId, cert_sha256: str | None) -> str:
@@ -74,7 +76,11 @@ class InboundProxy(ProxyHandler):
         self.upstream_host = ""
         if config.upstream is not None:
             self.pool, self.upstream_host = pool_for(
-                config.upstream, config.limits, keepalive_timeout=LOCAL_IDLE_REUSE
+                config.upstream,
+                config.limits,
+                keepalive_timeout=LOCAL_IDLE_REUSE,
+                breakers=config.circuit_breakers,
+                on_overflow=functools.partial(metrics.upstream_overflowed, "inbound", LOCAL_ROUTE),
             )
         self.drop_headers = ("x-forwarded-client-cert",) + (
             () if config.forward_authorization else ("authorization",)
@@ -144,14 +150,14 @@ class InboundProxy(ProxyHandler):
             self.guard.record(request, principal, verdict, response.status, started)
             return response
         headers = forwardable_headers(request.headers, drop=self.drop_headers)
-        if self.guard.policy is not None and request.method == "GET":
+        if self.guard.filters_lists and request.method == "GET":
             # A resumed stream would replay responses (e.g. a tools/list result) whose requests
             # we never saw, so they could not be filtered: under a policy, fail closed and let
             # the server start a fresh stream instead of replaying.
             headers.popall("Last-Event-ID", None)
-        rewrite = verdict.rewrite
-        if rewrite is not None:
-            # The answer will be read and rewritten: the local hop gains nothing from
+        rewrite, observe = verdict.rewrite, verdict.observe
+        if rewrite is not None or observe is not None:
+            # The answer will be read (and rewritten): the local hop gains nothing from
             # compression, so ask for none (a server that compresses anyway is decoded).
             headers["Accept-Encoding"] = "identity"
         if peer is not None and our_id is not None:
@@ -168,6 +174,7 @@ class InboundProxy(ProxyHandler):
                 body,
                 self.limits,
                 rewrite=rewrite,
+                observe=observe,
             )
         except SidecarError as exc:
             self.guard.record(request, principal, verdict, exc.status, started)
@@ -175,6 +182,11 @@ class InboundProxy(ProxyHandler):
         self.guard.record(request, principal, verdict, response.status, started)
         if rewrite is not None:
             _log_rewrite_failure(response, rewrite, info)
+        if observe is not None:
+            _when_sent(
+                response,
+                lambda: self.guard.record_observed(request, principal, verdict, response.status),
+            )
         return response
 
     def _tool_label(self, verdict: Verdict) -> str | None:
@@ -200,19 +212,28 @@ class InboundProxy(ProxyHandler):
         return conn.peer
 
 
-def _log_rewrite_failure(response: Response, rewrite: ListRewrite, info: RequestInfo) -> None:
-    """Name a list answer (or part of one) replaced by the error in the access log: at once for
-    a whole body, when the stream ends for SSE (``release`` runs before the line is written)."""
+def _when_sent(response: Response, done: Callable[[], None]) -> None:
+    """``done()`` now for a whole answer, or when a streamed one has been sent (before the
+    access-log line, which ``release`` writes)."""
     if response.stream is None:
-        if rewrite.failure is not None:
-            info.reason = UNFILTERABLE
+        done()
         return
     release = response.release
 
     def released() -> None:
-        if rewrite.failure is not None and info.reason is None:
-            info.reason = UNFILTERABLE
+        done()
         if release is not None:
             release()
 
     response.release = released
+
+
+def _log_rewrite_failure(response: Response, rewrite: ListRewrite, info: RequestInfo) -> None:
+    """Name a list answer (or part of one) replaced by the error in the access log: at once for
+    a whole body, when the stream ends for SSE."""
+
+    def note() -> None:
+        if rewrite.failure is not None and info.reason is None:
+            info.reason = UNFILTERABLE
+
+    _when_sent(response, note)

@@ -5,6 +5,12 @@ parsed only when a policy or a rate limit is configured, and judged by ``sidecar
 ``mcp-sidecar explain`` does). A refused body never reaches the upstream; an allowed one is
 forwarded unchanged, and the answer to one holding list requests is rewritten
 (``sidecar.mcp.filter.ListRewrite`` under ``sidecar.proxy.rewrite``'s rule).
+
+A policy in dry run enforces nothing it decides: a denied body is forwarded and audited (and
+counted) as ``would_deny``, and the answer to list requests passes unchanged while a copy is
+read the same way, to audit what would have been hidden (``would_filter``). Bodies that are not
+valid JSON-RPC are still refused (the parser's rule, not the policy's), and rate limits, which
+are not part of the policy, still apply.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.mcp.filter import ListRewrite, list_exchange
+from sidecar.mcp.filter import LIST_FIELDS, Allow, Exchange, ListRewrite, list_exchange
 from sidecar.mcp.jsonrpc import Kind, Message, Parsed
 from sidecar.mcp.judge import judge
 from sidecar.mcp.policy import KNOWN_METHODS, Decision, Policy, TargetKind, visibility
@@ -26,6 +32,27 @@ from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.tokens.claims import Principal
 
 MAX_TOOL_LABELS = 256
+MAX_WOULD_HIDE = 32  # names listed in one would_filter audit line (all are counted)
+MAX_NAME_LOGGED = 256  # characters of one such name
+
+
+class WouldHide:
+    """The ``allow`` of a dry-run list rewrite: keeps every item, and notes (boundedly) those
+    the policy would hide."""
+
+    def __init__(self, visible: Allow) -> None:
+        self._visible = visible
+        self.count = 0
+        self.names: dict[str, list[str]] = {}
+        self._listed = 0
+
+    def __call__(self, kind: TargetKind, name: str) -> bool:
+        if not self._visible(kind, name):
+            self.count += 1
+            if self._listed < MAX_WOULD_HIDE:
+                self._listed += 1
+                self.names.setdefault(kind, []).append(name[:MAX_NAME_LOGGED])
+        return True
 
 
 @dataclass
@@ -33,11 +60,15 @@ class Verdict:
     """What the guard decided for one request body.
 
     ``audits``: each message with its own decision and verdict (``allow``, ``deny``,
-    ``rate_limited``, ``invalid``); ``outcome``: the verdict on the whole body; ``batch``: whether
-    the body was a batch (its audit lines then carry ``outcome`` as ``batch``)."""
+    ``would_deny``, ``rate_limited``, ``invalid``); ``outcome``: the verdict on the whole body;
+    ``batch``: whether the body was a batch (its audit lines then carry ``outcome`` as
+    ``batch``). ``observe`` (dry run): the rewrite the answer is shown to instead of being
+    rewritten, ``would_hide`` what it saw."""
 
     refusal: Response | None = None
     rewrite: ListRewrite | None = None
+    observe: ListRewrite | None = None
+    would_hide: WouldHide | None = None
     audits: list[tuple[Message, Decision | None, str]] = field(default_factory=list)
     outcome: str = "allow"
     batch: bool = False
@@ -61,12 +92,17 @@ class McpGuard:
     def active(self) -> bool:
         return self.policy is not None or self.limiter is not None
 
+    @property
+    def filters_lists(self) -> bool:
+        """A policy is in force and enforced (not in dry run): list answers are filtered."""
+        return self.policy is not None and not self.policy.current.dry_run
+
     def inspect(self, request: Request, principal: Principal, body: bytes) -> Verdict:
         if not self.active or request.method != "POST":
             return Verdict()
         policy = self.policy.current if self.policy is not None else None
         judgement = judge(policy, principal, body)
-        if not judgement.allowed:
+        if not judgement.forwarded:
             refusal = judgement.refusal()
             assert refusal is not None
             status, answer = refusal
@@ -91,11 +127,21 @@ class McpGuard:
                     outcome="rate_limited",
                     batch=parsed.batch,
                 )
-        return Verdict(
-            rewrite=self._list_rewrite(policy, principal, parsed),
+        rewrite = self._list_rewrite(policy, principal, parsed)
+        verdict = Verdict(
             audits=judgement.elements(),
+            outcome="allow" if judgement.allowed else judgement.denied,
             batch=parsed.batch,
         )
+        if rewrite is None:
+            return verdict
+        exchange, allow = rewrite
+        if policy is not None and policy.dry_run:
+            verdict.would_hide = WouldHide(allow)
+            verdict.observe = ListRewrite(exchange, verdict.would_hide)
+        else:
+            verdict.rewrite = ListRewrite(exchange, allow)
+        return verdict
 
     def _rate_limit(self, principal: Principal, parsed: Parsed) -> Response | None:
         assert self.limiter is not None
@@ -114,8 +160,9 @@ class McpGuard:
 
     def _list_rewrite(
         self, policy: Policy | None, principal: Principal, parsed: Parsed
-    ) -> ListRewrite | None:
-        """The rewrite of the answer, for a body holding list requests under a policy."""
+    ) -> tuple[Exchange, Allow] | None:
+        """What the answer's list items are filtered with, for a body holding list requests
+        under a policy."""
         if policy is None:
             return None
         exchange = list_exchange(parsed)
@@ -128,7 +175,7 @@ class McpGuard:
                 self.known_tools.add(name)  # server-declared names become metric labels
             return allowed(kind, name)
 
-        return ListRewrite(exchange, allow)
+        return exchange, allow
 
     # -- audit and metrics -------------------------------------------------------------------
 
@@ -176,6 +223,38 @@ class McpGuard:
                     mcp_session_id=session,
                 )
             )
+
+    def record_observed(
+        self, request: Request, principal: Principal, verdict: Verdict, status: int
+    ) -> None:
+        """The ``would_filter`` audit line of a dry-run policy, once the list answer was read:
+        what it would have hidden (at most ``MAX_WOULD_HIDE`` names, all counted), or why it
+        would have replaced the answer; nothing if it would have changed nothing."""
+        observed, hidden = verdict.observe, verdict.would_hide
+        if observed is None or hidden is None:
+            return
+        if hidden.count == 0 and observed.failure is None:
+            return
+        lists = [m for m, _, _ in verdict.audits if m.method in LIST_FIELDS]
+        lone = lists[0] if len(lists) == 1 else None
+        self.audit_log.log(
+            AuditRecord(
+                principal=principal.to_log(),
+                method=lone.method if lone is not None else None,
+                tool=None,
+                request_id=lone.id if lone is not None else None,
+                decision="would_filter",
+                rule=None,
+                status=status,
+                latency_ms=0.0,
+                mcp_session_id=mcp_session_id(request.headers),
+                extra={
+                    "would_hide": hidden.names,
+                    "would_hide_count": hidden.count,
+                    "would_replace": observed.failure,
+                },
+            )
+        )
 
     def _audit_invalid(self, request: Request, principal: Principal, reason: str) -> None:
         self.metrics.mcp_request("other", "none", "invalid")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import (
@@ -42,7 +43,7 @@ from typing import Any, Final
 from multidict import CIMultiDict
 
 from sidecar import __version__
-from sidecar.config import Limits, MuxConfig
+from sidecar.config import CircuitBreakers, Limits, MuxConfig
 from sidecar.mcp.filter import ListRewrite
 from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, loads, parse_value
 from sidecar.mcp.mux.cursor import CursorCodec, CursorError
@@ -84,7 +85,7 @@ from sidecar.proxy.mux_target import (
     server_verifier,
 )
 from sidecar.proxy.svid_header import JwtSvidHeaders
-from sidecar.proxy.upstream import pool_for
+from sidecar.proxy.upstream import DEFAULT_BREAKERS, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.claims import Principal
 
@@ -162,9 +163,11 @@ def build_endpoint(
     on_rejected: Callable[[PeerRejected], None],
     *,
     peer_is_target: bool = True,
+    breakers: CircuitBreakers = DEFAULT_BREAKERS,
 ) -> MuxEndpoint:
     """An endpoint whose targets are each reached over mTLS with our SVID, each checked
-    against its own ``server_spiffe_id``."""
+    against its own ``server_spiffe_id``; each target's pool has the endpoint's circuit
+    breakers (overflows counted under ``<endpoint>/<target>``)."""
     links: dict[str, TargetLink] = {}
     for target in config.targets:
         pool, host = pool_for(
@@ -173,6 +176,12 @@ def build_endpoint(
             context=tls.client_context,
             verify=server_verifier(tls, target.server_spiffe_id, on_rejected),
             server_name=target.sni,
+            breakers=breakers,
+            on_overflow=functools.partial(
+                metrics.upstream_overflowed,
+                "inbound" if not peer_is_target else "outbound",
+                f"{name}/{target.name}",
+            ),
         )
         links[target.name] = TargetLink(target, pool, host, svid_headers.header)
     return MuxEndpoint(name, config, limits, links, metrics, peer_is_target=peer_is_target)

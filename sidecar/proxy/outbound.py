@@ -12,6 +12,7 @@ agent would expect a TLS session with the server itself, which we neither give n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from sidecar.config import OutboundConfig
@@ -63,6 +64,7 @@ class OutboundProxy(ProxyHandler):
                     metrics,
                     self.svid_headers,
                     on_identity_rejected,
+                    breakers=route.circuit_breakers,
                 )
                 continue
             assert route.upstream is not None and route.server_spiffe_id is not None
@@ -72,6 +74,8 @@ class OutboundProxy(ProxyHandler):
                 context=tls.client_context,
                 verify=server_verifier(tls, route.server_spiffe_id, on_identity_rejected),
                 server_name=route.sni,
+                breakers=route.circuit_breakers,
+                on_overflow=functools.partial(metrics.upstream_overflowed, "outbound", route.name),
             )
         exchanged = ExchangeCache()  # one bound for every route's exchanged tokens
         self.exchangers: dict[str, TokenExchanger] = {

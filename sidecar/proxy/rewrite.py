@@ -17,6 +17,9 @@ that describe the body's bytes (``Content-Encoding``, ``Content-Length``, digest
 ``Content-Range``) are dropped and ``Content-Type`` is set to what is sent. A body that fails
 half-way (corrupt or truncated coding, an oversized SSE event, unreadable data) ends with the
 rewrite's errors in place of the rest.
+
+``AnswerTap`` reads a copy of an answer exactly that way and changes nothing: for a policy in
+dry run, which must learn what it would have rewritten while the answer passes untouched.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "BODY_HEADERS",
     "MAX_REWRITTEN_BODY",
     "AnswerRewrite",
+    "AnswerTap",
     "Plan",
     "Shape",
     "StreamRewriter",
@@ -185,3 +189,43 @@ class _DecodingStream:
 def decoding_stream(coding: str, inner: StreamRewriter) -> StreamRewriter:
     """``inner`` behind a decoder of ``coding`` (``inner`` itself for ``identity``)."""
     return inner if coding == "identity" else _DecodingStream(Decoder(coding), inner)
+
+
+class AnswerTap:
+    """Feeds a copy of an answer's body to ``rewrite`` as ``plan_rewrite`` would, and throws
+    the result away: ``rewrite`` notes what it would have changed (``ListRewrite`` records the
+    first reason it would have replaced the answer; its ``allow`` sees every item). A JSON body
+    is held (up to ``MAX_REWRITTEN_BODY``) until ``finish``; an SSE stream is read as it
+    flows. Never raises."""
+
+    __slots__ = ("_coding", "_held", "_rewrite", "_stream")
+
+    def __init__(self, status: int, headers: CIMultiDict[str], rewrite: AnswerRewrite) -> None:
+        plan = plan_rewrite(status, headers)
+        self._rewrite = rewrite
+        self._coding = plan.coding
+        self._held: bytearray | None = bytearray() if plan.shape is Shape.JSON else None
+        self._stream: StreamRewriter | None = None
+        if plan.shape is Shape.SSE:
+            self._stream = decoding_stream(plan.coding, rewrite.sse())
+        elif plan.shape is Shape.REPLACE:
+            rewrite.replacement(plan.reason)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._held is not None:
+            if len(self._held) + len(chunk) > MAX_REWRITTEN_BODY:
+                self._held = None
+                self._rewrite.replacement(f"answer larger than {MAX_REWRITTEN_BODY} bytes")
+            else:
+                self._held += chunk
+        elif self._stream is not None and not self._stream.done:
+            self._stream.feed(chunk)
+
+    def finish(self) -> None:
+        """The whole body was fed."""
+        if self._held is not None:
+            rewrite_json(bytes(self._held), self._coding, self._rewrite)
+            self._held = None
+        elif self._stream is not None:
+            self._stream.finish()
+            self._stream = None

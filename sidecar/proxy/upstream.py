@@ -8,11 +8,20 @@ the handshake, before a single byte of a request is written.
 
 Only a failure to connect is retried (once): a request that may have reached the upstream is
 never sent twice.
+
+Circuit breakers (Envoy's cluster thresholds, ``config.CircuitBreakers``): at most
+``max_requests`` requests in flight (from ``request`` until the answer is released), at most
+``max_connections`` connections (busy, idle or being opened); a request finding every connection
+busy waits for one - at most ``max_pending_requests`` of them, each at most ``connect_timeout``,
+first come first served - and past any of these is refused at once with ``UpstreamOverflow``
+(503), nothing sent. Every slot is given back on every path: answer released, upstream failure,
+the waiting client going away (cancellation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections import deque
@@ -22,7 +31,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from sidecar.config import Limits
+from sidecar.config import CircuitBreakers, Limits
 from sidecar.http1.chunked import ChunkedDecoder
 from sidecar.http1.errors import HttpParseError
 from sidecar.http1.parse import (
@@ -32,7 +41,7 @@ from sidecar.http1.parse import (
     parse_response_head,
     serialize_headers,
 )
-from sidecar.proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.proxy.errors import UpstreamOverflow, UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.flow import WriteFlow
 from sidecar.tls.alerts import CERTIFICATE_ALERTS, received_alert
 from sidecar.tls.contexts import PeerRejected
@@ -43,6 +52,8 @@ MAX_RESPONSE_HEAD = 256 * 1024
 HIGH_WATER = 256 * 1024  # buffered body bytes at which we stop reading from the upstream
 LOW_WATER = 64 * 1024
 
+
+DEFAULT_BREAKERS = CircuitBreakers()
 
 SMALL_WRITE = 64 * 1024  # a request this small is taken by the kernel at once: no drain wait
 
@@ -87,6 +98,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.context: ssl.SSLContext | None = None
         self.idle_since = 0.0
         self.closed = False
+        self.counted = False  # holds one of the pool's ``max_connections`` slots
         self._method = "GET"
         self._buf = bytearray()
         self._head: ResponseHead | None = None
@@ -393,10 +405,17 @@ class UpstreamResponse:
             self._pool.release(self._conn)
 
 
+Handed = UpstreamConnection | None
+"""What a waiting request is handed: a free connection, or (None) a slot to open one in."""
+
+
 class UpstreamPool:
     """Connections to ``host:port``; TLS when ``context`` gives a context (called per connect),
     sending ``server_name`` as SNI (none when ``None``). The name only lets the server side pick
-    its listener: who the server is, ``verify`` decides (the context checks no host name)."""
+    its listener: who the server is, ``verify`` decides (the context checks no host name).
+
+    ``on_overflow(limit)`` is told of every request a circuit breaker refused (for the metric).
+    """
 
     def __init__(
         self,
@@ -409,6 +428,8 @@ class UpstreamPool:
         connect_timeout: float = 5.0,
         keepalive_timeout: float = 30.0,
         max_idle: int = 256,
+        breakers: CircuitBreakers = DEFAULT_BREAKERS,
+        on_overflow: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.host = host
         self.port = port
@@ -418,8 +439,17 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle
+        self.max_connections = breakers.max_connections
+        self.max_pending = breakers.max_pending_requests
+        self.max_requests = breakers.max_requests
+        self._on_overflow = on_overflow
         self._idle: deque[UpstreamConnection] = deque()
         self._busy: set[UpstreamConnection] = set()
+        self._pending: deque[asyncio.Future[Handed]] = deque()
+        self.connections = 0
+        """Connections counted against ``max_connections`` (open, or being opened)."""
+        self.requests = 0
+        """Requests in flight (waiting ones included), counted against ``max_requests``."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting = 0
 
@@ -438,6 +468,11 @@ class UpstreamPool:
         """Connections being opened (each for a request waiting on it)."""
         return self._connecting
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a connection."""
+        return len(self._pending)
+
     async def request(
         self,
         method: str,
@@ -454,9 +489,16 @@ class UpstreamPool:
         if body or method in ("POST", "PUT", "PATCH"):
             head += b"Content-Length: %d\r\n" % len(body)
         data = head + b"\r\n" + body
-        conn = self._take_idle()
-        if conn is None:
-            conn = await self._open()
+        if self.requests >= self.max_requests:
+            raise self._overflow(
+                "max_requests", f"{self.max_requests} requests to the upstream already in flight"
+            )
+        self.requests += 1
+        try:
+            conn = await self._acquire()
+        except BaseException:
+            self.requests -= 1
+            raise
         try:
             conn.begin(method)
             if len(data) > SMALL_WRITE:  # may have to wait for the kernel to take it
@@ -485,26 +527,115 @@ class UpstreamPool:
         return UpstreamResponse(response_head, conn, self)
 
     def release(self, conn: UpstreamConnection) -> None:
-        """Back to the idle list if the exchange completed cleanly, else closed."""
+        """The end of a request: its connection goes to the first waiting request, or back to
+        the idle list, if the exchange completed cleanly; else it is closed."""
+        self.requests -= 1
         self._busy.discard(conn)
         conn.stop_timers()
-        if conn.keep_alive() and conn.reusable and len(self._idle) < self.max_idle:
+        if conn.keep_alive() and conn.reusable:
+            self._reuse(conn)
+        else:
+            self._close(conn)
+
+    def _discard(self, conn: UpstreamConnection) -> None:
+        """The end of a failed request: its connection is closed."""
+        self.requests -= 1
+        self._busy.discard(conn)
+        self._close(conn)
+
+    def _reuse(self, conn: UpstreamConnection) -> None:
+        """A connection free for a new exchange: handed to the first waiting request (if it is
+        still good for the current TLS context), else kept idle (up to ``max_idle``)."""
+        if self._pending:
+            if conn.context is not (self._context() if self._context is not None else None):
+                self._close(conn)  # made with an older SVID: its slot goes to the waiter
+                return
+            while self._pending:
+                waiter = self._pending.popleft()
+                if not waiter.done():
+                    self._busy.add(conn)
+                    waiter.set_result(conn)
+                    return
+        if len(self._idle) < self.max_idle:
             assert self._loop is not None
             conn.idle_since = self._loop.time()
             self._idle.append(conn)
         else:
             self._close(conn)
 
-    def _discard(self, conn: UpstreamConnection) -> None:
-        self._busy.discard(conn)
-        self._close(conn)
-
-    @staticmethod
-    def _close(conn: UpstreamConnection) -> None:
+    def _close(self, conn: UpstreamConnection) -> None:
         conn.stop_timers()
         conn.closed = True
         if conn.transport is not None:
             conn.transport.abort() if not conn.body_done else conn.transport.close()
+        if conn.counted:
+            conn.counted = False
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A connection slot became free: the first waiting request may open a connection in
+        it (the slot stays counted, so nobody else takes it meanwhile)."""
+        while self._pending:
+            waiter = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.connections -= 1
+
+    def _overflow(self, limit: str, message: str) -> UpstreamOverflow:
+        self._on_overflow(limit)
+        return UpstreamOverflow(f"circuit breaker {limit}: {message}", limit=limit)
+
+    async def _acquire(self) -> UpstreamConnection:
+        """A connection for one exchange: idle, new (within ``max_connections``), or the next
+        one freed while this request waits (within ``max_pending_requests``)."""
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
+        if self.connections < self.max_connections:
+            self.connections += 1
+            return await self._open()
+        if len(self._pending) >= self.max_pending:
+            raise self._overflow(
+                "max_pending_requests",
+                f"all {self.max_connections} connections busy and {self.max_pending} requests "
+                "already waiting",
+            )
+        handed = await self._wait()
+        return handed if handed is not None else await self._open()
+
+    async def _wait(self) -> Handed:
+        """Wait, at most ``connect_timeout``, to be handed a connection or a slot."""
+        loop = self._loop
+        assert loop is not None  # set by _take_idle
+        waiter: asyncio.Future[Handed] = loop.create_future()
+        self._pending.append(waiter)
+        timer = loop.call_later(self.connect_timeout, _expire, waiter)
+        try:
+            return await waiter
+        except TimeoutError:
+            raise self._overflow(
+                "max_connections",
+                f"all {self.max_connections} connections stayed busy for "
+                f"{self.connect_timeout}s (connect_timeout)",
+            ) from None
+        except BaseException:  # cancelled (the client went away), or the pool closed
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())  # handed over just as we were cancelled
+            raise
+        finally:
+            timer.cancel()
+            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+                with contextlib.suppress(ValueError):  # not handed: still queued
+                    self._pending.remove(waiter)
+
+    def _pass_on(self, handed: Handed) -> None:
+        """What a request that no longer wants it was handed goes to the next one."""
+        if handed is None:
+            self._free_slot()
+        else:
+            self._busy.discard(handed)
+            self._reuse(handed)
 
     def _take_idle(self) -> UpstreamConnection | None:
         """The most recently used idle connection that is still good for the current TLS
@@ -527,23 +658,29 @@ class UpstreamPool:
         return None
 
     async def _open(self) -> UpstreamConnection:
-        """A new connection (TLS handshake and identity check included); a refused connect is
-        retried once, since nothing can have been sent."""
+        """A new connection (TLS handshake and identity check included) in the slot the caller
+        holds, which is freed if none can be made; a refused connect is retried once, since
+        nothing can have been sent."""
         loop = asyncio.get_running_loop()
         context = self._context() if self._context is not None else None
-        for attempt in (1, 2):
-            self._connecting += 1
-            try:
-                conn = await self._connect(loop, context)
-            except UpstreamUnavailable as exc:
-                if exc.reason == "upstream_connect_failed" and attempt == 1:
-                    log.info("upstream connect failed (%s); retrying once", exc.message)
-                    continue
-                raise
-            finally:
-                self._connecting -= 1
-            self._busy.add(conn)
-            return conn
+        try:
+            for attempt in (1, 2):
+                self._connecting += 1
+                try:
+                    conn = await self._connect(loop, context)
+                except UpstreamUnavailable as exc:
+                    if exc.reason == "upstream_connect_failed" and attempt == 1:
+                        log.info("upstream connect failed (%s); retrying once", exc.message)
+                        continue
+                    raise
+                finally:
+                    self._connecting -= 1
+                conn.counted = True
+                self._busy.add(conn)
+                return conn
+        except BaseException:
+            self._free_slot()
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect(
@@ -593,6 +730,12 @@ class UpstreamPool:
         return conn
 
     def close(self) -> None:
+        while self._pending:  # nothing will be freed for them any more
+            waiter = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    UpstreamUnavailable("the sidecar is stopping", reason="upstream_closed")
+                )
         for conn in (*self._idle, *self._busy):
             self._close(conn)
         self._idle.clear()
@@ -607,6 +750,8 @@ def pool_for(
     verify: Callable[[Any], object] | None = None,
     server_name: str | None = None,
     keepalive_timeout: float = 30.0,
+    breakers: CircuitBreakers = DEFAULT_BREAKERS,
+    on_overflow: Callable[[str], None] = lambda limit: None,
 ) -> tuple[UpstreamPool, str]:
     """A pool for a configured ``scheme://host:port`` upstream, and its ``Host`` header value."""
     parts = urlsplit(url)
@@ -619,5 +764,7 @@ def pool_for(
         server_name=server_name,
         connect_timeout=limits.connect_timeout,
         keepalive_timeout=keepalive_timeout,
+        breakers=breakers,
+        on_overflow=on_overflow,
     )
     return pool, parts.netloc

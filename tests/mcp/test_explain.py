@@ -243,3 +243,26 @@ def test_a_whole_body_batch_is_judged_element_by_element(
     assert "--body:" in capsys.readouterr().err
     assert main(base) == 1
     assert "--method (or --body) is required" in capsys.readouterr().err
+
+
+def test_a_policy_in_dry_run_says_what_the_sidecar_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "dry.yaml"
+    text = CONFIG.replace("  mcp_policy:\n", "  mcp_policy:\n    dry_run: true\n")
+    assert "dry_run: true" in text
+    path.write_text(text)
+    base = explain(path, "--spiffe-id", AGENT, "--claims", '{"sub": "a", "scope": "mcp"}')
+    assert main([*base, "--method", "tools/call", "--tool", "multiply"]) == 3  # the verdict
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "DENY (dry run: would be allowed through)"
+    assert "  mode:   dry run (denials are logged as would_deny, not enforced)" in lines
+    assert "  reason: no rule allows" in lines
+    assert main([*base, "--method", "tools/call", "--tool", "add", "--args", '{"a": 1}']) == 0
+    assert capsys.readouterr().out.startswith("ALLOW\n  mode:   dry run")
+    # an admission check is enforced whatever the policy's mode
+    stranger = "spiffe://example.org/ns/other/sa/x"
+    call = ["--method", "tools/call", "--tool", "add"]
+    assert main([*explain(path, "--spiffe-id", stranger, "--sub", "a"), *call]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("DENY\n") and "stage:  inbound.allow_spiffe_ids" in out

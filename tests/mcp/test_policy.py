@@ -764,3 +764,15 @@ def test_visible_agrees_with_decide_for_unconditional_rules(name: str) -> None:
         for who in (ADMIN, USER, AGENT):
             message = Message(Kind.REQUEST, "tools/call", 1, name, None, None)
             assert visible(policy, who, "tool", name) is decide(policy, who, message).allowed
+
+
+def test_dry_run_is_read_strictly() -> None:
+    assert parse_policy({"default": "deny"}).dry_run is False
+    assert parse_policy({"default": "deny", "dry_run": True}).dry_run is True
+    assert parse_policy({"default": "allow", "dry_run": False}).dry_run is False
+    assert problems_of({"default": "deny", "dry_run": "yes"}) == {
+        "mcp_policy.dry_run": "mcp_policy.dry_run: expected true or false, got string 'yes'"
+    }
+    assert problems_of({"default": "deny", "dryrun": True}) == {
+        "mcp_policy.dryrun": "mcp_policy.dryrun: unknown key 'dryrun'; did you mean 'dry_run'?"
+    }

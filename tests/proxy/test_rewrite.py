@@ -1,5 +1,6 @@
 """The one rewrite rule on its own (no sockets): what each response head leads to, the headers of
-a rewritten answer, whole JSON bodies and streams through a content coding."""
+a rewritten answer, whole JSON bodies and streams through a content coding; and the tap a
+dry-run policy reads a copy of the answer with."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sidecar.mcp.jsonrpc import parse_body
 from sidecar.mcp.policy import TargetKind
 from sidecar.proxy.rewrite import (
     MAX_REWRITTEN_BODY,
+    AnswerTap,
     Plan,
     Shape,
     decoding_stream,
@@ -170,3 +172,78 @@ def test_decoding_stream_failure_ends_with_errors(encoded: bytes) -> None:
     errors = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
     assert [(e["id"], e["error"]["code"]) for e in errors] == [(1, -32603)]
     assert stream.feed(gzip.compress(sse(LISTED))) == b""
+
+
+class Seen:
+    """An ``allow`` that keeps everything and records what it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, kind: TargetKind, name: str) -> bool:
+        self.asked.append(name)
+        return True
+
+
+def watching() -> tuple[ListRewrite, Seen]:
+    seen = Seen()
+    exchange = list_exchange(parse_body(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'))
+    assert exchange is not None
+    return ListRewrite(exchange, seen), seen
+
+
+def test_tap_reads_a_json_answer_in_pieces_once_it_is_whole() -> None:
+    rewrite, seen = watching()
+    body = gzip.compress(json.dumps(LISTED).encode())
+    tap = AnswerTap(
+        200, head(("Content-Type", "application/json"), ("Content-Encoding", "gzip")), rewrite
+    )
+    for i in range(0, len(body), 5):
+        tap.feed(body[i : i + 5])
+    assert seen.asked == []  # a JSON answer is read once it is complete
+    tap.finish()
+    assert seen.asked == ["add", "multiply"] and rewrite.failure is None
+
+
+def test_tap_reads_an_sse_answer_as_it_flows() -> None:
+    rewrite, seen = watching()
+    tap = AnswerTap(200, head(("Content-Type", "text/event-stream")), rewrite)
+    event = sse(LISTED)
+    tap.feed(event[:10])
+    tap.feed(event[10:])
+    assert seen.asked == ["add", "multiply"]
+    tap.finish()
+    assert rewrite.failure is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "pieces", "why"),
+    [
+        ([("Content-Type", "text/plain")], [b"hello"], "content type 'text/plain'"),
+        ([("Content-Type", "application/json")], [b'{"id": 1, "id": 2}'], "not strict JSON"),
+        (
+            [("Content-Type", "application/json")],
+            [b" " * MAX_REWRITTEN_BODY, b"{}"],
+            f"larger than {MAX_REWRITTEN_BODY}",
+        ),
+        ([("Content-Type", "text/event-stream")], [b"data: {oops\n\n"], "not strict JSON"),
+    ],
+)
+def test_tap_notes_what_the_rewrite_would_have_replaced(
+    headers: list[tuple[str, str]], pieces: list[bytes], why: str
+) -> None:
+    rewrite, seen = watching()
+    tap = AnswerTap(200, head(*headers), rewrite)
+    for piece in pieces:
+        tap.feed(piece)
+    tap.finish()
+    assert rewrite.failure is not None and why in rewrite.failure
+    assert seen.asked == []
+
+
+def test_tap_of_an_answer_without_body_sees_nothing() -> None:
+    rewrite, seen = watching()
+    tap = AnswerTap(204, head(), rewrite)
+    tap.feed(b"")
+    tap.finish()
+    assert rewrite.failure is None and seen.asked == []
