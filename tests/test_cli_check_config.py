@@ -115,7 +115,7 @@ def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert out == ""
     assert err.splitlines() == [
         f"inbound.mcp_policy.file: {policy}: {policy}.rules[0].tols: unknown key 'tols'; "
-        "did you mean 'tools'? (line 7)"
+        "did you mean 'tools'? (line 3)"
     ]
     policy.unlink()
     assert main(["check-config", str(config)]) == 1

@@ -163,7 +163,7 @@ def test_an_edge_gateway() -> None:
             {"targets": [MATH], "prefix_mode": "sometimes", "max_sessions": 0},
             [
                 ("outbound.routes[0].prefix_mode", "expected 'always' or 'multiple' or 'never'"),
-                ("outbound.routes[0].max_sessions", "expected a whole number from 1 to 1000000"),
+                ("outbound.routes[0].max_sessions", "must be from 1 to 1000000 (got 0)"),
             ],
         ),
     ],

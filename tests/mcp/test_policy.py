@@ -633,7 +633,7 @@ def test_load_policy_file(tmp_path: Path) -> None:
     dup.write_text("default: deny\ndefault: allow\n")
     with pytest.raises(ConfigErrors) as err:
         load_policy_file(dup)
-    assert "duplicate key 'default'" in str(err.value)
+    assert f"{dup}.default: duplicate key (first at line 1, again at line 2)" in str(err.value)
     yes = tmp_path / "yes.yaml"
     yes.write_text(
         "default: deny\nrules:\n"
@@ -771,7 +771,8 @@ def test_dry_run_is_read_strictly() -> None:
     assert parse_policy({"default": "deny", "dry_run": True}).dry_run is True
     assert parse_policy({"default": "allow", "dry_run": False}).dry_run is False
     assert problems_of({"default": "deny", "dry_run": "yes"}) == {
-        "mcp_policy.dry_run": "mcp_policy.dry_run: expected true or false, got string 'yes'"
+        "mcp_policy.dry_run": "mcp_policy.dry_run: expected true or false, got string 'yes' "
+        "(write true or false; yes/no/on/off are strings in this file)"
     }
     assert problems_of({"default": "deny", "dryrun": True}) == {
         "mcp_policy.dryrun": "mcp_policy.dryrun: unknown key 'dryrun'; did you mean 'dry_run'?"
