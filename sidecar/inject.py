@@ -114,6 +114,8 @@ SIDECAR_UID: Final = 10001
 
 DEFAULT_IMAGE: Final = "mcp-sidecar:dev"
 DEFAULT_CONFIG_MAP: Final = "mcp-sidecar"
+DEFAULT_RELOAD_INTERVAL: Final = 30.0
+"""How often the webhook checks its TLS files for a new certificate (seconds)."""
 
 SYSTEM_NAMESPACES: Final = frozenset(
     {

@@ -673,6 +673,7 @@ class Policy:
         choice("deny", "allow"),
         "What happens to a call that no rule decides. `deny` (allow-list) is the recommended form.",
         required="'deny' or 'allow'",
+        shown="**required** (inline form)",
     )
     rules: tuple[Rule, ...] = key(
         section_value(RULE_SECTION, lambda v, p: _rules(v, p), many="list of rules"),
