@@ -23,11 +23,6 @@ TD = "example.org"
 WORKLOAD = SpiffeId.parse("spiffe://example.org/ns/agents/sa/agent")
 
 
-@pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate(TD)
-
-
 def _ext(
     cert: x509.Certificate, cls: type[x509.ExtensionType]
 ) -> x509.Extension[x509.ExtensionType]:

@@ -5,7 +5,6 @@ trace: client (its traceparent) -> Envoy (span exported by Envoy itself) -> our 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.skipif(
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    collector = await OtlpReceiver().start()
-    yield collector
-    await collector.close()
 
 
 async def test_envoy_in_front_joins_the_trace(receiver: OtlpReceiver, tmp_path: Path) -> None:

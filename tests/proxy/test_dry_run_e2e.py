@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle, serve_mcp
+from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle
 from sidecar.proxy.mcp_guard import MAX_WOULD_HIDE
 from sidecar.runtime import Sidecar
 from tests.proxy.mesh import WAIT, Mesh, local_mesh
@@ -32,13 +31,6 @@ RULES: list[dict[str, Any]] = [
 
 def policy(*, dry_run: bool) -> dict[str, Any]:
     return {"default": "deny", "dry_run": dry_run, "rules": RULES}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await serve_mcp("127.0.0.1", 0)
-    yield handle
-    await handle.close()
 
 
 def audits(mesh: Mesh) -> list[dict[str, Any]]:
@@ -55,10 +47,10 @@ def counted(sidecar: Sidecar, decision: str, tool: str = "other") -> float:
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "enforced"])
 async def test_dry_run_policy_logs_would_deny_and_forwards(
-    server: McpServerHandle, dry_run: bool
+    mcp_server: McpServerHandle, dry_run: bool
 ) -> None:
     async with local_mesh(
-        upstream_port=server.port, inbound={"mcp_policy": policy(dry_run=dry_run)}
+        upstream_port=mcp_server.port, inbound={"mcp_policy": policy(dry_run=dry_run)}
     ) as mesh:
         url = f"{mesh.outbound_url}/math{MCP_PATH}"
         listed = await mcp_client.list_tool_names(url)

@@ -24,6 +24,7 @@ from mcp.types import (
 from sidecar.demo import mcp_client
 from sidecar.mcp.mux.merge import AMBIGUOUS_META, UNAVAILABLE_META
 from sidecar.proxy.mux import TARGET_UNAVAILABLE
+from tests.polling import until
 from tests.proxy.muxmesh import MuxMesh, mux_mesh
 
 
@@ -85,10 +86,7 @@ async def test_a_cancelled_call_is_cancelled_at_its_target(mesh: MuxMesh) -> Non
             call.cancel()  # the SDK sends notifications/cancelled for the request's id
             with contextlib.suppress(asyncio.CancelledError):
                 await call
-            while True:
-                if "math.wait_for_release cancelled" in mesh.calls:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: "math.wait_for_release cancelled" in mesh.calls, "the cancel")
         added = await s.client.call_tool("math__add", {"a": 1, "b": 1})
         assert added.structured_content == {"result": 2}
     failures = [

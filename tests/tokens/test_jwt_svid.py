@@ -49,11 +49,6 @@ RULES = JwtSvidRules(audiences=(ME,), leeway=30.0)
 
 
 @pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate(TD)
-
-
-@pytest.fixture(scope="module")
 def fed_ca() -> DevCA:
     return DevCA.generate(FED, jwt_alg="RS256")
 
