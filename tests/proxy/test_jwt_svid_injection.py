@@ -20,14 +20,13 @@ from tests.proxy.mesh import AGENT, local_mesh
 AUDIENCE = "spiffe://example.org/ns/mcp/sa/math"
 
 
-async def test_upstream_sees_a_cached_jwt_svid_for_the_route_audience() -> None:
-    async with (
-        local_mesh(
-            inbound={"forward_authorization": True},  # no token layer here: let us see it
-            route={"jwt_svid_audience": AUDIENCE},
-        ) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_upstream_sees_a_cached_jwt_svid_for_the_route_audience(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(
+        inbound={"forward_authorization": True},  # no token layer here: let us see it
+        route={"jwt_svid_audience": AUDIENCE},
+    ) as mesh:
         tokens = []
         for _ in range(5):
             async with client.post(

@@ -100,13 +100,10 @@ async def test_agent_spiffe_id_may_add_but_not_multiply(mcp_server: McpServerHan
         )
 
 
-async def test_rate_limit_returns_429_with_retry_after() -> None:
-    async with (
-        local_mesh(
-            inbound={"rate_limits": [{"per": "principal", "rate": "1/m", "burst": 3}]}
-        ) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_rate_limit_returns_429_with_retry_after(client: aiohttp.ClientSession) -> None:
+    async with local_mesh(
+        inbound={"rate_limits": [{"per": "principal", "rate": "1/m", "burst": 3}]}
+    ) as mesh:
         statuses = []
         for n in range(4):
             async with client.post(
@@ -122,7 +119,7 @@ async def test_rate_limit_returns_429_with_retry_after() -> None:
         assert len(mesh.upstream.requests) == 3
 
 
-async def test_policy_reload_during_load(tmp_path: Path) -> None:
+async def test_policy_reload_during_load(tmp_path: Path, client: aiohttp.ClientSession) -> None:
     policy_file = tmp_path / "policy.yaml"
 
     def write(policy: object) -> None:
@@ -132,7 +129,7 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
 
     write({"default": "deny", "rules": [{"name": "add-only", "tools": ["add"]}]})
     inbound = {"mcp_policy": {"file": str(policy_file), "reload_interval": "50ms"}}
-    async with local_mesh(inbound=inbound) as mesh, aiohttp.ClientSession() as client:
+    async with local_mesh(inbound=inbound) as mesh:
         url = f"{mesh.outbound_url}/math/mcp"
         failures: list[int] = []
         stop = asyncio.Event()
@@ -174,11 +171,10 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
         assert requests > 0 and failures == []
 
 
-async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
-    async with (
-        local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_stream_resumption_is_not_replayed_under_a_policy(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh:
         mesh.upstream.gate.set()
         async with client.get(
             f"{mesh.outbound_url}/math/sse", headers={"Last-Event-ID": "41"}
@@ -188,16 +184,15 @@ async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
         assert "last-event-id" not in mesh.upstream.requests[0].headers
 
 
-async def test_audit_of_a_denied_batch_records_each_elements_own_decision() -> None:
+async def test_audit_of_a_denied_batch_records_each_elements_own_decision(
+    client: aiohttp.ClientSession,
+) -> None:
     batch = [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
     ]
-    async with (
-        local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+    async with local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh:
         async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch) as resp:
             assert resp.status == 403
             answers = await resp.json()
