@@ -5,7 +5,6 @@ server."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,10 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle
-from sidecar.runtime import Sidecar
 from sidecar.tokens.apikeys import hash_key, new_key
-from tests.proxy.mesh import WAIT, local_mesh
+from tests.proxy.mesh import local_mesh, start_sidecar
 
 POLICY = {
     "default": "deny",
@@ -83,8 +80,7 @@ async def test_api_key_ingress_without_mtls_for_the_mcp_sdk(
             "mcp_policy": POLICY,
         },
     }
-    sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
-    await sidecar.start(svid_timeout=WAIT)
+    sidecar = await start_sidecar(config)
     try:
         assert sidecar.source is None  # no SPIFFE needed
         url = f"http://127.0.0.1:{sidecar.port('inbound')}{MCP_PATH}"

@@ -14,10 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.config import parse_config
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
-from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
 from tests.certfactory import CertFactory, IssuedCert
 from tests.polling import until
@@ -127,9 +125,7 @@ async def test_inbound_that_does_not_trust_us_is_named_as_a_tls_refusal(
         config = outbound_config(socket, mesh.inbound_port)
         config["trust_domain"] = "other.test"
         log = io.StringIO()
-        agent = Sidecar(parse_config(config), access_stream=log)
-        await agent.start(svid_timeout=WAIT)
-        mesh.extra.append(agent)
+        agent = await mesh.sidecar(config, log)
         async with client.post(
             f"http://127.0.0.1:{agent.port('outbound')}/math/mcp", data=b"{}"
         ) as resp:

@@ -74,15 +74,6 @@ def answer_of(response: httpx2.Response) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedMcp]:
-    server = await ScriptedMcp().start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def raw(scripted: ScriptedMcp) -> AsyncIterator[tuple[Raw, MuxMesh]]:
     async with (
         mux_mesh(scripted=scripted.port, target_wait=1) as mesh,
