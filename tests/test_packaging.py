@@ -83,9 +83,10 @@ def runtime_closure() -> set[str]:
     """Canonical names of the distributions ``pip install mcp-sidecar`` installs here."""
     seen: set[str] = {"mcp-sidecar"}
     todo = [(req, frozenset(req.extras)) for req in runtime_requirements()]
+    # (a TypedDict unpacks as dict[str, object]: its values are strings, said so here)
+    env = {name: str(value) for name, value in default_environment().items()}
     while todo:
         req, extras = todo.pop()
-        env = {**default_environment(), "extra": ""}
         if req.marker is not None and not any(
             req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})
         ):

@@ -121,8 +121,8 @@ class Connection:
     @property
     def ssl_object(self) -> ssl.SSLObject:
         obj = self.writer.get_extra_info("ssl_object")
-        assert obj is not None
-        return obj  # type: ignore[no-any-return]
+        assert isinstance(obj, ssl.SSLObject)
+        return obj
 
     def server_serial(self) -> int:
         der = self.ssl_object.getpeercert(binary_form=True)

@@ -14,6 +14,7 @@ from aiohttp import web
 from sidecar.demo import agent_loop
 from sidecar.demo.mcp_server import McpServerHandle
 from tests.processes import run_module, running_module
+from tests.proxy.loopback import serve_app
 
 TIMEOUT = 60.0
 LINE = re.compile(
@@ -30,13 +31,7 @@ async def serve_json(status: int, body: dict[str, object]) -> tuple[web.AppRunne
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    runner, port = await serve_app(app)
     return runner, f"http://127.0.0.1:{port}/math/mcp"
 
 
@@ -142,7 +137,7 @@ async def test_endless_loop_survives_failures_and_exits_0_on_sigterm() -> None:
         assert proc.returncode is None
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0
+    assert await proc.wait() == 0  # (returncode itself stays narrowed to None for mypy)
     assert out.decode().splitlines()[-1].startswith("summary: 0 ok, 0 refused, ")
 
 

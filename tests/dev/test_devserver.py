@@ -48,7 +48,7 @@ def _target(url: str) -> str:
 @contextlib.asynccontextmanager
 async def raw_stub(url: str) -> AsyncIterator[Any]:
     async with grpc.aio.insecure_channel(_target(url)) as channel:
-        yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]  # generated gRPC code: no annotations
 
 
 def _leaf_serial(message: Any) -> int:
@@ -77,7 +77,7 @@ def der_hex(cert: Any) -> str:
 
 async def _read(call: Any) -> Any:
     message = await asyncio.wait_for(call.read(), WAIT)
-    assert message is not grpc.aio.EOF
+    assert message is not grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks grpc.aio.EOF
     return message
 
 
@@ -316,7 +316,7 @@ async def test_streams_end_cleanly_when_the_server_stops(short_dir: Path, ca: De
             code = await asyncio.wait_for(call.code(), WAIT)
     finally:
         await api.stop()
-    assert end is grpc.aio.EOF
+    assert end is grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks grpc.aio.EOF
     assert code == grpc.StatusCode.OK
     assert not _exists(f"{short_dir}/a.sock")
 

@@ -727,7 +727,7 @@ def test_parser_and_policy_raise_only_typed_errors(body: bytes) -> None:
 
 
 names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12
 )
 
 

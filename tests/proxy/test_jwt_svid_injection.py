@@ -4,7 +4,6 @@ agent's own Authorization header."""
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 
 import aiohttp
 import jwt
@@ -15,6 +14,7 @@ from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.outbound import OutboundProxy
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import RotatingTls
 from tests.proxy.mesh import AGENT, local_mesh
 
 AUDIENCE = "spiffe://example.org/ns/mcp/sa/math"
@@ -82,13 +82,9 @@ def outbound(source: CountingSource) -> OutboundProxy:
         }
     )
     assert config.outbound is not None
-    tls = SimpleNamespace(client_context=lambda: None)  # never connects in these tests
+    no_identity = RotatingTls()  # no SVID yet: these tests never connect
     return OutboundProxy(
-        config.outbound,
-        tls,
-        Metrics(),
-        AccessLogger(enabled=False),
-        jwt_svid=source,  # type: ignore[arg-type]
+        config.outbound, no_identity, Metrics(), AccessLogger(enabled=False), jwt_svid=source
     )
 
 

@@ -15,6 +15,7 @@ import aiohttp
 import jwt
 import pytest
 from mcp import MCPError
+from yarl import URL
 
 from sidecar.demo import mcp_client
 from sidecar.demo import mesh as demo_mesh
@@ -114,7 +115,7 @@ async def test_the_targets_are_asked_on_the_normalised_path(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            aiohttp.client.URL(sneaky, encoded=True),
+            URL(sneaky, encoded=True),
             json=ping,
             headers={**gateway.headers("user"), "Accept": "application/json, text/event-stream"},
         ) as resp,

@@ -14,11 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
-from sidecar.demo.sts import Sts, decode_unverified
+from sidecar.demo.sts import DemoIdp, Sts, decode_unverified
 from tests.proxy.issuer import Issuer
 from tests.proxy.mesh import AGENT, OTHER_AGENT, TD, Mesh, local_mesh, outbound_config
 
@@ -27,7 +28,10 @@ RESOURCE = "https://math.example.com/mcp"
 
 @pytest.fixture
 async def sts(issuer: Issuer, tmp_path: Path) -> AsyncIterator[Sts]:
-    server = await Sts(issuer, tmp_path).start()
+    # the dev STS checks users' tokens with ES256 only: the issuer's keys, as the EC keys they are
+    keys = {k: key for k, key in issuer.keys.items() if isinstance(key, ec.EllipticCurvePrivateKey)}
+    assert keys.keys() == issuer.keys.keys()
+    server = await Sts(DemoIdp(issuer.url, keys), tmp_path).start()
     yield server
     await server.close()
 
@@ -73,7 +77,8 @@ async def post(
 
 
 def last_principal(mesh: Mesh) -> dict[str, Any]:
-    return json.loads(mesh.server_lines()[-1])["principal"]  # type: ignore[no-any-return]
+    principal: dict[str, Any] = json.loads(mesh.server_lines()[-1])["principal"]
+    return principal
 
 
 async def test_user_token_is_exchanged_and_never_forwarded(

@@ -88,7 +88,7 @@ class Rig(NamedTuple):
 @contextlib.asynccontextmanager
 async def gated_pool(breakers: CircuitBreakers, **options: Any) -> AsyncIterator[Rig]:
     """A ``Gated`` upstream and a pool to it with ``breakers``."""
-    gated, overflows = Gated(), []
+    gated, overflows = Gated(), list[str]()
     async with (
         upstream(gated.serve) as up,
         pool_to(up.port, breakers=breakers, on_overflow=overflows.append, **options) as pool,

@@ -74,7 +74,8 @@ async def test_rotation_serves_new_certificate_and_keeps_open_connections(
     old = await connect(live.server.port, ctx)
     assert old.greeting == f"OK {AGENT_ID}"
     first_serial = old.server_serial()
-    assert first_serial == live.source.snapshot.svid.serial_number  # type: ignore[union-attr]
+    snapshot = live.source.snapshot
+    assert snapshot is not None and first_serial == snapshot.svid.serial_number
 
     # The dev API pushes a new SVID at half-life (2 s); wait (bounded) for the source to see it.
     rotated = await live.source.wait_for(lambda s: s.svid.serial_number != first_serial, WAIT)
