@@ -666,7 +666,7 @@ def _mcp_policy(value: object, path: str) -> McpPolicyConfig:
             "dry_run",
         )
     values = f.values(McpPolicyConfig, policy=None)
-    if not f.failed:
+    if "file" in values:  # read even if other keys are wrong: every problem at once
         try:
             values["policy"] = load_policy_file(values["file"])
         except ConfigErrors as exc:
@@ -725,7 +725,7 @@ API_KEYS = Section("inbound.api_keys", keys_of(ApiKeysConfig))
 def _api_keys(value: object, path: str) -> ApiKeysConfig:
     f = _read(API_KEYS, value, path)
     values = f.values(ApiKeysConfig, keys=None)
-    if not f.failed:
+    if "file" in values:  # read even if other keys are wrong: every problem at once
         try:
             values["keys"] = load_api_key_file(values["file"])
         except ConfigErrors as exc:

@@ -37,7 +37,9 @@ _T = TypeVar("_T")
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_LINE_RE = re.compile(r" \(line [0-9]+\)$")
+_LOCATED_RE = re.compile(r"\bline [0-9]+[),]")
+"""A problem that names its line already: ``... (line 3)``, ``duplicate key (first at line 1,
+again at line 9)``, a YAML error ``at line 4, column 2`` or ``(while scanning ... at line 4)``."""
 
 
 def _without(loader: type[yaml.SafeLoader], tag: str) -> None:
@@ -212,11 +214,11 @@ def _scan(root: Node, prefix: str) -> tuple[dict[str, int], list[ConfigError]]:
 
 
 def _with_line(problem: ConfigError, lines: Mapping[str, int]) -> ConfigError:
-    """``problem`` with the line of its key path, unless it has one already (a problem of a
+    """``problem`` with the line of its key path, unless it names one already (a problem of a
     file named by the configuration is located in that file)."""
     line = lines.get(problem.path)
     detail = problem_detail(problem)
-    if line is None or _LINE_RE.search(detail):
+    if line is None or _LOCATED_RE.search(detail):
         return problem
     return ConfigError(problem.path, f"{detail} (line {line})")
 

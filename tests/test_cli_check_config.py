@@ -125,6 +125,37 @@ def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
 
 
+def test_a_policy_file_is_read_even_when_other_keys_are_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every problem at once: the file's own problems are located in the file (a duplicate key
+    names both of its lines there, not the line of ``file:`` in the configuration)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default: deny\nrules: []\ndefault: allow\n")
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            trust_domain: example.org
+            inbound:
+              listen: 0.0.0.0:8443
+              upstream: http://127.0.0.1:8000
+              allow_spiffe_ids: [spiffe://example.org/ns/agents/sa/*]
+              mcp_policy:
+                file: {policy}
+                reload_interval: soon
+            """
+        )
+    )
+    assert main(["check-config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "inbound.mcp_policy.reload_interval: not a duration: 'soon'; expected a duration like "
+        "250ms, 10s, 5m, 1h or a number of seconds (units: ms, s, m, h) (line 8)",
+        f"inbound.mcp_policy.file: {policy}: {policy}.default: duplicate key (first at line 1, "
+        "again at line 3); a security config must not be ambiguous",
+    ]
+
+
 def test_every_problem_is_printed_as_path_colon_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

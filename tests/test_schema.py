@@ -95,7 +95,9 @@ def test_unknown_keys_get_a_suggestion_or_their_home() -> None:
         )
     ]
     found = read(VALVE, {"name": "v"}, "valve", schema=SCHEMA).problems.items
-    assert [str(p) for p in found] == ["valve.name: unknown key 'name'; it belongs under 'pumps[i]'"]
+    assert [str(p) for p in found] == [
+        "valve.name: unknown key 'name'; it belongs under 'pumps[i]'"
+    ]
 
 
 def test_not_a_mapping_stops_there_and_none_is_empty() -> None:
