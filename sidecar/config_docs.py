@@ -3,9 +3,9 @@ docs/configuration.md, between ``<!-- keys:NAME -->`` and ``<!-- /keys -->``, an
 Schemas for editors, docs/config.schema.json (a configuration file) and docs/policy.schema.json
 (a policy file of ``inbound.mcp_policy.file``).
 
-``python -m sidecar.config_docs`` rewrites them after a key changed; ``--check`` only lists the
-stale ones and exits 1 (tests/test_config_docs.py fails the same way). A development tool:
-``mcp-sidecar run`` never imports it.
+``make docs`` (``python -m sidecar.config_docs``) rewrites them after a key changed;
+``--check`` only lists the stale ones and exits 1 (tests/test_config_docs.py fails the same way).
+A development tool: ``mcp-sidecar run`` never imports it.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def json_schema(root: Section, title: str) -> dict[str, object]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": title,
-        "description": "Generated from the key definitions by python -m sidecar.config_docs; "
+        "description": "Generated from the key definitions by make docs (sidecar/config_docs.py); "
         "every key is described in docs/configuration.md.",
         **_object(root),
         "$defs": {definition_name(section): _object(section) for section in below},
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if args.check:
         for path in stale:
-            print(f"{path}: stale, run python -m sidecar.config_docs", file=sys.stderr)
+            print(f"{path}: stale, run: make docs", file=sys.stderr)
         return 1 if stale else 0
     for path, text in generated(args.docs).items():
         if path in stale:

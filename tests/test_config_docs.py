@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+DEPLOYED = sorted((ROOT / "deploy").rglob("sidecar.yaml"))
+"""The sidecar configurations of the Kubernetes manifests (each a ConfigMap's file)."""
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -55,7 +57,7 @@ def test_generated_docs_are_current() -> None:
         for path, text in config_docs.generated(DOCS).items()
         if path.read_text("utf-8") != text
     ]
-    assert stale == [], "stale, run: python -m sidecar.config_docs"
+    assert stale == [], "stale, run: make docs"
 
 
 def test_check_finds_a_stale_table_and_the_command_rewrites_it(tmp_path: Path) -> None:
@@ -95,11 +97,19 @@ def test_a_table_row_says_what_the_key_definition_says() -> None:
 # ------------------------------------------------------------------------------- JSON Schema
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_examples_validate(path: Path) -> None:
+@pytest.mark.parametrize(
+    "path", EXAMPLES + DEPLOYED, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES + DEPLOYED]
+)
+def test_examples_and_deployed_configs_validate(path: Path) -> None:
     data = load(path.read_text(), path.name)
     schema = POLICY if is_policy_file(data) else CONFIG
     assert errors(schema, data) == []
+    if schema is CONFIG:  # and what the editor accepts, the sidecar accepts too
+        parse_config(data)
+
+
+def test_there_are_examples_and_deployed_configs() -> None:
+    assert len(EXAMPLES) >= 4 and len(DEPLOYED) >= 5
 
 
 def test_the_docs_yaml_blocks_validate() -> None:
