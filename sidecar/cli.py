@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_or_report(path: str) -> Config | None:
     """The parsed config, or None after printing every problem as ``path: message``."""
-    from sidecar.config import ConfigErrors, load_config
+    from sidecar.config import load_config
+    from sidecar.errors import ConfigErrors
 
     try:
         return load_config(path)

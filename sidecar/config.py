@@ -83,7 +83,7 @@ from sidecar.config_values import (
     size,
     valid_or_none,
 )
-from sidecar.errors import ConfigError, ConfigErrors, problem_detail
+from sidecar.errors import ConfigError, ConfigErrors
 from sidecar.mcp.mux.names import Naming, PrefixMode, pattern_problem
 from sidecar.mcp.policy import POLICY_SECTION, Policy, load_policy_file, parse_policy
 from sidecar.mcp.ratelimit import RATE_LIMITS, RateLimit
@@ -125,7 +125,6 @@ __all__ = [
     "ApiKeysConfig",
     "CircuitBreakers",
     "Config",
-    "ConfigErrors",
     "InboundConfig",
     "JwtSvidConfig",
     "Limits",
@@ -145,7 +144,6 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
-    "problem_detail",
 ]
 
 UNSUPPORTED_KEYS: Mapping[str, str] = {}

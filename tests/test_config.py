@@ -24,7 +24,6 @@ from sidecar.config import (
     AdminConfig,
     CircuitBreakers,
     Config,
-    ConfigErrors,
     InboundConfig,
     JwtSvidConfig,
     Limits,
@@ -40,9 +39,8 @@ from sidecar.config import (
     parse_config,
     parse_duration,
     parse_size,
-    problem_detail,
 )
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConfigErrors, problem_detail
 from sidecar.mcp.policy import (
     CONSTRAINT_KEYS,
     POLICY_KEYS,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.cli import main
-from sidecar.config import ConfigErrors, MuxConfig, TargetConfig, parse_config, problem_detail
+from sidecar.config import MuxConfig, TargetConfig, parse_config
+from sidecar.errors import ConfigErrors, problem_detail
 from sidecar.spiffe.ids import SpiffeId
 
 MATH = {

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sidecar.config import Config, ConfigErrors, InboundConfig, load_config
+from sidecar.config import Config, InboundConfig, load_config
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, parse_body
 from sidecar.mcp.judge import judge
 from sidecar.mcp.mux.names import Naming

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.config import ConfigErrors
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.jsonrpc import TARGET_PARAM, JsonRpcError, Kind, Message, parse_body
 from sidecar.mcp.policy import (
     FORBIDDEN_CODE,

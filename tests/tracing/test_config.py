@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import ConfigErrors, parse_config
+from sidecar.config import parse_config
+from sidecar.errors import ConfigErrors
 from sidecar.tracing.config import TRACING_KEYS, TracingConfig
 
 BASE: dict[str, Any] = {
