@@ -102,7 +102,9 @@ from sidecar.schema import (
     key,
     keys_of,
     non_empty_string,
+    parse_items,
     read,
+    repeated,
     section_value,
     short,
     whole_number,
@@ -794,38 +796,25 @@ def _targets(value: object, path: str) -> tuple[TargetConfig, ...]:
     if not value:
         raise ConfigError(path, "at least one target is required")
     problems: list[ConfigError] = []
-    targets: list[TargetConfig] = []
-    names: dict[str, int] = {}
-    servers: dict[tuple[str, str | None], int] = {}
-    for index, item in enumerate(value):
-        item_path = f"{path}[{index}]"
-        try:
-            target = _target(item, item_path)
-        except ConfigErrors as exc:
-            problems.extend(exc.problems)
-            continue
-        if target.name in names:
-            problems.append(
-                ConfigError(
-                    f"{item_path}.name",
-                    f"duplicate target name {target.name!r} (also {path}[{names[target.name]}])",
-                )
+    targets = parse_items(value, path, _target, problems)
+    for index, target, first in repeated(targets, lambda target: target.name):
+        problems.append(
+            ConfigError(
+                f"{path}[{index}].name",
+                f"duplicate target name {target.name!r} (also {path}[{first}])",
             )
-        names.setdefault(target.name, index)
-        server = (target.upstream, target.path)
-        if server in servers:
-            problems.append(
-                ConfigError(
-                    f"{item_path}.upstream",
-                    f"the same server as {path}[{servers[server]}] ({target.upstream}"
-                    f"{target.path or ''}): every one of its names would be served twice",
-                )
+        )
+    for index, target, first in repeated(targets, lambda target: (target.upstream, target.path)):
+        problems.append(
+            ConfigError(
+                f"{path}[{index}].upstream",
+                f"the same server as {path}[{first}] ({target.upstream}{target.path or ''}): "
+                "every one of its names would be served twice",
             )
-        servers.setdefault(server, index)
-        targets.append(target)
+        )
     if problems:
         raise ConfigErrors(problems)
-    return tuple(targets)
+    return tuple(target for _, target in targets)
 
 
 TARGETS = section_value(TARGET, _targets, many="list of targets")
@@ -1900,13 +1889,7 @@ def parse_config(data: object) -> Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file. Unreadable files and YAML syntax errors are
     ``ConfigErrors`` too (path = the file name); other problems carry their line number."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigErrors([ConfigError(source, f"cannot read the file: {reason}")]) from None
-    return load_config_text(raw, source=source)
+    return strict_yaml.parse_file(path, lambda data, _source: parse_config(data), root="")
 
 
 def load_config_text(text: str | bytes, *, source: str = "<config>") -> Config:

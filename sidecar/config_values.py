@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sidecar.errors import ConfigError
 from sidecar.identity.endpoint import grpc_target
@@ -214,6 +214,19 @@ def _size_between(low: int, high: int, low_text: str, high_text: str) -> Parse[i
 _HOST_LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
 
 
+def _destination_host(hostname: str | None, port: int | None, path: str, like: str) -> str:
+    """The normalised host of a URL we connect to (``like``: the example a problem names)."""
+    if not hostname:
+        raise ConfigError(path, f"has no host; expected {like}")
+    try:
+        host = _host(hostname)
+    except ValueError as exc:
+        raise ConfigError(path, f"bad host: {exc}") from None
+    if port == 0:
+        raise ConfigError(path, "port 0 is not a valid destination")
+    return host
+
+
 def _host(text: str) -> str:
     """Normalise an IP literal (no brackets) or a DNS name; ValueError says what is wrong."""
     try:
@@ -236,19 +249,23 @@ def _host_port(host: str, port: int | None, default: int | None) -> str:
     return shown if port is None or port == default else f"{shown}:{port}"
 
 
+def _split_url(text: str, path: str, like: str) -> tuple[SplitResult, int | None]:
+    """``text`` split, and its port (None if it has none); a bad port is a problem."""
+    try:
+        url = urlsplit(text)
+        return url, url.port
+    except ValueError as exc:
+        message = f"not a valid URL ({exc}): {short(text)}; expected {like}"
+        raise ConfigError(path, message) from None
+
+
 def _url(value: object, path: str, scheme: str, like: str, why_scheme: str) -> str:
     """An ``http(s)://host[:port]`` URL with no path; normalised with an explicit port."""
     text = as_string(value, path, like)
     default_port = {"http": 80, "https": 443}[scheme]
     if "://" not in text:
         raise ConfigError(path, f"not a URL: {short(text)}; expected {like}")
-    try:
-        url = urlsplit(text)
-        port = url.port
-    except ValueError as exc:
-        raise ConfigError(
-            path, f"not a valid URL ({exc}): {short(text)}; expected {like}"
-        ) from None
+    url, port = _split_url(text, path, like)
     if url.scheme.lower() != scheme:
         got = f"{url.scheme}://" if url.scheme else "no scheme"
         raise ConfigError(path, f"must be an {scheme}:// URL ({why_scheme}), got {got}")
@@ -260,14 +277,7 @@ def _url(value: object, path: str, scheme: str, like: str, why_scheme: str) -> s
             f"must be {like} without a path, query or fragment "
             f"(the request path is forwarded as is), got {short(text)}",
         )
-    if not url.hostname:
-        raise ConfigError(path, f"has no host; expected {like}")
-    try:
-        host = _host(url.hostname)
-    except ValueError as exc:
-        raise ConfigError(path, f"bad host: {exc}") from None
-    if port == 0:
-        raise ConfigError(path, "port 0 is not a valid destination")
+    host = _destination_host(url.hostname, port, path, like)
     shown = f"[{host}]" if ":" in host else host
     return f"{scheme}://{shown}:{default_port if port is None else port}"
 
@@ -495,13 +505,7 @@ def _token_url(like: str, *, query: bool = False) -> Parse[str]:
                 f"must be printable ASCII without spaces (percent-encode anything else), "
                 f"got {short(text)}",
             )
-        try:
-            url = urlsplit(text)
-            port = url.port
-        except ValueError as exc:
-            raise ConfigError(
-                path, f"not a valid URL ({exc}): {short(text)}; expected {like}"
-            ) from None
+        url, port = _split_url(text, path, like)
         scheme = url.scheme.lower()
         if scheme not in ("https", "http"):
             raise ConfigError(path, f"must be an https:// URL, got {short(url.scheme)}://")
@@ -511,14 +515,7 @@ def _token_url(like: str, *, query: bool = False) -> Parse[str]:
             raise ConfigError(path, f"must not contain a fragment ('#'), got {short(text)}")
         if not query and (url.query or "?" in text):
             raise ConfigError(path, f"must not contain a query ('?'), got {short(text)}")
-        if not url.hostname:
-            raise ConfigError(path, f"has no host; expected {like}")
-        try:
-            host = _host(url.hostname)
-        except ValueError as exc:
-            raise ConfigError(path, f"bad host: {exc}") from None
-        if port == 0:
-            raise ConfigError(path, "port 0 is not a valid destination")
+        host = _destination_host(url.hostname, port, path, like)
         if scheme == "http" and not _is_loopback_host(host):
             raise ConfigError(
                 path, f"must be an https:// URL ({_LOOPBACK_ONLY_HTTP}), got {short(text)}"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,7 +44,9 @@ __all__ = [
     "list_of",
     "non_empty_string",
     "parse_each",
+    "parse_items",
     "read",
+    "repeated",
     "short",
     "string",
     "whole_number",
@@ -530,6 +532,34 @@ def whole_number(low: int, high: int, *, label: str | None = None) -> Value[int]
     return Value(parse, label or f"integer {low} .. {high}", json)
 
 
+def parse_items(
+    items: Sequence[object], path: str, parse: Parse[_T], problems: list[ConfigError]
+) -> list[tuple[int, _T]]:
+    """``parse`` every item of a list (``path[index]`` names each): those that parse, with
+    their index; the problems of the others are appended to ``problems``."""
+    parsed: list[tuple[int, _T]] = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append((index, parse(item, f"{path}[{index}]")))
+        except ConfigError as exc:
+            problems.append(exc)
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+    return parsed
+
+
+def repeated(
+    items: Iterable[tuple[int, _T]], identity: Callable[[_T], Hashable]
+) -> Iterator[tuple[int, _T, int]]:
+    """``(index, item, first)`` of every item whose ``identity`` the item at ``first`` had
+    already (for "duplicate name 'x' (also routes[0])")."""
+    first: dict[Hashable, int] = {}
+    for index, item in items:
+        seen = first.setdefault(identity(item), index)
+        if seen != index:
+            yield index, item, seen
+
+
 def parse_each(
     items: Sequence[object],
     path: str,
@@ -538,22 +568,15 @@ def parse_each(
 ) -> tuple[_T, ...] | None:
     """``parse`` every item of a list (``path[index]`` names each), duplicates dropped; every
     failure is appended to ``problems``, and then the result is None."""
+    before = len(problems)
+    parsed = parse_items(items, path, parse, problems)
+    if len(problems) > before:
+        return None
     result: list[_T] = []
-    failed = False
-    for index, item in enumerate(items):
-        try:
-            parsed = parse(item, f"{path}[{index}]")
-        except ConfigError as exc:
-            problems.append(exc)
-            failed = True
-            continue
-        except ConfigErrors as exc:
-            problems.extend(exc.problems)
-            failed = True
-            continue
-        if parsed not in result:
-            result.append(parsed)
-    return None if failed else tuple(result)
+    for _, value in parsed:
+        if value not in result:
+            result.append(value)
+    return tuple(result)
 
 
 NOT_EMPTY = "must not be empty (omit the key instead); expected a list of {like}"

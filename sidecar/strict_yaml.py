@@ -90,16 +90,21 @@ def parse_document(
     return result
 
 
-def parse_file(path: str | Path, parse: Callable[[object, str], _T]) -> _T:
-    """Read a YAML file and ``parse(data, source)``, key paths below the file's name
-    (``policy.yaml.rules[0].name``); an unreadable file is a problem too."""
+def parse_file(
+    path: str | Path, parse: Callable[[object, str], _T], *, root: str | None = None
+) -> _T:
+    """Read a YAML file and ``parse(data, source)``, key paths below ``root``: by default the
+    file's name (``policy.yaml.rules[0].name``, for a file named by the configuration); an
+    unreadable file is a problem too."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigErrors([ConfigError(source, f"cannot read the file: {reason}")]) from None
-    return parse_document(raw, lambda data: parse(data, source), source=source, root=source)
+    return parse_document(
+        raw, lambda data: parse(data, source), source=source, root=source if root is None else root
+    )
 
 
 def load_documents(text: str, *, source: str) -> list[Any]:

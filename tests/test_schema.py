@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sidecar.errors import ConfigErrors, problem_detail
+from sidecar.errors import ConfigError, ConfigErrors, problem_detail
 from sidecar.schema import (
     BOOLEAN,
     NO_DEFAULT,
@@ -19,7 +19,10 @@ from sidecar.schema import (
     keys_of,
     list_of,
     non_empty_string,
+    parse_each,
+    parse_items,
     read,
+    repeated,
     whole_number,
 )
 
@@ -113,3 +116,14 @@ def test_not_a_mapping_stops_there_and_none_is_empty() -> None:
 def test_a_section_refuses_two_keys_of_one_name() -> None:
     with pytest.raises(AssertionError):
         Section("twice", (*keys_of(Pump, "speed"), *keys_of(Pump, "speed")))
+
+
+def test_list_items_are_parsed_each_named_by_index_and_repeats_point_at_the_first() -> None:
+    problems: list[ConfigError] = []
+    parse = whole_number(1, 9).parse
+    parsed = parse_items([3, "x", 3, 0, 5], "speeds", parse, problems)
+    assert parsed == [(0, 3), (2, 3), (4, 5)]
+    assert [p.path for p in problems] == ["speeds[1]", "speeds[3]"]
+    assert list(repeated(parsed, lambda speed: speed)) == [(2, 3, 0)]
+    assert parse_each([3, "x"], "speeds", parse, []) is None
+    assert parse_each([3, 5, 3], "speeds", parse, []) == (3, 5)

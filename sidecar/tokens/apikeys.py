@@ -50,7 +50,9 @@ from sidecar.schema import (
     got,
     list_of,
     non_empty_string,
+    parse_items,
     read,
+    repeated,
     section_value,
 )
 from sidecar.strict_yaml import parse_file
@@ -315,26 +317,14 @@ def _entries(value: object, path: str) -> tuple[ApiKey, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"expected a list of key entries, got {got(value)}")
     problems: list[ConfigError] = []
-    entries: list[ApiKey] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(value):
-        try:
-            entry = _entry(item, f"{path}[{index}]")
-        except ConfigErrors as exc:
-            problems.extend(exc.problems)
-            continue
-        if entry.id in seen:
-            problems.append(
-                ConfigError(
-                    f"{path}[{index}].id",
-                    f"duplicate id {entry.id!r} (also keys[{seen[entry.id]}])",
-                )
-            )
-        seen.setdefault(entry.id, index)
-        entries.append(entry)
+    entries = parse_items(value, path, _entry, problems)
+    for index, entry, first in repeated(entries, lambda entry: entry.id):
+        problems.append(
+            ConfigError(f"{path}[{index}].id", f"duplicate id {entry.id!r} (also keys[{first}])")
+        )
     if problems:
         raise ConfigErrors(problems)
-    return tuple(entries)
+    return tuple(entry for _, entry in entries)
 
 
 FILE_SECTION = Section(
