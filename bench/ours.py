@@ -60,6 +60,7 @@ class PolicyStatus:
 def mcp_policy_status(block: dict[str, Any], ids: Identities, upstream_port: int) -> PolicyStatus:
     """Use ``block`` if this version of the config accepts it, else say why not."""
     from sidecar import config as sidecar_config
+    from sidecar.errors import ConfigErrors
 
     if "inbound.mcp_policy" in sidecar_config.UNSUPPORTED_KEYS:
         return PolicyStatus(
@@ -70,7 +71,7 @@ def mcp_policy_status(block: dict[str, Any], ids: Identities, upstream_port: int
     probe = inbound_config(ids, 1, 2, upstream_port, full=True, mcp_policy=block, access_log=False)
     try:
         sidecar_config.parse_config(probe)
-    except sidecar_config.ConfigErrors as exc:
+    except ConfigErrors as exc:
         problems = "; ".join(str(p) for p in exc.problems)
         return PolicyStatus(
             None,
@@ -155,7 +156,8 @@ def start(
 
     With ``cprofile_dir``, the process runs under cProfile and writes ``NAME.pstats`` there when
     it stops. ``cli`` replaces this venv's ``mcp-sidecar`` (another installation's)."""
-    from sidecar.config import ConfigErrors, parse_config
+    from sidecar.config import parse_config
+    from sidecar.errors import ConfigErrors
 
     try:
         parse_config(config)

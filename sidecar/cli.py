@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_or_report(path: str) -> Config | None:
     """The parsed config, or None after printing every problem as ``path: message``."""
-    from sidecar.config import ConfigErrors, load_config
+    from sidecar.config import load_config
+    from sidecar.errors import ConfigErrors
 
     try:
         return load_config(path)
@@ -159,13 +160,16 @@ def _demo(args: argparse.Namespace) -> int:
     # Imported only here: the demo pulls in the MCP SDK (hundreds of ms, tens of MiB), which a
     # production sidecar (``run``) neither carries nor installs (the ``demo`` extra).
     try:
-        from sidecar.demo import mesh
+        if getattr(args, "scenario", "mesh") == "delegation":
+            from sidecar.demo.delegation import run_from_args
+        else:
+            from sidecar.demo.mesh import run_from_args
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] not in DEMO_PACKAGES:
             raise
         print(DEMO_EXTRA_MISSING, file=sys.stderr)
         return 1
-    return mesh.run_from_args(args)
+    return run_from_args(args)
 
 
 def _run(args: argparse.Namespace) -> int:

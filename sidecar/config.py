@@ -1,8 +1,17 @@
 """The sidecar's YAML configuration, parsed once into frozen dataclasses.
 
+Each key is defined once, on the dataclass field it fills (``sidecar.schema.key``): its kind of
+value (``sidecar.config_values``), default, whether it is required, and its documentation. The
+``Section`` of each mapping is made of those keys, and from the sections come the reader of each
+mapping, ``SCHEMA``, ``check-config``, the key tables of docs/configuration.md and
+docs/config.schema.json (``python -m sidecar.config_docs``). What is not a key definition stays
+explicit code in each section's parser below: rules between keys (``upstream`` or ``targets``,
+``mtls: off`` needs a token layer, ``token_exchange`` excludes ``jwt_svid_audience``...).
+
 Validation collects **every** problem instead of stopping at the first, and names each one by its
 key path (``inbound.allow_spiffe_ids[2]``, ``outbound.routes[0].upstream``) with what is wrong and
-what was expected. A security configuration must never be ambiguous or partly ignored, so:
+what was expected; read from YAML (``sidecar.strict_yaml``), each also carries its line. A
+security configuration must never be ambiguous or partly ignored, so:
 
 * unknown keys are errors (with a "did you mean" suggestion), and so are duplicate YAML keys;
 * keys of features this version does not implement yet (``UNSUPPORTED_KEYS``) are errors, because
@@ -10,60 +19,114 @@ what was expected. A security configuration must never be ambiguous or partly ig
 * scalars are typed strictly: a boolean is ``true``/``false`` (``yes``/``no``/``on``/``off`` are
   plain strings here, as in YAML 1.2), a number is never a string and a string never a number.
 
-Pure: no I/O apart from reading the file in ``load_config``; never imports aiohttp. Every key is
-documented in ``docs/configuration.md``.
+Pure: no I/O apart from reading the files it names (``load_config``, a policy or API key file, a
+CA file); never imports aiohttp.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
+import dataclasses
 import json
-import math
-import re
-import ssl
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-
-from sidecar.errors import ConfigError, SidecarError
-from sidecar.identity.endpoint import grpc_target
-from sidecar.mcp.mux.names import (
-    PREFIX_MODES,
-    Naming,
-    PrefixMode,
-    pattern_problem,
-    target_name_problem,
+from sidecar import strict_yaml
+from sidecar.config_values import (
+    ALGORITHMS,
+    ALLOWLIST,
+    AUDIENCES,
+    AUTHORIZATION_SERVERS,
+    CA_FILE,
+    DURATION,
+    GIB,
+    HEADER_NAME,
+    ISSUER_URL,
+    JWKS_URI,
+    JWT_ALGORITHMS,
+    JWT_SVID_AUDIENCE,
+    KIB,
+    LEEWAY,
+    LOCAL_UPSTREAM,
+    MAX_SESSIONS,
+    MIB,
+    MTLS,
+    ORIGINS,
+    PATH_PREFIX,
+    PREFIX_MODE,
+    PUBLIC_URL,
+    RESOURCE_URL,
+    ROUTE_HOST,
+    ROUTE_NAME,
+    SCOPES,
+    SERVER_SPIFFE_ID,
+    SIDECAR_URL,
+    SNI,
+    SUBJECT_TOKEN_TYPE,
+    TARGET_NAME,
+    TIMEOUT,
+    TOKEN_ENDPOINT,
+    TRUST_DOMAIN,
+    TYP,
+    WORKLOAD_API,
+    ListenAddress,
+    MtlsMode,
+    claim_name,
+    default_sni,
+    file_path,
+    listen,
+    origin_of,
+    parse_duration,
+    parse_size,
+    size,
+    valid_or_none,
 )
-from sidecar.mcp.policy import Policy, load_policy_file, parse_policy
-from sidecar.mcp.ratelimit import RateLimit, parse_rate_limits
-from sidecar.schema import got as _got
-from sidecar.schema import join as _join
-from sidecar.schema import parse_each
-from sidecar.schema import short as _short
-from sidecar.spiffe.ids import SCHEME_PREFIX, SpiffeId, SpiffeIdError, validate_trust_domain
-from sidecar.spiffe.match import Allowlist, PatternError, SpiffeIdPattern
+from sidecar.errors import ConfigError, ConfigErrors
+from sidecar.mcp.mux.names import Naming, PrefixMode, pattern_problem
+from sidecar.mcp.policy import POLICY_SECTION, Policy, load_policy_file, parse_policy
+from sidecar.mcp.ratelimit import RATE_LIMITS, RateLimit
+from sidecar.schema import (
+    BOOLEAN,
+    ROOT,
+    Fields,
+    Key,
+    Schema,
+    Section,
+    Value,
+    as_string,
+    choice,
+    definition_name,
+    got,
+    key,
+    keys_of,
+    non_empty_string,
+    parse_items,
+    read,
+    repeated,
+    section_value,
+    short,
+    whole_number,
+)
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.spiffe.match import Allowlist
 from sidecar.tokens.apikeys import ApiKeys, load_api_key_file
 from sidecar.tokens.exchange import TOKEN_TYPES
-from sidecar.tokens.jose import ALLOWED_ALGORITHMS
-from sidecar.tracing.config import TracingConfig, parse_tracing
+from sidecar.tracing.config import TRACING, TracingConfig
 
 __all__ = [
     "JWT_ALGORITHMS",
+    "LOG_LEVELS",
+    "PLACES",
     "ROOT",
     "SCHEMA",
+    "TOP",
     "UNSUPPORTED_KEYS",
     "AdminConfig",
     "ApiKeysConfig",
     "CircuitBreakers",
     "Config",
-    "ConfigErrors",
     "InboundConfig",
     "JwtSvidConfig",
     "Limits",
@@ -75,6 +138,7 @@ __all__ = [
     "OutboundConfig",
     "ProcessConfig",
     "RouteConfig",
+    "Scheduler",
     "TargetConfig",
     "TokenExchangeConfig",
     "load_config",
@@ -82,250 +146,98 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
-    "problem_detail",
 ]
-
-ROOT = "<root>"
-"""The path of problems that concern the document as a whole."""
-
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-MAX_DURATION = 24 * 3600.0
-"""Upper bound for every duration (seconds): anything longer is a typo, not a timeout."""
-MAX_SIZE = 1024 * GIB
-"""Upper bound for ``parse_size`` itself; each size key has its own, smaller, range."""
-
-LIMIT_KEYS = (
-    "max_request_body",
-    "max_header_size",
-    "header_timeout",
-    "keepalive_timeout",
-    "connect_timeout",
-    "idle_timeout",
-    "total_timeout",
-    "sse_heartbeat",
-)
-CIRCUIT_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests")
-MAX_CIRCUIT_BREAKER = 1_000_000
-"""Upper bound of every circuit-breaker threshold (more would exhaust file descriptors first)."""
-ROUTE_SCHEMA = "outbound.routes[]"
-EXCHANGE_SCHEMA = "outbound.routes[].token_exchange"
-TARGET_SCHEMA = "targets[]"
-MUX_KEYS = ("targets", "prefix_mode", "session_idle", "max_sessions", "target_wait")
-"""The keys of a multiplexing route (and of an edge gateway's inbound), besides ``targets``
-only meaningful with it."""
-
-JWT_ALGORITHMS: tuple[str, ...] = ALLOWED_ALGORITHMS
-"""The JWS algorithms a token may be signed with: the token layer's own list (asymmetric only,
-never ``none`` or HS*), so config and validators cannot disagree."""
-MAX_LEEWAY = 300.0
-"""Upper bound of ``leeway`` (seconds): clock skew beyond 5 minutes is a broken clock."""
-RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
-"""RFC 9728 protected resource metadata; the resource's path is appended (section 3.1)."""
-
-SCHEMA: Mapping[str, tuple[str, ...]] = {
-    "": (
-        "trust_domain",
-        "workload_api",
-        "admin",
-        "inbound",
-        "outbound",
-        "log",
-        "shutdown",
-        "process",
-        "tracing",
-    ),
-    "admin": ("listen",),
-    "inbound": (
-        "listen",
-        "upstream",
-        "public_url",
-        "mtls",
-        "allow_spiffe_ids",
-        "jwt_svid",
-        "oauth",
-        "allowed_origins",
-        "forward_authorization",
-        "limits",
-        "mcp_policy",
-        "rate_limits",
-        "api_keys",
-        "circuit_breakers",
-        *MUX_KEYS,
-    ),
-    "inbound.mcp_policy.file": ("file", "reload_interval"),
-    "inbound.api_keys": ("file", "header", "reload_interval"),
-    "inbound.jwt_svid": ("audiences", "bind_to_peer", "leeway", "algorithms"),
-    "inbound.oauth": (
-        "issuer",
-        "audience",
-        "jwks_uri",
-        "jwks",
-        "discovery",
-        "required_scopes",
-        "scopes_supported",
-        "authorization_servers",
-        "typ",
-        "leeway",
-        "algorithms",
-        "jwks_cache_ttl",
-        "jwks_refresh_interval",
-        "require_cnf",
-        "bind_actor_to_peer",
-        "roles_claim",
-        "groups_claim",
-    ),
-    "inbound.limits": LIMIT_KEYS,
-    "inbound.circuit_breakers": CIRCUIT_BREAKER_KEYS,
-    "outbound": (
-        "listen",
-        "allow_non_loopback",
-        "allowed_origins",
-        "limits",
-        "routes",
-        "circuit_breakers",
-    ),
-    "outbound.limits": LIMIT_KEYS,
-    "outbound.circuit_breakers": CIRCUIT_BREAKER_KEYS,
-    f"{ROUTE_SCHEMA}.circuit_breakers": CIRCUIT_BREAKER_KEYS,
-    ROUTE_SCHEMA: (
-        "name",
-        "path_prefix",
-        "host",
-        "upstream",
-        "server_spiffe_id",
-        "strip_prefix",
-        "jwt_svid_audience",
-        "token_exchange",
-        "sni",
-        "circuit_breakers",
-        *MUX_KEYS,
-    ),
-    EXCHANGE_SCHEMA: (
-        "token_endpoint",
-        "issuer",
-        "ca_file",
-        "client_auth",
-        "client_id",
-        "client_secret_file",
-        "sts_audience",
-        "subject_token_header",
-        "subject_token_type",
-        "actor_token",
-        "resource",
-        "audience",
-        "scopes",
-        "timeout",
-        "refresh_before",
-    ),
-    TARGET_SCHEMA: ("name", "upstream", "server_spiffe_id", "path", "jwt_svid_audience"),
-    "log": ("level", "access_log", "format"),
-    "shutdown": ("drain_timeout",),
-    "process": ("scheduler",),
-}
-"""Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
 
 UNSUPPORTED_KEYS: Mapping[str, str] = {}
 """Keys of features that are designed but not built yet -> what they would do. Using one is an
 error, never silently ignored (an ignored security policy is a silent allow). Remove a key from
-here, and add it to ``SCHEMA``, when its feature lands."""
+here, and define it on its dataclass, when its feature lands."""
 
-MtlsMode = Literal["required", "off"]
+MAX_CIRCUIT_BREAKER = 1_000_000
+"""Upper bound of every circuit-breaker threshold (more would exhaust file descriptors first)."""
+RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
+"""RFC 9728 protected resource metadata; the resource's path is appended (section 3.1)."""
+
 LogLevel = Literal["debug", "info", "warning", "error"]
-Scheduler = Literal["normal", "batch"]
-SCHEDULERS: tuple[Scheduler, ...] = ("normal", "batch")
-LogFormat = Literal["text", "json"]
-LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
-MTLS_MODES: tuple[MtlsMode, ...] = ("required", "off")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LogFormat = Literal["text", "json"]
+Scheduler = Literal["normal", "batch"]
+ClientAuth = Literal["jwt_svid", "client_secret"]
 
-_T = TypeVar("_T")
-_Parse = Callable[[object, str], _T]
-
-
-# ----------------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """A TCP address to listen on. ``host`` is an IP literal (IPv6 without brackets) or a
-    lowercase host name; port 0 asks the OS for a free port (tests)."""
-
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, path: str = "listen") -> ListenAddress:
-        """Parse ``127.0.0.1:15001``, ``0.0.0.0:8443``, ``[::1]:8443`` or ``localhost:8080``."""
-        if text.startswith("["):
-            end = text.find("]")
-            if end < 0 or text[end + 1 : end + 2] != ":":
-                raise _not_listen(path, text, "expected [IPv6]:port")
-            host_text, port_text = text[1:end], text[end + 2 :]
-            try:
-                host = str(ipaddress.IPv6Address(host_text))
-            except ValueError:
-                raise _not_listen(path, text, "brackets must hold an IPv6 address") from None
-        else:
-            host_text, colon, port_text = text.rpartition(":")
-            if not colon:
-                raise _not_listen(path, text, "no ':port'")
-            if ":" in host_text:
-                raise _not_listen(path, text, "write an IPv6 address in brackets, e.g. [::1]:8443")
-            if not host_text:
-                raise _not_listen(path, text, "the host is empty (use 0.0.0.0 for all interfaces)")
-            try:
-                host = _host(host_text)
-            except ValueError as exc:
-                raise _not_listen(path, text, str(exc)) from None
-        if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or int(port_text) > 65535:
-            raise _not_listen(path, text, "the port must be a number from 0 to 65535")
-        return cls(host, int(port_text))
-
-    @property
-    def is_loopback(self) -> bool:
-        """True for 127.0.0.0/8, ::1 and ``localhost``: reachable from this pod/host only."""
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host == "localhost"
-
-    @property
-    def is_wildcard(self) -> bool:
-        """True for 0.0.0.0 and ``::`` (all interfaces)."""
-        return self.host in ("0.0.0.0", "::")  # noqa: S104 -- a comparison, not a bind
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+_SEE_BELOW = "see below"
+_ABSENT = "absent"
 
 
-def _not_listen(path: str, text: str, why: str) -> ConfigError:
-    return ConfigError(path, f"not a host:port address: {why} (got {_short(text)})")
+def _read(section: Section, value: object, path: str) -> Fields:
+    """Open ``value`` as ``section`` of the configuration (``UNSUPPORTED_KEYS`` as it is now)."""
+    return read(section, value, path, schema=Schema(PLACES, UNSUPPORTED_KEYS))
+
+
+# ----------------------------------------------------------------------------- limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Sizes (bytes) and timeouts (seconds) of one listener; see docs/configuration.md#timeouts."""
 
-    max_request_body: int = 4 * MIB
-    """Largest request body accepted; a bigger one is answered 413."""
-    max_header_size: int = 16 * KIB
-    """Largest request line or single header line."""
-    header_timeout: float = 10.0
-    """The whole request head must arrive within this (slowloris)."""
-    keepalive_timeout: float = 75.0
-    """How long an idle downstream connection is kept open between requests."""
-    connect_timeout: float = 5.0
-    """Upstream TCP (+TLS) connect; 504 on timeout, 502 on refusal."""
-    idle_timeout: float = 60.0
-    """Longest silence from upstream while waiting for the response head or inside a non-SSE
-    body; 504 (or the stream is cut) when exceeded."""
-    total_timeout: float = 300.0
-    """Whole exchange for non-SSE responses; 504. SSE streams are exempt."""
-    sse_heartbeat: float = 15.0
-    """Interval of the SSE comment line sent downstream while upstream is quiet; 0 = off."""
+    max_request_body: int = key(
+        size(1, GIB, "1 byte", "1GiB"),
+        "Largest request body accepted (1 byte .. 1GiB); a bigger one is answered 413.",
+        default=4 * MIB,
+    )
+    max_header_size: int = key(
+        size(KIB, MIB, "1KiB", "1MiB"),
+        "Largest request line and largest single header line (1KiB .. 1MiB).",
+        default=16 * KIB,
+    )
+    header_timeout: float = key(
+        TIMEOUT,
+        "The whole request head (request line + headers) must arrive within this of its first "
+        "byte (or of the connection's start); a request body may not go quiet for longer than "
+        "this either. Defeats slowloris clients. On a TLS inbound it also bounds the TLS "
+        "handshake, from accept.",
+        default=10.0,
+    )
+    keepalive_timeout: float = key(
+        TIMEOUT,
+        "How long an idle downstream connection is kept open between requests.",
+        default=75.0,
+    )
+    connect_timeout: float = key(
+        TIMEOUT,
+        "Upstream TCP connect (and, on the outbound side, the TLS handshake). Timeout → 504; "
+        "refusal → 502.",
+        default=5.0,
+    )
+    idle_timeout: float = key(
+        TIMEOUT,
+        "Longest silence from upstream while waiting for the response head, or between bytes "
+        "of a non-SSE response body. Before the head: 504; inside a body the stream is cut. "
+        "Does not apply inside an SSE stream.",
+        default=60.0,
+    )
+    total_timeout: float = key(
+        TIMEOUT,
+        "Upper bound for a whole non-SSE exchange; 504 if the response has not started. SSE "
+        "streams are exempt.",
+        default=300.0,
+    )
+    sse_heartbeat: float = key(
+        DURATION,
+        "While an SSE stream from upstream is quiet, send an SSE comment line (`: keepalive`) "
+        "downstream this often. `0` = off.",
+        default=15.0,
+    )
+
+
+LIMITS = Section("limits", keys_of(Limits), shared=True)
+
+
+def _limits(value: object, path: str) -> Limits:
+    return _read(LIMITS, value, path).build(Limits)
+
+
+LIMITS_VALUE = section_value(LIMITS, _limits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,74 +246,303 @@ class CircuitBreakers:
     local server): past a threshold a request is answered 503 ``upstream_overflow`` at once
     instead of piling onto a saturated upstream. Defaults are Envoy's."""
 
-    max_connections: int = 1024
-    """Connections open to the upstream at once (busy, idle or being opened); each SSE stream
-    holds one for its whole life."""
-    max_pending_requests: int = 1024
-    """Requests waiting for a connection while ``max_connections`` are busy; each waits at
-    most ``connect_timeout``. 0: no waiting, overflow at once."""
-    max_requests: int = 1024
-    """Requests in flight to the upstream at once, waiting ones included (until the answer's
-    last byte: an SSE stream counts for its whole life)."""
+    max_connections: int = key(
+        whole_number(1, MAX_CIRCUIT_BREAKER),
+        "Connections open to the upstream at once: busy, idle in the pool, or being opened. A "
+        "request that finds all of them busy waits for one (`max_pending_requests`). Each "
+        "open SSE stream holds one.",
+        default=1024,
+    )
+    max_pending_requests: int = key(
+        whole_number(0, MAX_CIRCUIT_BREAKER),
+        "Requests waiting for a connection while `max_connections` are busy; each waits at "
+        "most `connect_timeout`, first come first served. `0`: no waiting, such a request "
+        "overflows at once.",
+        default=1024,
+    )
+    max_requests: int = key(
+        whole_number(1, MAX_CIRCUIT_BREAKER),
+        "Requests in flight to the upstream at once, waiting ones included, each from the "
+        "moment it is sent on until the last byte of its answer: an SSE stream counts for as "
+        "long as it is open.",
+        default=1024,
+    )
+
+
+CIRCUIT_BREAKERS = Section("circuit_breakers", keys_of(CircuitBreakers), shared=True)
+
+
+def _circuit_breakers(
+    value: object, path: str, base: CircuitBreakers = CircuitBreakers()
+) -> CircuitBreakers:
+    """The thresholds given, the others from ``base`` (the outbound's for a route)."""
+    f = _read(CIRCUIT_BREAKERS, value, path)
+    given = f.values(CircuitBreakers)
+    f.check()
+    return dataclasses.replace(base, **given)
+
+
+CIRCUIT_BREAKERS_VALUE = section_value(CIRCUIT_BREAKERS, _circuit_breakers)
+_SEE_LIMITS = "see [limits](#limits)"
+_SEE_BREAKERS = "see [circuit_breakers](#circuit_breakers)"
+
+
+# ---------------------------------------------------------------------------- token layer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JwtSvidConfig:
     """``inbound.jwt_svid``: every request must carry a JWT-SVID (``Authorization: Bearer``)."""
 
-    audiences: tuple[str, ...]
-    """The token's ``aud`` must contain at least one of these (usually our own SPIFFE ID)."""
-    bind_to_peer: bool
-    """The token's ``sub`` must equal the mTLS peer's SPIFFE ID (parser default: true with
-    ``mtls: required``; never true with ``mtls: off``, where there is no peer)."""
-    leeway: float = 30.0
-    """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat`` (seconds, 0..300)."""
-    algorithms: tuple[str, ...] = JWT_ALGORITHMS
-    """Accepted JWS ``alg`` values: a non-empty subset of ``JWT_ALGORITHMS``."""
+    audiences: tuple[str, ...] = key(
+        AUDIENCES,
+        "Non-empty; each entry a non-empty string, usually this server's own SPIFFE ID "
+        "(`spiffe://example.org/ns/mcp/sa/math`) or URL. A JWT-SVID is accepted only if its "
+        "`aud` contains at least one of them. Duplicates are dropped.",
+        required="the audiences a JWT-SVID must name, e.g. [spiffe://example.org/ns/mcp/sa/math]",
+    )
+    bind_to_peer: bool = key(
+        BOOLEAN,
+        "The token's `sub` must equal the SPIFFE ID of the mTLS peer, so a JWT-SVID cannot be "
+        "relayed by another workload. `true` is an error with `mtls: off` (there is no peer).",
+        shown="`true` with `mtls: required`, `false` with `mtls: off`",
+    )
+    leeway: float = key(
+        LEEWAY,
+        "Clock skew tolerated when checking `exp`, `nbf` and `iat`; `0` to `5m`.",
+        default=30.0,
+    )
+    algorithms: tuple[str, ...] = key(
+        ALGORITHMS,
+        "The accepted JWS `alg` values: a non-empty subset of that list (case-sensitive). "
+        "Anything else is an error naming its index; `none` (unsigned) and "
+        "`HS256`/`HS384`/`HS512` (shared-secret) are refused outright.",
+        default=JWT_ALGORITHMS,
+        shown="all of " + ", ".join(f"`{alg}`" for alg in JWT_ALGORITHMS),
+    )
+
+
+JWT_SVID = Section("inbound.jwt_svid", keys_of(JwtSvidConfig))
+
+
+def _jwt_svid(value: object, path: str, mtls: MtlsMode = "required") -> JwtSvidConfig:
+    f = _read(JWT_SVID, value, path)
+    bind_to_peer = f.get("bind_to_peer", default=mtls == "required")
+    if mtls == "off" and bind_to_peer and "bind_to_peer" in f:
+        f.error(
+            "cannot be true with inbound.mtls: 'off': there is no mTLS peer whose SPIFFE ID "
+            "the token's sub could be bound to; set it to false",
+            "bind_to_peer",
+        )
+    return f.build(JwtSvidConfig, bind_to_peer=bind_to_peer)
+
+
+def _inline_jwks(value: object, path: str) -> str:
+    """A JWKS written as YAML -> canonical JSON text (the dataclass stays hashable)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            path,
+            "expected a JWKS: a mapping with a 'keys' list, e.g. {keys: [{kty: RSA, kid: k1, "
+            f"n: ..., e: AQAB}}]}}; got {got(value)}",
+        )
+    keys_path = f"{path}.keys"
+    if "keys" not in value:
+        raise ConfigError(keys_path, "required (the JWKS 'keys' list)")
+    items = value["keys"]
+    if isinstance(items, str) or not isinstance(items, list | tuple):
+        raise ConfigError(
+            keys_path, f"expected a list of JWKs (mappings with kty and kid), got {got(items)}"
+        )
+    if not items:
+        raise ConfigError(keys_path, "must not be empty: with no keys no token can be valid")
+    problems: list[ConfigError] = []
+    kids: dict[str, int] = {}
+    for index, item in enumerate(items):
+        item_path = f"{keys_path}[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                ConfigError(
+                    item_path, f"expected a JWK (a mapping with kty and kid), got {got(item)}"
+                )
+            )
+            continue
+        for member in ("kty", "kid"):
+            if member not in item:
+                problems.append(
+                    ConfigError(f"{item_path}.{member}", "required in every inline key")
+                )
+            elif not isinstance(item[member], str) or not item[member]:
+                problems.append(
+                    ConfigError(
+                        f"{item_path}.{member}",
+                        f"expected a non-empty string, got {got(item[member])}",
+                    )
+                )
+        kty, kid = item.get("kty"), item.get("kid")
+        if kty == "oct":
+            problems.append(
+                ConfigError(
+                    f"{item_path}.kty",
+                    "'oct' (symmetric) keys are refused: a shared secret lets whoever holds it "
+                    "mint tokens; give the issuer's public keys (RSA or EC)",
+                )
+            )
+        private = [member for member in ("d", "p", "q", "dp", "dq", "qi", "k") if member in item]
+        if private and kty != "oct":
+            problems.append(
+                ConfigError(
+                    item_path,
+                    f"contains private key material ({', '.join(private)}); give only the "
+                    "public key",
+                )
+            )
+        if isinstance(kid, str) and kid:
+            if kid in kids:
+                problems.append(
+                    ConfigError(
+                        f"{item_path}.kid",
+                        f"duplicate kid {short(kid)} (also keys[{kids[kid]}]); which key "
+                        "verifies a token would be ambiguous",
+                    )
+                )
+            kids.setdefault(kid, index)
+    if problems:
+        raise ConfigErrors(problems)
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        plain = json.loads(text) == value
+    except (TypeError, ValueError, RecursionError):
+        plain = False
+    if not plain:
+        raise ConfigError(
+            path,
+            "must be plain JSON data: string keys; strings, finite numbers, booleans, null, "
+            "lists and mappings (quote dates and other YAML-typed values)",
+        )
+    return text
+
+
+_JWKS = Value(_inline_jwks, "mapping", {"type": "object", "required": ["keys"]})
+_SAME_LEEWAY = "Clock skew tolerated when checking `exp`, `nbf` and `iat`; `0` to `5m`."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OAuthConfig:
-    """``inbound.oauth``: OAuth 2.1 resource server (MCP authorization) for JWT access tokens."""
+    """``inbound.oauth``: OAuth 2.1 resource server (MCP authorization) for JWT access tokens.
+    ``issuer`` and ``audience`` are kept exactly as configured (token claims are compared byte
+    for byte); exactly one key source (``jwks_uri``, ``jwks`` as canonical JSON text, or
+    ``discovery``) is set."""
 
-    issuer: str
-    """The authorization server's issuer identifier, exactly as configured: ``iss`` must match
-    it byte for byte (no normalisation, a trailing slash matters)."""
-    audience: str
-    """This MCP server's RFC 8707 resource URL (``https://mcp.example.com/mcp``), exactly as
-    configured: ``aud`` must contain it; it is also the metadata's ``resource``."""
-    jwks_uri: str | None = None
-    """Where the signing keys are fetched (exact URL), or None."""
-    jwks: str | None = None
-    """An inline JWKS as canonical JSON text (``json.dumps(..., sort_keys=True)``), or None."""
-    discovery: bool
-    """Find ``jwks_uri`` in the issuer's metadata (parser default: true when neither
-    ``jwks_uri`` nor ``jwks`` is given). Exactly one key source is set."""
-    required_scopes: tuple[str, ...] = ()
-    """Every one must be in the token's ``scope``; otherwise 403 insufficient_scope."""
-    scopes_supported: tuple[str, ...] = ()
-    """Advertised in the RFC 9728 metadata (parser default: ``required_scopes``)."""
-    authorization_servers: tuple[str, ...] = ()
-    """Advertised in the RFC 9728 metadata (parser default: ``(issuer,)``)."""
-    typ: str | None = None
-    """If set, the JWT ``typ`` header required (e.g. ``at+jwt``, RFC 9068)."""
-    leeway: float = 30.0
-    """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat`` (seconds, 0..300)."""
-    algorithms: tuple[str, ...] = JWT_ALGORITHMS
-    """Accepted JWS ``alg`` values: a non-empty subset of ``JWT_ALGORITHMS``."""
-    jwks_cache_ttl: float = 300.0
-    """How long fetched keys are used before they are fetched again (seconds, > 0)."""
-    jwks_refresh_interval: float = 30.0
-    """Minimum time between two refreshes triggered by an unknown ``kid`` (seconds, > 0)."""
-    require_cnf: bool = False
-    """RFC 8705: the token's ``cnf.x5t#S256`` must match the mTLS client certificate."""
-    bind_actor_to_peer: bool = False
-    """A delegated token's current actor (RFC 8693 ``act.sub``) must be the mTLS peer's SPIFFE
-    ID (parser default: true with ``mtls: required``; never true with ``mtls: off``)."""
-    roles_claim: str = "roles"
-    """Claim read as the caller's roles."""
-    groups_claim: str = "groups"
-    """Claim read as the caller's groups."""
+    issuer: str = key(
+        ISSUER_URL,
+        "The authorization server's issuer identifier, e.g. "
+        "`https://auth.example.com/realms/mcp`. `https://` (`http://` only for a loopback "
+        "host: `127.0.0.1`, `[::1]`, `localhost`), no query, fragment or user info, printable "
+        "ASCII. **Kept exactly as written**: a token's `iss` must equal it byte for byte (a "
+        "trailing `/` matters).",
+        required="the authorization server's issuer identifier, e.g. https://auth.example.com",
+    )
+    audience: str = key(
+        RESOURCE_URL,
+        "This MCP server's resource URL (RFC 8707 resource indicator), e.g. "
+        "`https://mcp.example.com/mcp`: what clients send as `resource` to the authorization "
+        "server. Same URL rules as `issuer`; kept exactly. A token's `aud` must contain it; "
+        "it is the `resource` of the protected resource metadata, and its path is the suffix "
+        "of the metadata URL.",
+        required="this MCP server's resource URL (RFC 8707), e.g. https://mcp.example.com/mcp",
+    )
+    jwks_uri: str | None = key(
+        JWKS_URI,
+        "Where the issuer's signing keys (a JWKS) are fetched. `https://` (`http://` only on "
+        "loopback); a query is allowed, a fragment is not.",
+        default=None,
+    )
+    jwks: str | None = key(
+        _JWKS,
+        "An inline JWKS, written as YAML (or JSON, which is YAML): a mapping with a non-empty "
+        "`keys` list; every key a mapping with a non-empty `kty` and `kid` (kids unique). "
+        "`kty: oct` (symmetric) keys and private key members (`d`, `p`, `q`, `dp`, `dq`, "
+        "`qi`) are errors. Values must be plain JSON data (quote anything YAML would read as "
+        "a date). Kept as canonical JSON text (keys sorted).",
+        default=None,
+    )
+    discovery: bool = key(
+        BOOLEAN,
+        "Find the `jwks_uri` in the issuer's authorization server metadata (OpenID Connect "
+        "`/.well-known/openid-configuration` or RFC 8414 "
+        "`/.well-known/oauth-authorization-server`) derived from `issuer`. Exactly one source "
+        "of signing keys: at most one of `jwks_uri`, `jwks`, `discovery: true` may be given, "
+        "and `discovery: false` needs one of the other two.",
+        shown="`true` when neither `jwks_uri` nor `jwks` is given, else `false`",
+    )
+    required_scopes: tuple[str, ...] = key(
+        SCOPES,
+        "Every one must be in the token's `scope` claim; otherwise 403 `insufficient_scope` "
+        'naming them (step-up). Each entry one scope token (printable ASCII, no spaces, `"` '
+        "or `\\`); duplicates dropped.",
+        default=(),
+    )
+    scopes_supported: tuple[str, ...] = key(
+        SCOPES,
+        "Advertised in the protected resource metadata. Must include every required scope.",
+        default=(),
+        shown="`required_scopes`",
+    )
+    authorization_servers: tuple[str, ...] = key(
+        AUTHORIZATION_SERVERS,
+        "Advertised in the protected resource metadata: where MCP clients go to obtain a "
+        "token. Same URL rules as `issuer`; not empty if given.",
+        default=(),
+        shown="`[issuer]`",
+    )
+    typ: str | None = key(
+        TYP,
+        "If set, the JWT `typ` header the token must carry, e.g. `at+jwt` (RFC 9068 JWT "
+        "access tokens), which keeps ID tokens and other JWTs from the same issuer out.",
+        default=None,
+    )
+    leeway: float = key(LEEWAY, _SAME_LEEWAY, default=30.0)
+    algorithms: tuple[str, ...] = key(
+        ALGORITHMS,
+        "As for `jwt_svid.algorithms`.",
+        default=JWT_ALGORITHMS,
+        shown=f"all of `{JWT_ALGORITHMS[0]}` … `{JWT_ALGORITHMS[-1]}`",
+    )
+    jwks_cache_ttl: float = key(
+        TIMEOUT,
+        "How long fetched signing keys are used before they are fetched again.",
+        default=300.0,
+    )
+    jwks_refresh_interval: float = key(
+        TIMEOUT,
+        "A token naming an unknown `kid` triggers a refetch (key rotation), but at most once "
+        "per this interval, so garbage tokens cannot make the sidecar hammer the issuer.",
+        default=30.0,
+    )
+    require_cnf: bool = key(
+        BOOLEAN,
+        "RFC 8705 certificate-bound access tokens: every token must carry `cnf.x5t#S256` "
+        "equal to the SHA-256 thumbprint of the client certificate of this mTLS connection. "
+        "An error with `mtls: off`.",
+        default=False,
+    )
+    bind_actor_to_peer: bool = key(
+        BOOLEAN,
+        "A **delegated** token (RFC 8693 `act` claim, see "
+        "[Delegation](#delegation-token-exchange-on-behalf-of-a-user)) is accepted only from "
+        "its current actor: `act.sub` must equal the mTLS peer's SPIFFE ID, so an exchanged "
+        "token copied off the agent that obtained it is refused (`401`, reason "
+        "`actor_mismatch`) over any other workload's connection. Tokens without `act` are not "
+        "affected. `true` is an error with `mtls: off`.",
+        default=False,
+        shown="`true` with `mtls: required`, `false` with `mtls: off`",
+    )
+    roles_claim: str = key(
+        claim_name("roles"), "Name of the claim that holds the caller's roles.", default="roles"
+    )
+    groups_claim: str = key(
+        claim_name("groups"), "Name of the claim that holds the caller's groups.", default="groups"
+    )
 
     @property
     def resource_metadata_path(self) -> str:
@@ -412,14 +553,139 @@ class OAuthConfig:
         return RESOURCE_METADATA_PATH + ("" if path in ("", "/") else path)
 
 
+OAUTH = Section("inbound.oauth", keys_of(OAuthConfig))
+
+
+def _oauth(value: object, path: str, mtls: MtlsMode = "required") -> OAuthConfig:
+    f = _read(OAUTH, value, path)
+    issuer = f.get("issuer")
+    required_scopes = f.get("required_scopes")
+    scopes_supported = f.get("scopes_supported", default=None)
+    discovery = f.get("discovery", default="jwks_uri" not in f and "jwks" not in f)
+    require_cnf = f.get("require_cnf")
+    bind_actor = f.get("bind_actor_to_peer", default=mtls == "required")
+    sources = [name for name in ("jwks_uri", "jwks") if name in f]
+    if discovery and "discovery" in f:
+        sources.append("discovery: true")
+    if len(sources) > 1:
+        f.error(
+            f"give one source of signing keys, not {' and '.join(sources)}: jwks_uri, jwks "
+            "and discovery: true are alternatives"
+        )
+    elif not sources and not discovery:
+        f.error(
+            "no source of signing keys: give jwks_uri or jwks, or leave discovery true "
+            "(the issuer's metadata names its jwks_uri)"
+        )
+    if scopes_supported is not None:
+        missing = [scope for scope in required_scopes if scope not in scopes_supported]
+        if missing:
+            f.error(
+                f"must include every required scope (missing: {', '.join(missing)}); "
+                "clients learn what to ask for from it",
+                "scopes_supported",
+            )
+    if mtls == "off" and require_cnf:
+        f.error(
+            "cannot be true with inbound.mtls: 'off': there is no client certificate to "
+            "match the token's cnf.x5t#S256 against; set it to false",
+            "require_cnf",
+        )
+    if mtls == "off" and bind_actor and "bind_actor_to_peer" in f:
+        f.error(
+            "cannot be true with inbound.mtls: 'off': there is no mTLS peer the actor of a "
+            "delegated token could be bound to; set it to false",
+            "bind_actor_to_peer",
+        )
+    return f.build(
+        OAuthConfig,
+        discovery=discovery,
+        scopes_supported=required_scopes if scopes_supported is None else scopes_supported,
+        authorization_servers=f.get("authorization_servers", default=(issuer,)),
+        bind_actor_to_peer=bind_actor,
+    )
+
+
+# --------------------------------------------------------------- MCP policy, API keys
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class McpPolicyConfig:
     """``inbound.mcp_policy``: the policy inline, or loaded from ``file`` (a mounted ConfigMap)
     and reloaded when the file changes (polled every ``reload_interval``)."""
 
     policy: Policy
-    file: str | None = None
-    reload_interval: float = 2.0
+    file: str | None = key(
+        Value(
+            lambda v, p: as_string(v, p, "/etc/mcp-sidecar/policy.yaml"),
+            "string",
+            {"type": "string", "minLength": 1},
+        ),
+        "Path of a YAML file holding a policy document (`default:` / `rules:` / `dry_run:`, "
+        "nothing else), e.g. `/etc/mcp-sidecar/policy.yaml`. Use an absolute path: a relative "
+        "one is resolved against the sidecar's working directory, not against this file. Read "
+        "and validated at start-up (and by `check-config`): a missing or invalid file is a "
+        "configuration error, reported as `inbound.mcp_policy.file: <path>: <problem>`. "
+        "Afterwards it is watched and reloaded, see [Policy file and hot "
+        "reload](#policy-file-and-hot-reload).",
+        default=None,
+        required="path of the policy YAML file",
+        shown="**required** (file form)",
+    )
+    reload_interval: float = key(
+        TIMEOUT, "How often the file is checked for changes (file form only).", default=2.0
+    )
+
+
+POLICY_FILE = Section("inbound.mcp_policy.file", keys_of(McpPolicyConfig))
+
+
+def _file_problems(f: Fields, name: str, file: str, exc: ConfigErrors) -> None:
+    """The problems of a file named by key ``name``, reported under that key."""
+    for problem in exc.problems:
+        f.error(f"{file}: {problem}", name)
+
+
+def _mcp_policy(value: object, path: str) -> McpPolicyConfig:
+    """Inline (``default:``/``rules:``) or ``{file: PATH, reload_interval: 2s}``."""
+    if value is None:  # "mcp_policy:" with everything under it commented out
+        raise ConfigError(
+            path,
+            "empty: give a policy (default: deny, rules: [...]) or {file: PATH}; an empty "
+            "policy would silently allow every call",
+        )
+    if not (isinstance(value, Mapping) and "file" in value):
+        return McpPolicyConfig(policy=parse_policy(value, path=path))
+    dry_run = "dry_run" in value
+    if dry_run:  # one place, reloaded with the rules it is about
+        value = {name: item for name, item in value.items() if name != "dry_run"}
+    f = _read(POLICY_FILE, value, path)
+    if dry_run:
+        f.error(
+            "belongs in the policy file, next to default and rules (it is reloaded with them)",
+            "dry_run",
+        )
+    values = f.values(McpPolicyConfig, policy=None)
+    if "file" in values:  # read even if other keys are wrong: every problem at once
+        try:
+            values["policy"] = load_policy_file(values["file"])
+        except ConfigErrors as exc:
+            _file_problems(f, "file", values["file"], exc)
+    f.check()
+    return McpPolicyConfig(**values)
+
+
+_MCP_POLICY = Value(
+    _mcp_policy,
+    "mapping",
+    {
+        "oneOf": [
+            {"$ref": f"#/$defs/{definition_name(POLICY_SECTION)}"},
+            {"$ref": f"#/$defs/{definition_name(POLICY_FILE)}"},
+        ]
+    },
+    sections=(POLICY_SECTION, POLICY_FILE),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -429,76 +695,332 @@ class ApiKeysConfig:
 
     keys: ApiKeys = field(compare=False)
     """The key set read at start-up (and by ``check-config``)."""
-    file: str
-    header: str = "Authorization"
-    reload_interval: float = 2.0
+    file: str = key(
+        file_path("/etc/mcp-sidecar/api-keys/keys.yaml"),
+        "The key file: a YAML document `keys: [...]` holding only salted **hashes** of the "
+        "keys (see [API keys](#api-keys)), normally a mounted Kubernetes Secret, e.g. "
+        "`/etc/mcp-sidecar/api-keys/keys.yaml`. Read and validated at start-up (and by "
+        "`check-config`): a missing or invalid file is a configuration error, reported as "
+        "`inbound.api_keys.file: <path>: <problem>`. Afterwards reloaded when it changes.",
+        required="path of the key file (hashes only, see mcp-sidecar api-key create)",
+    )
+    header: str = key(
+        HEADER_NAME,
+        "Where clients send the key: `Authorization: Bearer mcpk_...` (then a bearer token "
+        "without the `mcpk_` prefix goes to the other token layers), or any other header "
+        "holding the bare key, e.g. `X-API-Key`. The header is never forwarded upstream.",
+        default="Authorization",
+    )
+    reload_interval: float = key(
+        TIMEOUT,
+        "How often the file is checked for changes. A removed or replaced key is refused from "
+        "the first check after the change on.",
+        default=2.0,
+    )
+
+
+API_KEYS = Section("inbound.api_keys", keys_of(ApiKeysConfig))
+
+
+def _api_keys(value: object, path: str) -> ApiKeysConfig:
+    f = _read(API_KEYS, value, path)
+    values = f.values(ApiKeysConfig, keys=None)
+    if "file" in values:  # read even if other keys are wrong: every problem at once
+        try:
+            values["keys"] = load_api_key_file(values["file"])
+        except ConfigErrors as exc:
+            _file_problems(f, "file", values["file"], exc)
+    f.check()
+    return ApiKeysConfig(**values)
+
+
+# ------------------------------------------------------------------------ multiplexing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TargetConfig:
-    """One MCP server behind a multiplexing endpoint, reached over mTLS."""
+    """One MCP server behind a multiplexing endpoint, reached over mTLS. ``upstream`` is
+    normalised (explicit port); ``sni`` is its host when that is a name (not a key)."""
 
-    name: str
-    """Unique within its endpoint; prefixes the target's names (``math__add``)."""
-    upstream: str
-    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port)."""
-    server_spiffe_id: SpiffeId
-    """The exact SPIFFE ID the server must present."""
-    path: str | None = None
-    """The server's MCP endpoint path; None = the path of the client's request (after
-    ``strip_prefix``)."""
-    jwt_svid_audience: str | None = None
-    """If set, a JWT-SVID for this audience is sent to this target as ``Authorization``."""
+    name: str = key(
+        TARGET_NAME,
+        "A lowercase letter, then lowercase letters, digits and `-`, at most 32 characters; "
+        "unique. Prefixes the target's tool and prompt names (`math__add`) and resource URIs "
+        "(`math+file:///a`). It may not contain `_`: names are joined with the separator "
+        "`__`.",
+        required="a short unique name, e.g. math",
+    )
+    upstream: str = key(
+        SIDECAR_URL,
+        "The server's inbound sidecar, `https://host[:port]` as for a route's `upstream`: the "
+        "target is always reached over mTLS, with the host as SNI when it is a name (as a "
+        "route without `sni`).",
+        required="the server sidecar's URL, e.g. https://math.mcp.svc:8443",
+    )
+    server_spiffe_id: SpiffeId = key(
+        SERVER_SPIFFE_ID,
+        "The exact SPIFFE ID this target must present (each target has its own).",
+        required="the exact SPIFFE ID the server must present, e.g. "
+        "spiffe://example.org/ns/mcp/sa/math",
+    )
+    path: str | None = key(
+        PATH_PREFIX,
+        "The target's MCP endpoint path, e.g. `/mcp`. By default the path of the client's "
+        "request (after `strip_prefix`) is used for every target.",
+        default=None,
+        shown="the request's path",
+    )
+    jwt_svid_audience: str | None = key(
+        JWT_SVID_AUDIENCE,
+        "Attach a JWT-SVID for this audience to every request to this target.",
+        default=None,
+    )
     sni: str | None = None
     """The TLS server name sent to this target: its upstream's host when it is a name."""
 
 
+TARGET = Section("targets[]", keys_of(TargetConfig))
+
+
+def _target(value: object, path: str) -> TargetConfig:
+    f = _read(TARGET, value, path)
+    upstream = f.get("upstream")
+    return f.build(TargetConfig, sni=default_sni(upstream) if upstream else None)
+
+
+def _targets(value: object, path: str) -> tuple[TargetConfig, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            path, f"expected a list of targets (name, upstream, server_spiffe_id), got {got(value)}"
+        )
+    if not value:
+        raise ConfigError(path, "at least one target is required")
+    problems: list[ConfigError] = []
+    targets = parse_items(value, path, _target, problems)
+    for index, target, first in repeated(targets, lambda target: target.name):
+        problems.append(
+            ConfigError(
+                f"{path}[{index}].name",
+                f"duplicate target name {target.name!r} (also {path}[{first}])",
+            )
+        )
+    for index, target, first in repeated(targets, lambda target: (target.upstream, target.path)):
+        problems.append(
+            ConfigError(
+                f"{path}[{index}].upstream",
+                f"the same server as {path}[{first}] ({target.upstream}{target.path or ''}): "
+                "every one of its names would be served twice",
+            )
+        )
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(target for _, target in targets)
+
+
+TARGETS = section_value(TARGET, _targets, many="list of targets")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MuxConfig:
-    """A multiplexing endpoint: several MCP servers presented as one (``sidecar.mcp.mux``)."""
+    """A multiplexing endpoint: several MCP servers presented as one (``sidecar.mcp.mux``).
+    Its keys sit in the route (or edge-gateway inbound) that has ``targets``."""
 
     targets: tuple[TargetConfig, ...]
-    prefix_mode: PrefixMode = "multiple"
-    """When tool and prompt names carry their target (``sidecar.mcp.mux.names``)."""
-    session_idle: float = 1800.0
-    """A client session unused this long is ended (its targets' sessions are deleted)."""
-    max_sessions: int = 1000
-    """Most client sessions kept; beyond it the least recently used one is ended."""
-    target_wait: float = 10.0
-    """How long a fan-out (initialize, lists) waits for one target before answering without
-    it (the target counts as unavailable for that answer)."""
+    prefix_mode: PrefixMode = key(
+        PREFIX_MODE,
+        "Only with `targets`: when tool and prompt names carry their target (`math__add`), "
+        "see [Names](#names-and-resource-uris).",
+        default="multiple",
+    )
+    session_idle: float = key(
+        TIMEOUT,
+        "Only with `targets`: a client session unused this long is ended (and its targets' "
+        "sessions deleted).",
+        default=1800.0,
+    )
+    max_sessions: int = key(
+        MAX_SESSIONS,
+        "Only with `targets`: most client sessions kept; beyond it the least recently used "
+        "one is ended.",
+        default=1000,
+    )
+    target_wait: float = key(
+        TIMEOUT,
+        "Only with `targets`: how long `initialize` and the list methods wait for one target "
+        "before answering without it (it is then reported unavailable for that answer).",
+        default=10.0,
+    )
+
+
+def _targets_key(doc: str) -> Key:
+    """``targets`` of a route or an edge-gateway inbound (the same key, told apart in docs)."""
+    return Key(
+        name="targets", value=TARGETS, doc=doc, attr="targets", owner=MuxConfig, shown=_ABSENT
+    )
+
+
+MUX_OPTIONS = keys_of(MuxConfig)
+MUX_KEYS = ("targets", *(k.name for k in MUX_OPTIONS))
+"""The keys of a multiplexing route (and of an edge gateway's inbound), besides ``targets``
+only meaningful with it."""
+
+
+def _mux(f: Fields) -> MuxConfig | None:
+    """The ``MUX_KEYS`` of a route or an inbound section: None without ``targets`` (the other
+    keys are then errors) or when they have problems (recorded)."""
+    if "targets" not in f:
+        for name in MUX_KEYS[1:]:
+            if name in f:
+                f.error(
+                    "only used with targets (an endpoint multiplexing several MCP servers)", name
+                )
+        return None
+    values = f.values(MuxConfig)
+    return MuxConfig(**values) if "targets" in values else None
+
+
+def _check_rule_names(f: Fields, mux: MuxConfig, policy: Policy, path: str) -> None:
+    """An edge gateway's rules see multiplexed names (``math__add``): a rule naming a bare
+    tool, or a target that does not exist, could never match - for a deny rule, a silent
+    allow. Known at start-up, so refused here."""
+    naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
+    for index, rule in enumerate(policy.rules):
+        for name, globs in (("tools", rule.tools), ("prompts", rule.prompts)):
+            for glob in globs or ():
+                problem = pattern_problem(naming, glob.text)
+                if problem is not None:
+                    f.problems.add(f"{path}.rules[{index}].{name}", problem)
+
+
+# ------------------------------------------------------------------------------ inbound
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig:
-    """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server."""
+    """The MCP server side: mTLS (or, OAuth-only, plain HTTP) in, plain HTTP to the server.
+    ``upstream`` is normalised (lowercase host, explicit port) and None for an edge gateway,
+    which has ``mux`` instead; ``public_url`` is set iff ``oauth`` is."""
 
-    listen: ListenAddress
-    upstream: str | None
-    """``http://host:port`` of the MCP server, normalised (lowercase host, explicit port);
-    None for an edge gateway (``mux``)."""
+    listen: ListenAddress = key(
+        listen("0.0.0.0:8443"),
+        "Where clients connect: other sidecars with mTLS (e.g. `0.0.0.0:8443`), or, with "
+        "`mtls: off`, the ingress in plain HTTP.",
+        required="the mTLS listen address, e.g. 0.0.0.0:8443",
+    )
+    upstream: str | None = key(
+        LOCAL_UPSTREAM,
+        "The local MCP server, `http://host[:port]` (plain HTTP, normally loopback), no path: "
+        "the request path is forwarded as received once [normalised](#paths) (the query "
+        "unchanged). Normalised to an explicit port (`http://127.0.0.1:8000`).",
+        required="the local MCP server's URL, e.g. http://127.0.0.1:8000, or targets: the MCP "
+        "servers an edge gateway multiplexes",
+        when="unless `targets`",
+    )
+    public_url: str | None = key(
+        PUBLIC_URL,
+        "Only with `oauth`. The externally visible origin of this listener, "
+        "`https://host[:port]` without a path (not even `/`), query or user info, e.g. "
+        "`https://mcp.example.com`; normalised like `allowed_origins`. `http://` only for a "
+        "loopback host (`127.0.0.1`, `[::1]`, `localhost`). Used to build the RFC 9728 "
+        "`resource_metadata` URL of 401 answers: `public_url` + "
+        "`/.well-known/oauth-protected-resource` + the path of `oauth.audience`. Set it when "
+        "clients reach this server under another origin than the one in `oauth.audience`.",
+        default=None,
+        shown="the origin of `oauth.audience`",
+    )
+    mtls: MtlsMode = key(
+        MTLS,
+        "`required`: every client must present an X.509-SVID whose SPIFFE ID matches "
+        "`allow_spiffe_ids`. `off`: an **OAuth-only (or API-key) ingress** — allowed only "
+        "together with `oauth` or `api_keys` (otherwise: `'off' requires inbound.oauth or "
+        "inbound.api_keys (an unauthenticated ingress is refused)`). The listener then speaks "
+        "**plain HTTP**: it is meant to sit behind an ingress/gateway that terminates public "
+        "TLS, or to listen on loopback for desktop MCP clients. With `off`, "
+        "`allow_spiffe_ids` must be absent or empty, and `jwt_svid.bind_to_peer` and "
+        "`oauth.require_cnf` cannot be `true` (there is no peer certificate). `off` is a "
+        'plain string in this file; quote it (`mtls: "off"`) if the file also passes through '
+        "YAML 1.1 tools, which read a bare `off` as `false`.",
+        default="required",
+    )
+    allow_spiffe_ids: Allowlist = key(
+        ALLOWLIST,
+        "Who may connect. With `mtls: required` it is required and must not be empty (an "
+        "empty list would admit nobody). With `mtls: off` it must be absent or empty (there "
+        "are no peer IDs; a list would be silently ignored). Entries may name federated trust "
+        'domains. Example: `["spiffe://example.org/ns/agents/sa/*"]`.',
+        default_factory=Allowlist,
+        shown="**required** with `mtls: required`",
+    )
+    jwt_svid: JwtSvidConfig | None = key(
+        section_value(JWT_SVID, _jwt_svid),
+        "Require a JWT-SVID on every request, see [`inbound.jwt_svid`](#inboundjwt_svid) and "
+        "[Token layer](#token-layer).",
+        default=None,
+        shown=_ABSENT,
+    )
+    oauth: OAuthConfig | None = key(
+        section_value(OAUTH, _oauth),
+        "Act as an OAuth 2.1 resource server (MCP authorization), see "
+        "[`inbound.oauth`](#inboundoauth) and [Token layer](#token-layer).",
+        default=None,
+        shown=_ABSENT,
+    )
+    allowed_origins: tuple[str, ...] = key(
+        ORIGINS,
+        "If not empty, a request carrying an `Origin` header not in this list is refused with "
+        "403 (DNS-rebinding protection for browser clients), and `OPTIONS` requests (CORS "
+        "preflight) are accepted, see [methods](#methods). Entries are `scheme://host[:port]` "
+        "without a path, e.g. `https://app.example.com`; scheme and host are lowercased and a "
+        "default port (`:443`, `:80`) dropped. Empty = no Origin check.",
+        default=(),
+    )
+    forward_authorization: bool = key(
+        BOOLEAN,
+        "Pass the client's `Authorization` header to the MCP server. Off by default: a token "
+        "addressed to this sidecar must not be replayed upstream. **Must be `false` when "
+        "`jwt_svid` or `oauth` is configured** (MCP authorization forbids token passthrough).",
+        default=False,
+    )
+    limits: Limits = key(
+        LIMITS_VALUE,
+        "Sizes and timeouts of this listener.",
+        default_factory=Limits,
+        shown=_SEE_LIMITS,
+    )
+    mcp_policy: McpPolicyConfig | None = key(
+        _MCP_POLICY,
+        "Per-tool MCP authorization: which caller may call which method, tool, resource or "
+        "prompt, with which arguments. Inline (`default:` / `rules:`) or loaded from a file "
+        "that is reloaded when it changes (`file:` / `reload_interval:`), see "
+        "[`inbound.mcp_policy`](#inboundmcp_policy) and [MCP policy and rate "
+        "limits](#mcp-policy-and-rate-limits).",
+        default=None,
+        shown="absent (every admitted call is forwarded)",
+    )
+    rate_limits: tuple[RateLimit, ...] = key(
+        RATE_LIMITS,
+        "Token-bucket limits per caller and per (caller, tool), see "
+        "[`inbound.rate_limits[i]`](#inboundrate_limitsi) and [Rate limits](#rate-limits).",
+        default=(),
+        shown="`[]` (no limit)",
+    )
+    api_keys: ApiKeysConfig | None = key(
+        section_value(API_KEYS, _api_keys),
+        "Accept static API keys (hashed in a hot-reloaded file), see "
+        "[`inbound.api_keys`](#inboundapi_keys) and [API keys](#api-keys). The simple option; "
+        "OAuth is the recommended one.",
+        default=None,
+        shown=_ABSENT,
+    )
+    circuit_breakers: CircuitBreakers = key(
+        CIRCUIT_BREAKERS_VALUE,
+        "Connection and request limits towards the local MCP server, see [Circuit "
+        "breaking](#circuit-breaking).",
+        default_factory=CircuitBreakers,
+        shown=_SEE_BREAKERS,
+    )
     mux: MuxConfig | None = None
     """Edge-gateway mode: the MCP servers this listener multiplexes, instead of ``upstream``."""
-    mtls: MtlsMode = "required"
-    """``off`` only together with ``oauth``: the listener then speaks plain HTTP."""
-    allow_spiffe_ids: Allowlist = field(default_factory=Allowlist)
-    """Non-empty with ``mtls: required``; empty with ``mtls: off``."""
-    allowed_origins: tuple[str, ...] = ()
-    """Normalised origins (``https://app.example.com``); empty = no Origin check."""
-    forward_authorization: bool = False
-    """Never true when a token layer (``jwt_svid`` / ``oauth``) is configured."""
-    limits: Limits = field(default_factory=Limits)
-    jwt_svid: JwtSvidConfig | None = None
-    oauth: OAuthConfig | None = None
-    mcp_policy: McpPolicyConfig | None = None
-    rate_limits: tuple[RateLimit, ...] = ()
-    api_keys: ApiKeysConfig | None = None
-    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
-    """Of the pool to the local MCP server."""
-    public_url: str | None = None
-    """The listener's externally visible origin (``https://mcp.example.com``), normalised like
-    ``allowed_origins``; set (by default to the origin of ``oauth.audience``) iff ``oauth``
-    is."""
 
     @property
     def resource_metadata_url(self) -> str | None:
@@ -509,8 +1031,92 @@ class InboundConfig:
         return self.public_url + self.oauth.resource_metadata_path
 
 
-ClientAuth = Literal["jwt_svid", "client_secret"]
-CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("jwt_svid", "client_secret")
+INBOUND = Section(
+    "inbound",
+    (
+        *keys_of(InboundConfig),
+        _targets_key(
+            "**Edge-gateway mode**: instead of `upstream`, the MCP servers this listener presents "
+            "as one endpoint, each reached over mTLS with this sidecar's own SVID (see "
+            "[`targets[i]`](#targetsi) and [Multiplexing](#multiplexing-several-mcp-servers)). "
+            "Give `upstream` or `targets`, not both. `forward_authorization` must then be "
+            "`false`."
+        ),
+        *MUX_OPTIONS,
+    ),
+)
+
+
+def _inbound(value: object, path: str) -> InboundConfig:
+    f = _read(INBOUND, value, path)
+    f.get("listen")
+    mux = _mux(f)
+    upstream: str | None = None
+    if "targets" not in f:
+        upstream = f.get("upstream")
+    elif "upstream" in f:
+        f.error(
+            "give either upstream (the local MCP server) or targets (the MCP servers an edge "
+            "gateway multiplexes), not both",
+            "upstream",
+        )
+    mtls: MtlsMode = f.get("mtls")
+    allow: Allowlist = f.get("allow_spiffe_ids")
+    f.get("jwt_svid", lambda v, p: _jwt_svid(v, p, mtls))
+    oauth: OAuthConfig | None = f.get("oauth", lambda v, p: _oauth(v, p, mtls))
+    forward_authorization = f.get("forward_authorization")
+    mcp_policy: McpPolicyConfig | None = f.get("mcp_policy")
+    values = f.values(InboundConfig, upstream=upstream, mux=mux)
+    if "public_url" in f and "oauth" not in f:
+        f.error(
+            "only used with inbound.oauth (it builds the resource_metadata URL of the "
+            "OAuth 401 answer); remove it or configure oauth",
+            "public_url",
+        )
+    if forward_authorization and "targets" in f:
+        f.error(
+            "must be false with targets: an edge gateway authenticates to its targets with "
+            "its own SPIFFE identity and never passes the client's token on",
+            "forward_authorization",
+        )
+    elif forward_authorization and ("jwt_svid" in f or "oauth" in f or "api_keys" in f):
+        f.error(
+            "must be false with a token layer (jwt_svid, oauth or api_keys): the bearer "
+            "token is addressed to this sidecar and must never be passed upstream (MCP "
+            "authorization forbids token passthrough)",
+            "forward_authorization",
+        )
+    if mtls == "off":
+        allow_given = f.raw("allow_spiffe_ids")
+        if "oauth" not in f and "api_keys" not in f:
+            f.error(
+                "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated "
+                "ingress is refused)",
+                "mtls",
+            )
+        if allow_given is not None and allow_given != []:
+            f.error(
+                "must be empty or absent with mtls: 'off': without mTLS there is no peer "
+                "SPIFFE ID to check, so the allowlist would be silently ignored",
+                "allow_spiffe_ids",
+            )
+    elif "allow_spiffe_ids" not in f or (not f.bad("allow_spiffe_ids") and len(allow) == 0):
+        f.error(
+            ("empty" if "allow_spiffe_ids" in f else "required")
+            + ": with mtls: required only peers whose SPIFFE ID matches one of these patterns "
+            "may connect, so nobody could; list at least one, e.g. "
+            "spiffe://example.org/ns/agents/sa/*",
+            "allow_spiffe_ids",
+        )
+    if mux is not None and mcp_policy is not None:
+        _check_rule_names(f, mux, mcp_policy.policy, f.at("mcp_policy"))
+    if oauth is not None and "public_url" not in f:
+        values["public_url"] = origin_of(oauth.audience)
+    f.check()
+    return InboundConfig(**values)
+
+
+# ----------------------------------------------------------------------------- outbound
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -518,33 +1124,111 @@ class TokenExchangeConfig:
     """``outbound.routes[i].token_exchange``: trade the user's token from the agent's request
     for one addressed to this route's server at an RFC 8693 security token service (STS)."""
 
-    token_endpoint: str | None = None
-    """The STS's token endpoint; exactly one of it and ``issuer`` is set."""
-    issuer: str | None = None
-    """The STS's issuer: the token endpoint is discovered from its metadata (RFC 8414 / OIDC)."""
-    ca_file: str | None = None
-    """PEM file of the CAs that verify the STS's certificate; None = the system's CAs."""
-    client_auth: ClientAuth = "jwt_svid"
-    """``jwt_svid``: our JWT-SVID as RFC 7523 ``client_assertion``; ``client_secret``: HTTP
-    Basic with ``client_id`` and the secret read from ``client_secret_file``."""
-    client_id: str | None = None
-    client_secret_file: str | None = None
-    sts_audience: str
-    """Audience of the JWT-SVID sent to the STS (parser default: ``issuer``, else
-    ``token_endpoint``)."""
-    subject_token_header: str = "Authorization"  # noqa: S105 (a header name)
-    """Where the agent puts the user's token (``Bearer`` in Authorization; bare elsewhere)."""
-    subject_token_type: str = TOKEN_TYPES["access_token"]
-    actor_token: bool = True
-    """Send our JWT-SVID as ``actor_token``: the STS names us in the new token's ``act``."""
-    resource: str | None = None
-    """RFC 8707 resource: the server's URL, what its ``inbound.oauth.audience`` is."""
-    audience: str | None = None
-    """RFC 8693 ``audience``; at least one of ``resource`` and ``audience`` is set."""
-    scopes: tuple[str, ...] = ()
-    timeout: float = 5.0
-    refresh_before: float = 30.0
-    """An exchanged token is reused until this long before it expires."""
+    token_endpoint: str | None = key(
+        TOKEN_ENDPOINT,
+        "The STS's token endpoint, e.g. `https://sts.example.com/oauth2/token`. `https://` "
+        "(`http://` only for a loopback host). Exactly one of `token_endpoint` and `issuer`.",
+        default=None,
+        shown="—",
+    )
+    issuer: str | None = key(
+        ISSUER_URL,
+        "The STS's issuer identifier: the token endpoint is discovered from its metadata "
+        "(OIDC `/.well-known/openid-configuration`, then RFC 8414 "
+        "`/.well-known/oauth-authorization-server`; the metadata's `issuer` must be this one "
+        "exactly, and a discovered plain-`http` endpoint is refused unless on loopback). "
+        "Discovered on the first exchange and again after a failed one.",
+        default=None,
+        shown="—",
+    )
+    ca_file: str | None = key(
+        CA_FILE,
+        "PEM file of the CA certificates that verify the STS's TLS certificate (hostname and "
+        "chain are always checked). With it, only these CAs are trusted for the STS.",
+        default=None,
+        shown="the system's CAs",
+    )
+    client_auth: ClientAuth = key(
+        choice("jwt_svid", "client_secret"),
+        "How the sidecar authenticates to the STS. `jwt_svid`: its JWT-SVID (audience "
+        "`sts_audience`) as `client_assertion` with "
+        "`client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` (RFC "
+        "7523): no secret to distribute. `client_secret`: HTTP Basic (`client_secret_basic`) "
+        "with `client_id` and the secret from `client_secret_file`.",
+        default="jwt_svid",
+    )
+    client_id: str | None = key(
+        non_empty_string("mcp-agent"),
+        "The sidecar's client id at the STS. Required with `client_secret`; with `jwt_svid` "
+        "sent as `client_id` if given (the JWT-SVID's `sub` identifies the client).",
+        default=None,
+    )
+    client_secret_file: str | None = key(
+        file_path("/var/run/secrets/sts/client-secret"),
+        "`client_secret` only (required there): the file holding the client secret (a mounted "
+        "Kubernetes Secret). Never inline. Read at the first exchange and again whenever the "
+        "file changes (rotation without restart); an unreadable or empty file fails the "
+        "exchange (502 `sts_client_secret_unavailable`).",
+        default=None,
+    )
+    sts_audience: str = key(
+        non_empty_string("https://sts.example.com"),
+        "The audience of the JWT-SVID the sidecar fetches for the STS (used as "
+        "`client_assertion` and `actor_token`).",
+        shown="`issuer`, else `token_endpoint`",
+    )
+    subject_token_header: str = key(
+        HEADER_NAME,
+        "The request header in which the agent sends the user's token: `Authorization: Bearer "
+        "<token>`, or any other header name holding the bare token (e.g. `X-User-Token`). It "
+        "is **never forwarded**; `Authorization` upstream always carries the exchanged token. "
+        "A request without it is answered `401` (`missing_subject_token`).",
+        default="Authorization",
+    )
+    subject_token_type: str = key(
+        SUBJECT_TOKEN_TYPE,
+        "The RFC 8693 type of the user's token: `access_token`, `refresh_token`, `id_token`, "
+        "`jwt`, `saml1`, `saml2` (short for `urn:ietf:params:oauth:token-type:…`) or another "
+        "`urn:` URI.",
+        default=TOKEN_TYPES["access_token"],
+        shown="`access_token`",
+    )
+    actor_token: bool = key(
+        BOOLEAN,
+        "Send the sidecar's JWT-SVID as `actor_token` "
+        "(`actor_token_type=urn:ietf:params:oauth:token-type:jwt`), so the STS names this "
+        "workload in the new token's `act` claim (delegation). `false`: impersonation, the "
+        "server cannot tell which agent acts.",
+        default=True,
+    )
+    resource: str | None = key(
+        RESOURCE_URL,
+        "RFC 8707 resource indicator of the target server: its URL, which its sidecar has as "
+        "`inbound.oauth.audience` (e.g. `https://math.example.com/mcp`). At least one of "
+        "`resource` and `audience`.",
+        default=None,
+    )
+    audience: str | None = key(
+        non_empty_string("spiffe://example.org/ns/mcp/sa/x"),
+        "RFC 8693 `audience` of the new token (a logical name of the server at the STS).",
+        default=None,
+    )
+    scopes: tuple[str, ...] = key(
+        SCOPES,
+        "Scopes requested for the new token (`scope`, space-separated). Empty: the STS decides.",
+        default=(),
+    )
+    timeout: float = key(
+        TIMEOUT,
+        "Bound on one STS request (discovery included). Exceeded: 502 `sts_unavailable`.",
+        default=5.0,
+    )
+    refresh_before: float = key(
+        DURATION,
+        "An exchanged token is reused for the same user token, target and scopes until this "
+        "long before it expires (at most half its lifetime earlier), then exchanged again.",
+        default=30.0,
+    )
 
     @property
     def target(self) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
@@ -552,88 +1236,435 @@ class TokenExchangeConfig:
         return (self.token_endpoint or self.issuer, self.resource, self.audience, self.scopes)
 
 
+TOKEN_EXCHANGE = Section("outbound.routes[].token_exchange", keys_of(TokenExchangeConfig))
+
+
+def _token_exchange(value: object, path: str) -> TokenExchangeConfig:
+    f = _read(TOKEN_EXCHANGE, value, path)
+    token_endpoint = f.get("token_endpoint")
+    issuer = f.get("issuer")
+    client_auth: ClientAuth = f.get("client_auth")
+    if ("token_endpoint" in f) == ("issuer" in f):
+        f.error(
+            "give exactly one of token_endpoint (the STS's token URL) and issuer (its token "
+            "endpoint is then discovered from the issuer's metadata)"
+        )
+    if "resource" not in f and "audience" not in f:
+        f.error(
+            "give resource (the server's URL, RFC 8707: what its inbound.oauth.audience is) "
+            "and/or audience: an exchanged token must be addressed to exactly this server"
+        )
+    if client_auth == "client_secret":
+        for name in ("client_id", "client_secret_file"):
+            if name not in f:
+                f.error("required with client_auth: client_secret", name)
+    elif "client_secret_file" in f:
+        f.error(
+            "only used with client_auth: client_secret (with jwt_svid the JWT-SVID "
+            "authenticates this workload)",
+            "client_secret_file",
+        )
+    sts_audience = f.get("sts_audience") or issuer or token_endpoint or ""
+    return f.build(TokenExchangeConfig, sts_audience=sts_audience)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
-    """One outbound route: requests matching (host, path_prefix) go to ``upstream`` over mTLS."""
+    """One outbound route: requests matching (host, path_prefix) go to ``upstream`` over mTLS.
+    ``upstream`` (normalised, explicit port) and ``server_spiffe_id`` are None for a
+    multiplexing route, which has ``mux`` instead; ``sni`` is the ``sni`` key, else the
+    upstream's host when it is a name."""
 
-    name: str
-    upstream: str | None = None
-    """``https://host:port`` of the server's inbound sidecar, normalised (explicit port); None
-    for a multiplexing route (``mux``)."""
-    server_spiffe_id: SpiffeId | None = None
-    """The exact SPIFFE ID the server must present (may be in a federated trust domain); None
-    for a multiplexing route."""
+    name: str = key(
+        ROUTE_NAME,
+        "Unique, `[a-z0-9][a-z0-9_-]*` (at most 63 characters); used in metrics and logs.",
+        required="a short unique name, e.g. math",
+    )
+    path_prefix: str = key(
+        PATH_PREFIX,
+        "Path prefix this route serves, starting with `/`, without a trailing `/` (except `/` "
+        "itself), no `.`/`..` segments, `%`, `?` or `#`. `/math` matches `/math` and "
+        "`/math/...`, not `/mathematics`. Overlapping prefixes are fine (longest wins), but "
+        "two routes with the same `host` and `path_prefix` are an error.",
+        default="/",
+    )
+    host: str | None = key(
+        ROUTE_HOST,
+        "Optional host this route is limited to: `math.local` or `math.local:15001` "
+        "(lowercased; a port only if given). Compared case-insensitively with the request's "
+        "`Host` header (or, in [proxy mode](#http-proxy-mode-outbound), the host of the "
+        "requested URL); without a port it matches any port.",
+        default=None,
+    )
+    upstream: str | None = key(
+        SIDECAR_URL,
+        "The server's inbound sidecar: `https://host[:port]` (default port 443), no path. "
+        "Must be https: routes always originate mTLS. Normalised with an explicit port.",
+        default=None,
+        required="the server sidecar's URL, e.g. https://math.mcp.svc:8443, or targets: the MCP "
+        "servers this route multiplexes",
+        when="unless `targets`",
+    )
+    server_spiffe_id: SpiffeId | None = key(
+        SERVER_SPIFFE_ID,
+        "The exact SPIFFE ID the server must present (no wildcards, not a bare trust domain). "
+        "May be in a federated trust domain; the server's chain is verified against that "
+        "trust domain's bundle.",
+        default=None,
+        required="the exact SPIFFE ID the server must present, e.g. "
+        "spiffe://example.org/ns/mcp/sa/math",
+        when="unless `targets`",
+    )
+    strip_prefix: bool = key(
+        BOOLEAN,
+        "Remove `path_prefix` from the [normalised path](#paths) before forwarding: "
+        "`/math/mcp` via prefix `/math` goes upstream as `/mcp`. With `false` it goes as "
+        "`/math/mcp`.",
+        default=True,
+    )
+    jwt_svid_audience: str | None = key(
+        JWT_SVID_AUDIENCE,
+        "Non-empty. Attach a JWT-SVID for this audience (normally the server's SPIFFE ID, "
+        "i.e. what its `inbound.jwt_svid.audiences` lists) to every request of this route, "
+        "see [outbound JWT-SVIDs](#outbound-jwt-svids).",
+        default=None,
+    )
+    sni: str | None = key(
+        SNI,
+        "The TLS server name (SNI) sent when connecting to `upstream`, e.g. `math.mcp.svc` "
+        "for a server-side gateway that picks its listener by SNI (Envoy "
+        "`filter_chain_match.server_names`) while `upstream` is an IP or another name. A DNS "
+        "name (lowercased), not an IP address, no port, no trailing dot. It only lets the "
+        "server side choose a listener: the server is identified by `server_spiffe_id` alone "
+        "— never by this name, which is not checked against its certificate.",
+        default=None,
+        shown="the `upstream` host when it is a name; none for an IP literal",
+    )
+    token_exchange: TokenExchangeConfig | None = key(
+        section_value(TOKEN_EXCHANGE, _token_exchange),
+        "Exchange the user's token from the agent's request at a security token service (RFC "
+        "8693) for a token addressed to this server, sent upstream as `Authorization: "
+        "Bearer`, see [`outbound.routes[i].token_exchange`](#outboundroutesitoken_exchange) "
+        "and [Delegation](#delegation-token-exchange-on-behalf-of-a-user). Cannot be combined "
+        "with `jwt_svid_audience`.",
+        default=None,
+    )
+    circuit_breakers: CircuitBreakers = key(
+        CIRCUIT_BREAKERS_VALUE,
+        "This route's thresholds: the keys given here, the others from "
+        "`outbound.circuit_breakers` (or the defaults), see "
+        "[circuit_breakers](#circuit_breakers).",
+        default_factory=CircuitBreakers,
+        shown="`outbound.circuit_breakers`",
+    )
     mux: MuxConfig | None = None
     """A multiplexing route: the MCP servers it presents as one, instead of ``upstream``."""
-    path_prefix: str = "/"
-    host: str | None = None
-    """Optional Host header to match: lowercase, with ``:port`` only if configured with one."""
-    strip_prefix: bool = True
-    """``/math/mcp`` via prefix ``/math`` goes upstream as ``/mcp``."""
-    jwt_svid_audience: str | None = None
-    """If set, a JWT-SVID for this audience (from the Workload API) is sent upstream as
-    ``Authorization: Bearer``, replacing any Authorization header from the agent."""
-    token_exchange: TokenExchangeConfig | None = None
-    """If set, the user's token from the agent's request is exchanged (RFC 8693) and the
-    result sent upstream as ``Authorization: Bearer``; excludes ``jwt_svid_audience``."""
-    sni: str | None = None
-    """The TLS server name sent to the upstream: the ``sni`` key, else the upstream URL's host
-    when it is a name; ``None`` (no SNI) for an IP literal. Routing help for the server side
-    only: the server is still identified by ``server_spiffe_id``, never by this name."""
-    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
-    """This route's own thresholds and counters (``outbound.circuit_breakers``, with the
-    route's keys over them)."""
+
+
+ROUTE = Section(
+    "outbound.routes[]",
+    (
+        *keys_of(RouteConfig),
+        _targets_key(
+            "A **multiplexing route**: instead of `upstream` and `server_spiffe_id` (and "
+            "`jwt_svid_audience`, which each target has its own), the MCP servers this route "
+            "presents to the agent as one MCP server, see [`targets[i]`](#targetsi) and "
+            "[Multiplexing](#multiplexing-several-mcp-servers)."
+        ),
+        *MUX_OPTIONS,
+    ),
+)
+
+
+def _route(value: object, path: str, defaults: CircuitBreakers = CircuitBreakers()) -> RouteConfig:
+    f = _read(ROUTE, value, path)
+    f.get("name")
+    mux = _mux(f)
+    upstream: str | None = None
+    server_spiffe_id: SpiffeId | None = None
+    if "targets" not in f:
+        upstream = f.get("upstream")
+        server_spiffe_id = f.get("server_spiffe_id")
+    else:
+        for name, why in (
+            ("upstream", "give either upstream (one server) or targets (several), not both"),
+            ("server_spiffe_id", "with targets, each target has its own server_spiffe_id"),
+            ("jwt_svid_audience", "with targets, each target has its own jwt_svid_audience"),
+        ):
+            if name in f:
+                f.error(why, name)
+    sni = f.get("sni")
+    if "sni" in f and "targets" in f:
+        f.error(
+            "not used with targets: each target is reached by its own upstream's host name", "sni"
+        )
+    breakers = f.get(
+        "circuit_breakers", lambda v, p: _circuit_breakers(v, p, defaults), default=defaults
+    )
+    if "token_exchange" in f and "jwt_svid_audience" in f:
+        f.error(
+            "cannot be combined with jwt_svid_audience: both would send the Authorization "
+            "header upstream (the server's sidecar validates the exchanged token with "
+            "inbound.oauth)",
+            "token_exchange",
+        )
+    if "token_exchange" in f and "targets" in f:
+        f.error(
+            "not supported with targets: a token is exchanged for exactly one server "
+            "(its resource/audience); give the route one upstream",
+            "token_exchange",
+        )
+    return f.build(
+        RouteConfig,
+        upstream=upstream,
+        server_spiffe_id=server_spiffe_id,
+        mux=mux,
+        sni=sni if sni is not None else default_sni(upstream) if upstream else None,
+        circuit_breakers=breakers,
+    )
+
+
+def _routes(
+    value: object, path: str, breakers: CircuitBreakers = CircuitBreakers()
+) -> tuple[RouteConfig, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(path, f"expected a list of routes, got {got(value)}")
+    if not value:
+        raise ConfigError(path, "at least one route is required")
+    problems: list[ConfigError] = []
+    routes: list[RouteConfig] = []
+    names: dict[str, int] = {}
+    matches: dict[tuple[str | None, str], int] = {}
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        try:
+            routes.append(_route(item, item_path, breakers))
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+        # Uniqueness is checked on the fields that are valid, even if others are not.
+        raw: Mapping[object, object] = item if isinstance(item, Mapping) else {}
+        name = valid_or_none(ROUTE_NAME.parse, raw.get("name"))
+        if name is not None:
+            if name in names:
+                problems.append(
+                    ConfigError(
+                        f"{item_path}.name",
+                        f"duplicate route name {name!r} (also routes[{names[name]}])",
+                    )
+                )
+            names.setdefault(name, index)
+        prefix = valid_or_none(PATH_PREFIX.parse, raw.get("path_prefix", "/"))
+        host = valid_or_none(ROUTE_HOST.parse, raw.get("host"))
+        if prefix is not None and (host is not None or raw.get("host") is None):
+            if (host, prefix) in matches:
+                on_host = f" and host {host!r}" if host else ""
+                problems.append(
+                    ConfigError(
+                        f"{item_path}.path_prefix",
+                        f"routes[{matches[host, prefix]}] already has path_prefix {prefix!r}"
+                        f"{on_host}; which route serves a request would be ambiguous",
+                    )
+                )
+            matches.setdefault((host, prefix), index)
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(routes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundConfig:
     """The agent side: plain HTTP in on loopback, mTLS out to the routes' servers."""
 
-    listen: ListenAddress
-    routes: tuple[RouteConfig, ...]
-    allow_non_loopback: bool = False
-    allowed_origins: tuple[str, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
-    """The defaults of every route (each route still counts on its own)."""
+    listen: ListenAddress = key(
+        listen("127.0.0.1:15001"),
+        "Where the agent's MCP client connects in plain HTTP, e.g. `127.0.0.1:15001`. **Must "
+        "be a loopback address** (`127.0.0.0/8`, `[::1]`, `localhost`): whoever can connect "
+        "here acts with this workload's SPIFFE identity.",
+        required="a loopback address, e.g. 127.0.0.1:15001",
+    )
+    allow_non_loopback: bool = key(
+        BOOLEAN,
+        "Permit a non-loopback `listen`. Only for a network in front that is itself trusted "
+        "(e.g. a pod-private bridge).",
+        default=False,
+    )
+    allowed_origins: tuple[str, ...] = key(
+        ORIGINS, "As for `inbound` (browser-based agents).", default=()
+    )
+    limits: Limits = key(
+        LIMITS_VALUE,
+        "Sizes and timeouts of this listener.",
+        default_factory=Limits,
+        shown=_SEE_LIMITS,
+    )
+    circuit_breakers: CircuitBreakers = key(
+        CIRCUIT_BREAKERS_VALUE,
+        "The circuit breakers of every route (each route counts on its own); a route's own "
+        "`circuit_breakers` keys override these, see [Circuit breaking](#circuit-breaking).",
+        default_factory=CircuitBreakers,
+        shown=_SEE_BREAKERS,
+    )
+    routes: tuple[RouteConfig, ...] = key(
+        section_value(ROUTE, _routes, many="list of routes"),
+        "At least one. A request goes to the route whose `host` matches the request's host (a "
+        "`host` with a port first, then one without, then routes without `host`), and among "
+        "those to the one with the longest `path_prefix` matching the [normalised "
+        "path](#paths). The request's host is its `Host` header or, when the agent uses the "
+        "outbound as its [HTTP proxy](#http-proxy-mode-outbound), the host of the URL it asks "
+        "for.",
+        required="at least one route",
+    )
+
+
+OUTBOUND = Section("outbound", keys_of(OutboundConfig))
+
+
+def _outbound(value: object, path: str) -> OutboundConfig:
+    f = _read(OUTBOUND, value, path)
+    address: ListenAddress | None = f.get("listen")
+    allow_non_loopback = f.get("allow_non_loopback")
+    breakers = f.get("circuit_breakers")
+    f.get("routes", lambda v, p: _routes(v, p, breakers))
+    if address is not None and not address.is_loopback and not allow_non_loopback:
+        f.error(
+            f"{address} is not a loopback address: the outbound side is plain HTTP and lends "
+            "this workload's SPIFFE identity to whoever connects; listen on 127.0.0.1, [::1] "
+            "or localhost, or set allow_non_loopback: true if the network in front is trusted",
+            "listen",
+        )
+    return f.build(OutboundConfig)
+
+
+# -------------------------------------------------------------------------- the rest
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
-    """``/metrics``, ``/healthz``, ``/readyz``."""
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/certs``, ``/config_dump``, ``/logging``."""
 
-    listen: ListenAddress = field(default_factory=lambda: ListenAddress("127.0.0.1", 15000))
+    listen: ListenAddress = key(
+        listen("127.0.0.1:15000"),
+        "The admin listener (endpoints below). Loopback by default: keep it there unless "
+        "Prometheus must scrape the pod IP, and read the warning below first.",
+        default_factory=lambda: ListenAddress("127.0.0.1", 15000),
+    )
+
+
+ADMIN = Section("admin", keys_of(AdminConfig))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
-    level: LogLevel = "info"
-    access_log: bool = True
-    format: LogFormat = "text"
-    """Of the process log on stderr (the access and audit lines are always JSON)."""
+    level: LogLevel = key(
+        choice(*LOG_LEVELS, fold=str.lower),
+        "Minimum level of the process log (case-insensitive). `run --log-level` overrides it "
+        "at start; `POST /logging?level=` on the admin listener changes it while running.",
+        default="info",
+    )
+    access_log: bool = key(
+        BOOLEAN,
+        "Log one JSON line per request (and the MCP audit lines) on stdout. Lines are written "
+        "in batches, at most 50 ms after they were logged (or once 64 are waiting), like "
+        "Envoy's file access log with its flush interval: one write per batch, not per line. "
+        "A sidecar killed outright can lose that last batch; a normal stop writes it.",
+        default=True,
+    )
+    format: LogFormat = key(
+        choice("text", "json"),
+        "The process log on stderr (start-up, reloads, warnings): `text` lines (`time LEVEL "
+        'logger: message`) or one JSON object per line (`{"time", "kind": "log", "level", '
+        '"logger", "message", "x_request_id", "trace_id", "span_id"}`, plus `exception` with '
+        "a traceback), so one pipeline parses it together with the access and audit lines, "
+        "which are JSON either way. See [observability.md](observability.md#logs).",
+        default="text",
+    )
+
+
+LOG = Section("log", keys_of(LogConfig))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessConfig:
-    scheduler: Scheduler = "normal"
-    """Linux CPU scheduling policy of the whole process (``sidecar.process``)."""
+    scheduler: Scheduler = key(
+        choice("normal", "batch"),
+        "Linux CPU scheduling policy of the sidecar's threads. `batch` (`SCHED_BATCH`, no "
+        "privilege needed) tells the kernel the sidecar is throughput work: it is no longer "
+        "preempted by every task that wakes up on its core, so it serves the requests it has "
+        "already read before yielding; its CPU share over time is unchanged. Set at start-up, "
+        "before any thread exists (all threads inherit it). On other platforms, or if the "
+        "kernel refuses, the sidecar logs a warning and runs as `normal`. See "
+        "`bench/RESULTS.md` for what it measured, with and without a CPU-busy application on "
+        "the same core.",
+        default="normal",
+    )
+
+
+PROCESS = Section("process", keys_of(ProcessConfig))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole, validated configuration."""
 
-    trust_domain: str
-    workload_api: str | None = None
-    """Workload API URL as configured; None = ``$SPIFFE_ENDPOINT_SOCKET`` at run time."""
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    inbound: InboundConfig | None = None
-    outbound: OutboundConfig | None = None
-    log: LogConfig = field(default_factory=LogConfig)
-    drain_timeout: float = 10.0
-    """``shutdown.drain_timeout``: how long in-flight requests may finish on SIGTERM."""
-    process: ProcessConfig = field(default_factory=ProcessConfig)
-    tracing: TracingConfig = field(default_factory=TracingConfig)
+    trust_domain: str = key(
+        TRUST_DOMAIN,
+        "This workload's trust domain, bare (`example.org`, not `spiffe://example.org`). "
+        "Peers and servers may belong to other (federated) trust domains.",
+        required="the trust domain, e.g. example.org",
+    )
+    workload_api: str | None = key(
+        WORKLOAD_API,
+        "SPIFFE Workload API endpoint: `unix:///absolute/path` or `tcp://IP:PORT`. If absent, "
+        "the environment variable is read at start-up.",
+        default=None,
+        shown="`$SPIFFE_ENDPOINT_SOCKET`",
+    )
+    admin: AdminConfig = key(
+        section_value(ADMIN, lambda v, p: _read(ADMIN, v, p).build(AdminConfig)),
+        "The admin listener.",
+        default_factory=AdminConfig,
+        shown=_SEE_BELOW,
+    )
+    inbound: InboundConfig | None = key(
+        section_value(INBOUND, _inbound),
+        "The MCP-server side (mTLS in — or, for an OAuth-only ingress, plain HTTP in — and "
+        "plain HTTP to the local server).",
+        default=None,
+        shown=_ABSENT,
+    )
+    outbound: OutboundConfig | None = key(
+        section_value(OUTBOUND, _outbound),
+        "The agent side (plain HTTP in on loopback, mTLS out).",
+        default=None,
+        shown=_ABSENT,
+    )
+    log: LogConfig = key(
+        section_value(LOG, lambda v, p: _read(LOG, v, p).build(LogConfig)),
+        "Logging.",
+        default_factory=LogConfig,
+        shown=_SEE_BELOW,
+    )
+    drain_timeout: float = key(
+        DURATION,
+        "On SIGTERM, stop accepting connections and give in-flight requests this long to "
+        "finish; open SSE streams are then closed. Idle connections and connections still in "
+        "their TLS handshake are closed at once, so an idle sidecar stops immediately. `0` "
+        "closes at once.",
+        default=10.0,
+    )
+    """``shutdown.drain_timeout``."""
+    process: ProcessConfig = key(
+        section_value(PROCESS, lambda v, p: _read(PROCESS, v, p).build(ProcessConfig)),
+        "Process-wide settings (CPU scheduling).",
+        default_factory=ProcessConfig,
+        shown=_SEE_BELOW,
+    )
+    tracing: TracingConfig = key(
+        TRACING,
+        "OpenTelemetry traces, see [`tracing`](#tracing).",
+        default_factory=TracingConfig,
+        shown="off unless `OTEL_*` asks for traces",
+    )
 
     def summary(self) -> list[str]:
         """A few human-readable lines: listeners, routes, allowlist size, token layers."""
@@ -688,6 +1719,61 @@ class Config:
                     f"(server {route.server_spiffe_id}){token}"
                 )
         return lines
+
+
+SHUTDOWN = Section("shutdown", keys_of(Config, "drain_timeout"))
+
+
+def _shutdown(value: object, path: str) -> float:
+    f = _read(SHUTDOWN, value, path)
+    drain_timeout: float = f.get("drain_timeout")
+    f.check()
+    return drain_timeout
+
+
+TOP = Section(
+    "",
+    (
+        *keys_of(Config, "trust_domain", "workload_api", "admin", "inbound", "outbound", "log"),
+        Key(
+            name="shutdown",
+            value=section_value(SHUTDOWN, _shutdown),
+            doc="Graceful shutdown.",
+            shown=_SEE_BELOW,
+        ),
+        *keys_of(Config, "process", "tracing"),
+    ),
+)
+"""The top level of the configuration."""
+
+PLACES: Mapping[str, Section] = {
+    "": TOP,
+    "admin": ADMIN,
+    "inbound": INBOUND,
+    "inbound.mcp_policy.file": POLICY_FILE,
+    "inbound.api_keys": API_KEYS,
+    "inbound.jwt_svid": JWT_SVID,
+    "inbound.oauth": OAUTH,
+    "inbound.limits": LIMITS,
+    "inbound.circuit_breakers": CIRCUIT_BREAKERS,
+    "outbound": OUTBOUND,
+    "outbound.limits": LIMITS,
+    "outbound.circuit_breakers": CIRCUIT_BREAKERS,
+    "outbound.routes[].circuit_breakers": CIRCUIT_BREAKERS,
+    "outbound.routes[]": ROUTE,
+    "outbound.routes[].token_exchange": TOKEN_EXCHANGE,
+    "targets[]": TARGET,
+    "log": LOG,
+    "shutdown": SHUTDOWN,
+    "process": PROCESS,
+}
+"""Where each section of this module sits in a configuration file (``""`` is the top level;
+list items ``[]``; a section at several places is one ``Section``). The sections of the MCP
+policy, the rate limits and ``tracing`` are their modules' own (parsed there, with messages of
+their own): reachable from ``TOP`` for the docs and the JSON Schema, not listed here."""
+
+SCHEMA: Mapping[str, tuple[str, ...]] = Schema(PLACES).names()
+"""Every key this version understands, by section (``""`` is the top level; list items ``[]``)."""
 
 
 def _mux_summary(mux: MuxConfig | None) -> str:
@@ -747,1676 +1833,20 @@ def _algorithms_summary(algorithms: tuple[str, ...]) -> str:
     return "" if algorithms == JWT_ALGORITHMS else f"; algorithms {', '.join(algorithms)}"
 
 
-class ConfigErrors(SidecarError):
-    """The configuration has problems; ``problems`` lists every one (each with ``.path``)."""
-
-    status = 500
-    reason = "config_error"
-
-    def __init__(self, problems: Iterable[ConfigError]) -> None:
-        self.problems: tuple[ConfigError, ...] = tuple(problems)
-        count = len(self.problems)
-        super().__init__(
-            f"{count} configuration problem{'' if count == 1 else 's'}:\n"
-            + "\n".join(f"  {problem}" for problem in self.problems)
-        )
-
-
-def problem_detail(problem: ConfigError) -> str:
-    """The message of ``problem`` without its ``path: `` prefix."""
-    prefix = f"{problem.path}: "
-    return problem.message[len(prefix) :] if problem.message.startswith(prefix) else problem.message
-
-
-# --------------------------------------------------------------------------- scalar parsers
-
-
-_DURATION_RE = re.compile(r"(-?)([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h)", re.ASCII)
-_DURATION_UNITS = {
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-}
-_DURATION_LIKE = "a duration like 250ms, 10s, 5m, 1h or a number of seconds"
-
-_SIZE_RE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,9})?) ?([kmg]i?b|b)?", re.ASCII | re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": KIB,
-    "mib": MIB,
-    "gib": GIB,
-}
-_SIZE_LIKE = "a size like 512KiB, 4MiB, 1MB or a number of bytes"
-
-
-def parse_duration(value: object, path: str = "duration") -> float:
-    """Seconds from a number (seconds) or a string ``250ms`` / ``10s`` / ``1.5m`` / ``1h``.
-
-    Never negative, never more than ``MAX_DURATION``; raises only ``ConfigError``.
-    """
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value)
-        if match is None:
-            raise ConfigError(
-                path,
-                f"not a duration: {_short(value)}; expected {_DURATION_LIKE} (units: ms, s, m, h)",
-            )
-        if match[1]:
-            raise ConfigError(path, f"must not be negative (got {_short(value)})")
-        exact = Fraction(match[2]) * _DURATION_UNITS[match[3]]
-        if exact > MAX_DURATION:
-            raise ConfigError(path, f"must be at most 24h (got {_short(value)})")
-        return float(exact)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(path, f"expected {_DURATION_LIKE}, got {_got(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(path, f"expected {_DURATION_LIKE}, got {_got(value)}")
-    if value < 0:
-        raise ConfigError(path, f"must not be negative (got {_got(value)})")
-    if value > MAX_DURATION:
-        raise ConfigError(path, f"must be at most 24h = 86400 seconds (got {_got(value)})")
-    return float(value)
-
-
-def parse_size(value: object, path: str = "size") -> int:
-    """Bytes from an integer or a string ``512KiB`` / ``4MiB`` / ``1MB`` (decimal) / ``1.5GiB``.
-
-    KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of 1000 (units are case-insensitive); the
-    result must be a whole number of bytes from 0 to ``MAX_SIZE``. Raises only ``ConfigError``.
-    """
-    if isinstance(value, str):
-        match = _SIZE_RE.fullmatch(value)
-        if match is None:
-            raise ConfigError(
-                path,
-                f"not a size: {_short(value)}; expected {_SIZE_LIKE}"
-                " (units: B, KB, MB, GB, KiB, MiB, GiB)",
-            )
-        exact = Fraction(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
-        if exact.denominator != 1:
-            raise ConfigError(path, f"{_short(value)} is not a whole number of bytes")
-        if exact > MAX_SIZE:
-            raise ConfigError(path, f"{_short(value)} is too large (at most 1024GiB)")
-        return int(exact)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"expected {_SIZE_LIKE}, got {_got(value)}")
-    if value < 0:
-        raise ConfigError(path, f"must not be negative (got {_got(value)})")
-    if value > MAX_SIZE:
-        raise ConfigError(path, f"{_got(value)} is too large (at most 1024GiB)")
-    return value
-
-
-def _string(value: object, path: str, like: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(path, f"expected a string like {like}, got {_got(value)}")
-    return value
-
-
-def _boolean(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        hint = ""
-        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
-            hint = " (write true or false; yes/no/on/off are strings in this file)"
-        raise ConfigError(path, f"expected true or false, got {_got(value)}{hint}")
-    return value
-
-
-def _choice(value: object, path: str, choices: Sequence[_T]) -> _T:
-    listed = " or ".join(repr(choice) for choice in choices)
-    for choice in choices:
-        if value == choice and type(value) is type(choice):
-            return choice
-    message = f"expected {listed}, got {_got(value)}"
-    if isinstance(value, str):
-        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-    raise ConfigError(path, message)
-
-
-def _timeout(value: object, path: str) -> float:
-    seconds = parse_duration(value, path)
-    if seconds <= 0:
-        raise ConfigError(path, "must be greater than 0")
-    return seconds
-
-
-def _size_between(low: int, high: int, low_text: str, high_text: str) -> _Parse[int]:
-    def parse(value: object, path: str) -> int:
-        size = parse_size(value, path)
-        if not low <= size <= high:
-            raise ConfigError(path, f"must be from {low_text} to {high_text} (got {size} bytes)")
-        return size
-
-    return parse
-
-
-def _integer_between(low: int, high: int) -> _Parse[int]:
-    def parse(value: object, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                path, f"expected a whole number from {low} to {high}, got {_got(value)}"
-            )
-        if not low <= value <= high:
-            raise ConfigError(path, f"must be from {low} to {high} (got {value})")
-        return value
-
-    return parse
-
-
-_HOST_LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
-
-
-def _host(text: str) -> str:
-    """Normalise an IP literal (no brackets) or a DNS name; ValueError says what is wrong."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    name = text.lower()
-    if len(name) > 253:
-        raise ValueError("the host name is longer than 253 characters")
-    labels = name.split(".")
-    if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-        raise ValueError(f"{_short(text)} is neither an IP address nor a valid host name")
-    if labels[-1].isdigit():
-        raise ValueError(f"{_short(text)} is not a valid IPv4 address")
-    return name
-
-
-def _host_port(host: str, port: int | None, default: int | None) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port is None or port == default else f"{shown}:{port}"
-
-
-def _url(value: object, path: str, scheme: str, like: str, why_scheme: str) -> str:
-    """An ``http(s)://host[:port]`` URL with no path; normalised with an explicit port."""
-    text = _string(value, path, like)
-    default_port = {"http": 80, "https": 443}[scheme]
-    if "://" not in text:
-        raise ConfigError(path, f"not a URL: {_short(text)}; expected {like}")
-    try:
-        url = urlsplit(text)
-        port = url.port
-    except ValueError as exc:
-        raise ConfigError(
-            path, f"not a valid URL ({exc}): {_short(text)}; expected {like}"
-        ) from None
-    if url.scheme.lower() != scheme:
-        got = f"{url.scheme}://" if url.scheme else "no scheme"
-        raise ConfigError(path, f"must be an {scheme}:// URL ({why_scheme}), got {got}")
-    if url.username is not None or url.password is not None:
-        raise ConfigError(path, "must not contain user info (user:password@)")
-    if url.path not in ("", "/") or url.query or url.fragment or "?" in text or "#" in text:
-        raise ConfigError(
-            path,
-            f"must be {like} without a path, query or fragment "
-            f"(the request path is forwarded as is), got {_short(text)}",
-        )
-    if not url.hostname:
-        raise ConfigError(path, f"has no host; expected {like}")
-    try:
-        host = _host(url.hostname)
-    except ValueError as exc:
-        raise ConfigError(path, f"bad host: {exc}") from None
-    if port == 0:
-        raise ConfigError(path, "port 0 is not a valid destination")
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{default_port if port is None else port}"
-
-
-def _origin(value: object, path: str) -> str:
-    like = "https://app.example.com"
-    text = _string(value, path, like)
-    try:
-        url = urlsplit(text)
-        port = url.port
-    except ValueError as exc:
-        raise ConfigError(path, f"not a valid origin ({exc}): {_short(text)}") from None
-    scheme = url.scheme.lower()
-    if text == "*":
-        raise ConfigError(path, "'*' is not an origin; leave the list empty to skip the check")
-    if scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(path, f"not an origin: {_short(text)}; expected an origin like {like}")
-    if (
-        url.path
-        or url.query
-        or url.fragment
-        or "?" in text
-        or "#" in text
-        or url.username is not None
-        or url.password is not None
-    ):
-        raise ConfigError(
-            path,
-            f"an origin is scheme://host[:port] only, without path (not even '/'), query or "
-            f"user info; got {_short(text)}",
-        )
-    try:
-        host = _host(url.hostname)
-    except ValueError as exc:
-        raise ConfigError(path, f"bad host: {exc}") from None
-    return f"{scheme}://{_host_port(host, port, {'http': 80, 'https': 443}[scheme])}"
-
-
-def _route_host(value: object, path: str) -> str | None:
-    if value is None:
-        return None
-    text = _string(value, path, "math.example.com or math.example.com:8080")
-    if text.startswith("["):
-        end = text.find("]")
-        host_text, rest = (text[1:end], text[end + 1 :]) if end > 0 else (text, "")
-        if end < 0 or ":" not in host_text:
-            raise ConfigError(path, f"not a host name: {_short(text)}")
-    else:
-        host_text, colon, port_text = text.partition(":")
-        rest = colon + port_text
-    if rest and not re.fullmatch(r":[0-9]{1,5}", rest, re.ASCII):
-        raise ConfigError(path, f"expected host or host:port, got {_short(text)}")
-    if rest and not 0 < int(rest[1:]) <= 65535:
-        raise ConfigError(path, f"the port must be from 1 to 65535, got {_short(text)}")
-    try:
-        host = _host(host_text)
-    except ValueError as exc:
-        raise ConfigError(path, str(exc)) from None
-    return f"[{host}]{rest}" if ":" in host else f"{host}{rest}"
-
-
-_PCHARS = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"
-_PATH_PREFIX_RE = re.compile(rf"/|(/{_PCHARS}+)+", re.ASCII)
-_ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
-
-
-def _path_prefix(value: object, path: str) -> str:
-    text = _string(value, path, "/math")
-    if not text.startswith("/"):
-        raise ConfigError(path, f"must start with '/', got {_short(text)}")
-    if text != "/" and text.endswith("/"):
-        raise ConfigError(path, f"must not end with '/' (write {_short(text.rstrip('/'))})")
-    if not _PATH_PREFIX_RE.fullmatch(text):
-        raise ConfigError(
-            path,
-            f"{_short(text)} is not a plain URL path: use '/'-separated segments of letters, "
-            "digits and -._~!$&'()*+,;=:@ (no '//', '%', '?', '#' or spaces)",
-        )
-    if any(segment in (".", "..") for segment in text.split("/")):
-        raise ConfigError(path, f"{_short(text)} must not contain '.' or '..' segments")
-    return text
-
-
-def _sni(value: object, path: str) -> str:
-    text = _string(value, path, "math.mcp.svc")
-    try:
-        host = _host(text)
-    except ValueError as exc:
-        raise ConfigError(path, f"not a DNS name: {exc}") from None
-    if _is_ip_literal(host):
-        raise ConfigError(path, f"must be a DNS name, not an IP address (got {_short(text)})")
-    return host
-
-
-def _default_sni(upstream: str) -> str | None:
-    """The upstream URL's host when it is a name (TLS sends no IP literal as SNI)."""
-    host = urlsplit(upstream).hostname
-    return None if not host or _is_ip_literal(host) else host
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _route_name(value: object, path: str) -> str:
-    text = _string(value, path, "math")
-    if not _ROUTE_NAME_RE.fullmatch(text):
-        raise ConfigError(
-            path,
-            f"{_short(text)} is not a route name: use lowercase letters, digits, '-' and '_', "
-            "starting with a letter or digit, at most 63 characters",
-        )
-    return text
-
-
-def _server_spiffe_id(value: object, path: str) -> SpiffeId:
-    text = _string(value, path, "spiffe://example.org/ns/mcp/sa/math")
-    if "*" in text:
-        raise ConfigError(
-            path, "wildcards are not allowed: give the exact SPIFFE ID of the server workload"
-        )
-    try:
-        return SpiffeId.parse_workload(text)
-    except SpiffeIdError as exc:
-        raise ConfigError(path, f"not a SPIFFE ID: {exc.message}") from None
-
-
-def _trust_domain(value: object, path: str) -> str:
-    text = _string(value, path, "example.org")
-    if text.startswith(SCHEME_PREFIX):
-        raise ConfigError(
-            path, f"expected a bare trust domain name like example.org, without {SCHEME_PREFIX!r}"
-        )
-    try:
-        return validate_trust_domain(text)
-    except SpiffeIdError as exc:
-        raise ConfigError(path, f"not a valid trust domain: {exc.message}") from None
-
-
-def _workload_api(value: object, path: str) -> str | None:
-    if value is None:
-        return None
-    text = _string(value, path, "unix:///run/spire/sockets/agent.sock")
-    grpc_target(text, field=path)  # raises ConfigError naming ``path``
-    return text
-
-
-def _listen(like: str) -> _Parse[ListenAddress]:
-    def parse(value: object, path: str) -> ListenAddress:
-        return ListenAddress.parse(_string(value, path, like), path)
-
-    return parse
-
-
-# ---------------------------------------------------------------------------- token layer values
-
-_SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
-_LOOPBACK_ONLY_HTTP = "http:// is allowed only for a loopback host: 127.0.0.1, [::1] or localhost"
-_URL_TEXT_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
-_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+", re.ASCII)  # RFC 6749 scope-token
-_TYP_RE = re.compile(r"[A-Za-z0-9!#$&^_.+/-]+", re.ASCII)
-_CLAIM_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
-
-
-def _leeway(value: object, path: str) -> float:
-    seconds = parse_duration(value, path)
-    if seconds > MAX_LEEWAY:
-        raise ConfigError(path, f"must be from 0 to 5m (got {seconds:g} seconds)")
-    return seconds
-
-
-def _algorithm(value: object, path: str) -> str:
-    listed = ", ".join(JWT_ALGORITHMS)
-    if isinstance(value, str):
-        if value in JWT_ALGORITHMS:
-            return value
-        if value.lower() == "none":
-            raise ConfigError(
-                path, f"'none' (unsigned tokens) is never accepted; expected one of {listed}"
-            )
-        if value.upper() in _SYMMETRIC_ALGORITHMS:
-            raise ConfigError(
-                path,
-                f"{_short(value)} is refused: HMAC algorithms need a shared secret, and whoever "
-                f"holds it can mint tokens; expected one of {listed}",
-            )
-        close = difflib.get_close_matches(value.upper(), JWT_ALGORITHMS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(path, f"expected one of {listed}, got {_got(value)}{hint}")
-    raise ConfigError(path, f"expected one of {listed}, got {_got(value)}")
-
-
-def _non_empty_string(like: str) -> _Parse[str]:
-    def parse(value: object, path: str) -> str:
-        text = _string(value, path, like)
-        if not text:
-            raise ConfigError(path, f"must not be empty; expected a string like {like}")
-        return text
-
-    return parse
-
-
-def _jwt_svid_audience(value: object, path: str) -> str:
-    return _non_empty_string("spiffe://example.org/ns/mcp/sa/math")(value, path)
-
-
-def _scope(value: object, path: str) -> str:
-    text = _string(value, path, "mcp:tools")
-    if not _SCOPE_RE.fullmatch(text):
-        raise ConfigError(
-            path,
-            f"{_short(text)} is not a scope: a scope is one non-empty word of printable ASCII "
-            "without spaces, '\"' or '\\' (list several scopes as separate items)",
-        )
-    return text
-
-
-def _is_loopback_host(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _token_url(like: str, *, query: bool = False) -> _Parse[str]:
-    """An ``https://`` URL (``http://`` only on loopback), kept exactly as written: token
-    claims (``iss``, ``aud``) are compared byte for byte, so nothing is normalised."""
-
-    def parse(value: object, path: str) -> str:
-        text = _string(value, path, like)
-        if "://" not in text:
-            raise ConfigError(path, f"not a URL: {_short(text)}; expected {like}")
-        if not _URL_TEXT_RE.fullmatch(text):
-            raise ConfigError(
-                path,
-                f"must be printable ASCII without spaces (percent-encode anything else), "
-                f"got {_short(text)}",
-            )
-        try:
-            url = urlsplit(text)
-            port = url.port
-        except ValueError as exc:
-            raise ConfigError(
-                path, f"not a valid URL ({exc}): {_short(text)}; expected {like}"
-            ) from None
-        scheme = url.scheme.lower()
-        if scheme not in ("https", "http"):
-            raise ConfigError(path, f"must be an https:// URL, got {_short(url.scheme)}://")
-        if url.username is not None or url.password is not None:
-            raise ConfigError(path, "must not contain user info (user:password@)")
-        if url.fragment or "#" in text:
-            raise ConfigError(path, f"must not contain a fragment ('#'), got {_short(text)}")
-        if not query and (url.query or "?" in text):
-            raise ConfigError(path, f"must not contain a query ('?'), got {_short(text)}")
-        if not url.hostname:
-            raise ConfigError(path, f"has no host; expected {like}")
-        try:
-            host = _host(url.hostname)
-        except ValueError as exc:
-            raise ConfigError(path, f"bad host: {exc}") from None
-        if port == 0:
-            raise ConfigError(path, "port 0 is not a valid destination")
-        if scheme == "http" and not _is_loopback_host(host):
-            raise ConfigError(
-                path, f"must be an https:// URL ({_LOOPBACK_ONLY_HTTP}), got {_short(text)}"
-            )
-        return text
-
-    return parse
-
-
-_issuer_url = _token_url("https://auth.example.com")
-_resource_url = _token_url("https://mcp.example.com/mcp")
-_jwks_uri = _token_url("https://auth.example.com/.well-known/jwks.json", query=True)
-_token_endpoint = _token_url("https://sts.example.com/oauth2/token", query=True)
-
-
-def _public_url(value: object, path: str) -> str:
-    origin = _origin(value, path)
-    url = urlsplit(origin)
-    if url.scheme == "http" and not _is_loopback_host(url.hostname or ""):
-        raise ConfigError(
-            path, f"must be an https:// origin ({_LOOPBACK_ONLY_HTTP}), got {_short(origin)}"
-        )
-    return origin
-
-
-def _origin_of(url_text: str) -> str:
-    """The normalised origin of an already validated URL (the default ``public_url``)."""
-    url = urlsplit(url_text)
-    return _origin(f"{url.scheme}://{url.netloc}", "")
-
-
-def _typ(value: object, path: str) -> str:
-    text = _string(value, path, "at+jwt")
-    if not _TYP_RE.fullmatch(text):
-        raise ConfigError(path, f"not a media type like at+jwt: {_short(text)}")
-    return text
-
-
-def _claim_name(like: str) -> _Parse[str]:
-    def parse(value: object, path: str) -> str:
-        text = _string(value, path, like)
-        if not _CLAIM_RE.fullmatch(text):
-            raise ConfigError(
-                path, f"expected a claim name like {like} (no spaces), got {_short(text)}"
-            )
-        return text
-
-    return parse
-
-
-# ------------------------------------------------------------------------------------ sections
-
-
-class _Failed(Exception):
-    """A section had problems (already recorded); its dataclass cannot be built."""
-
-
-class _Fields:
-    """Reads the known keys of one mapping, recording problems instead of stopping."""
-
-    def __init__(self, problems: list[ConfigError], data: Mapping[str, object], path: str) -> None:
-        self._problems = problems
-        self._data = data
-        self._path = path
-        self.failed = False
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def raw(self, key: str) -> object:
-        """The value of ``key`` as written (None if absent), for cross-field checks."""
-        return self._data.get(key)
-
-    def optional(self, key: str, parse: _Parse[_T], default: _T) -> _T:
-        if key not in self._data:
-            return default
-        try:
-            return parse(self._data[key], _join(self._path, key))
-        except ConfigError as exc:
-            self._problems.append(exc)
-        except _Failed:
-            pass
-        self.failed = True
-        return default
-
-    def required(self, key: str, parse: _Parse[_T], hint: str) -> _T | None:
-        if key not in self._data:
-            self._problems.append(ConfigError(_join(self._path, key), f"required ({hint})"))
-            self.failed = True
-            return None
-        return self.optional(key, parse, None)
-
-
-class _Parser:
-    def __init__(self) -> None:
-        self.problems: list[ConfigError] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(ConfigError(path or ROOT, message))
-
-    def fields(self, value: object, path: str, schema: str) -> _Fields:
-        """Check that ``value`` is a mapping of known keys; unknown keys are recorded."""
-        known = SCHEMA[schema]
-        if value is None:  # "admin:" with everything under it commented out
-            value = {}
-        if not isinstance(value, Mapping):
-            listed = ", ".join(known)
-            self.error(path, f"expected a mapping with keys {listed}; got {_got(value)}")
-            raise _Failed
-        data: dict[str, object] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                self.error(path, f"keys must be strings, got {_got(key)}")
-                continue
-            key_path = _join(path, key)
-            schema_key = f"{schema}.{key}" if schema else key
-            if schema_key in UNSUPPORTED_KEYS:
-                self.error(
-                    key_path,
-                    f"not supported by this version yet ({UNSUPPORTED_KEYS[schema_key]}); remove "
-                    "it: an ignored security policy would silently allow what it should deny",
-                )
-            elif key not in known:
-                self.error(key_path, _unknown_key_message(key, schema))
-            else:
-                data[key] = item
-        return _Fields(self.problems, data, path)
-
-    def sequence(self, value: object, path: str, like: str) -> Sequence[object]:
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ConfigError(path, f"expected a list of {like}, got {_got(value)}")
-        return value
-
-    # -- top level
-
-    def config(self, data: object) -> Config:
-        if data is None:
-            self.error(
-                ROOT,
-                "the configuration is empty; expected a mapping with trust_domain and "
-                "inbound and/or outbound",
-            )
-            raise _Failed
-        f = self.fields(data, "", "")
-        trust_domain = f.required(
-            "trust_domain", _trust_domain, "the trust domain, e.g. example.org"
-        )
-        workload_api = f.optional("workload_api", _workload_api, None)
-        admin = f.optional("admin", self.admin, AdminConfig())
-        inbound: InboundConfig | None = f.optional("inbound", self.inbound, None)
-        outbound: OutboundConfig | None = f.optional("outbound", self.outbound, None)
-        log = f.optional("log", self.log, LogConfig())
-        drain_timeout = f.optional("shutdown", self.shutdown, 10.0)
-        process = f.optional("process", self.process, ProcessConfig())
-        tracing = f.optional(
-            "tracing", lambda v, p: self.delegate(parse_tracing, v, p), TracingConfig()
-        )
-        if "inbound" not in f and "outbound" not in f:
-            self.error(
-                ROOT,
-                "at least one of 'inbound' (MCP server side) or 'outbound' (agent side) "
-                "is required",
-            )
-        self.check_listeners(
-            [
-                ("admin.listen", admin.listen),
-                ("inbound.listen", inbound.listen if inbound else None),
-                ("outbound.listen", outbound.listen if outbound else None),
-            ]
-        )
-        if self.problems or trust_domain is None:
-            raise _Failed
-        return Config(
-            trust_domain=trust_domain,
-            workload_api=workload_api,
-            admin=admin,
-            inbound=inbound,
-            outbound=outbound,
-            log=log,
-            drain_timeout=drain_timeout,
-            process=process,
-            tracing=tracing,
-        )
-
-    def check_listeners(self, listeners: list[tuple[str, ListenAddress | None]]) -> None:
-        seen: list[tuple[str, ListenAddress]] = []
-        for path, address in listeners:
-            if address is None:
-                continue
-            for other_path, other in seen:
-                if address.port == other.port != 0 and (
-                    address.host == other.host or address.is_wildcard or other.is_wildcard
-                ):
-                    self.error(path, f"{address} conflicts with {other_path} ({other})")
-            seen.append((path, address))
-
-    def admin(self, value: object, path: str) -> AdminConfig:
-        f = self.fields(value, path, "admin")
-        listen = f.optional("listen", _listen("127.0.0.1:15000"), AdminConfig().listen)
-        if f.failed:
-            raise _Failed
-        return AdminConfig(listen=listen)
-
-    def log(self, value: object, path: str) -> LogConfig:
-        f = self.fields(value, path, "log")
-        level: LogLevel = f.optional("level", _log_level, "info")
-        access_log = f.optional("access_log", _boolean, True)
-        log_format: LogFormat = f.optional(
-            "format", lambda v, p: _choice(v, p, LOG_FORMATS), "text"
-        )
-        if f.failed:
-            raise _Failed
-        return LogConfig(level=level, access_log=access_log, format=log_format)
-
-    def shutdown(self, value: object, path: str) -> float:
-        f = self.fields(value, path, "shutdown")
-        drain_timeout = f.optional("drain_timeout", parse_duration, 10.0)
-        if f.failed:
-            raise _Failed
-        return drain_timeout
-
-    def process(self, value: object, path: str) -> ProcessConfig:
-        f = self.fields(value, path, "process")
-        scheduler = f.optional("scheduler", _scheduler, ProcessConfig().scheduler)
-        if f.failed:
-            raise _Failed
-        return ProcessConfig(scheduler=scheduler)
-
-    def limits(self, value: object, path: str) -> Limits:
-        f = self.fields(value, path, path)  # path == schema: inbound.limits / outbound.limits
-        defaults = Limits()
-        limits = Limits(
-            max_request_body=f.optional(
-                "max_request_body",
-                _size_between(1, GIB, "1 byte", "1GiB"),
-                defaults.max_request_body,
-            ),
-            max_header_size=f.optional(
-                "max_header_size", _size_between(KIB, MIB, "1KiB", "1MiB"), defaults.max_header_size
-            ),
-            header_timeout=f.optional("header_timeout", _timeout, defaults.header_timeout),
-            keepalive_timeout=f.optional("keepalive_timeout", _timeout, defaults.keepalive_timeout),
-            connect_timeout=f.optional("connect_timeout", _timeout, defaults.connect_timeout),
-            idle_timeout=f.optional("idle_timeout", _timeout, defaults.idle_timeout),
-            total_timeout=f.optional("total_timeout", _timeout, defaults.total_timeout),
-            sse_heartbeat=f.optional("sse_heartbeat", parse_duration, defaults.sse_heartbeat),
-        )
-        if f.failed:
-            raise _Failed
-        return limits
-
-    def circuit_breakers(
-        self, value: object, path: str, base: CircuitBreakers, schema: str
-    ) -> CircuitBreakers:
-        """The thresholds given, the others from ``base`` (the outbound's for a route)."""
-        f = self.fields(value, path, schema)
-        breakers = CircuitBreakers(
-            max_connections=f.optional(
-                "max_connections", _integer_between(1, MAX_CIRCUIT_BREAKER), base.max_connections
-            ),
-            max_pending_requests=f.optional(
-                "max_pending_requests",
-                _integer_between(0, MAX_CIRCUIT_BREAKER),
-                base.max_pending_requests,
-            ),
-            max_requests=f.optional(
-                "max_requests", _integer_between(1, MAX_CIRCUIT_BREAKER), base.max_requests
-            ),
-        )
-        if f.failed:
-            raise _Failed
-        return breakers
-
-    def origins(self, value: object, path: str) -> tuple[str, ...]:
-        return self.strings(value, path, "origins like https://app.example.com", _origin)
-
-    # -- inbound
-
-    def inbound(self, value: object, path: str) -> InboundConfig:
-        f = self.fields(value, path, "inbound")
-        listen = f.required(
-            "listen", _listen("0.0.0.0:8443"), "the mTLS listen address, e.g. 0.0.0.0:8443"
-        )
-        mux = self.mux(f, path)
-        upstream: str | None = None
-        if "targets" not in f:
-            upstream = f.required(
-                "upstream",
-                lambda v, p: _url(
-                    v,
-                    p,
-                    "http",
-                    "http://127.0.0.1:8000",
-                    "the local MCP server, reached in plain HTTP",
-                ),
-                "the local MCP server's URL, e.g. http://127.0.0.1:8000, or targets: the MCP "
-                "servers an edge gateway multiplexes",
-            )
-        elif "upstream" in f:
-            self.error(
-                _join(path, "upstream"),
-                "give either upstream (the local MCP server) or targets (the MCP servers an edge "
-                "gateway multiplexes), not both",
-            )
-            f.failed = True
-        public_url = f.optional("public_url", _public_url, None)
-        mtls: MtlsMode = f.optional("mtls", _mtls, "required")
-        allow = f.optional("allow_spiffe_ids", self.allowlist, None)
-        jwt_svid: JwtSvidConfig | None = f.optional(
-            "jwt_svid", lambda v, p: self.jwt_svid(v, p, mtls), None
-        )
-        oauth: OAuthConfig | None = f.optional("oauth", lambda v, p: self.oauth(v, p, mtls), None)
-        origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
-        forward_authorization = f.optional("forward_authorization", _boolean, False)
-        limits = f.optional("limits", self.limits, Limits())
-        mcp_policy: McpPolicyConfig | None = f.optional("mcp_policy", self.mcp_policy, None)
-        rate_limits: tuple[RateLimit, ...] = f.optional(
-            "rate_limits", lambda v, p: self.delegate(parse_rate_limits, v, p), ()
-        )
-        api_keys: ApiKeysConfig | None = f.optional("api_keys", self.api_keys, None)
-        breakers = f.optional(
-            "circuit_breakers",
-            lambda v, p: self.circuit_breakers(v, p, CircuitBreakers(), "inbound.circuit_breakers"),
-            CircuitBreakers(),
-        )
-        if "public_url" in f and "oauth" not in f:
-            self.error(
-                _join(path, "public_url"),
-                "only used with inbound.oauth (it builds the resource_metadata URL of the "
-                "OAuth 401 answer); remove it or configure oauth",
-            )
-            f.failed = True
-        if forward_authorization and "targets" in f:
-            self.error(
-                _join(path, "forward_authorization"),
-                "must be false with targets: an edge gateway authenticates to its targets with "
-                "its own SPIFFE identity and never passes the client's token on",
-            )
-            f.failed = True
-        elif forward_authorization and ("jwt_svid" in f or "oauth" in f or "api_keys" in f):
-            self.error(
-                _join(path, "forward_authorization"),
-                "must be false with a token layer (jwt_svid, oauth or api_keys): the bearer "
-                "token is addressed to this sidecar and must never be passed upstream (MCP "
-                "authorization forbids token passthrough)",
-            )
-            f.failed = True
-        if mtls == "off":
-            allow_given = f.raw("allow_spiffe_ids")
-            if "oauth" not in f and "api_keys" not in f:
-                self.error(
-                    _join(path, "mtls"),
-                    "'off' requires inbound.oauth or inbound.api_keys (an unauthenticated "
-                    "ingress is refused)",
-                )
-                f.failed = True
-            if allow_given is not None and allow_given != []:
-                self.error(
-                    _join(path, "allow_spiffe_ids"),
-                    "must be empty or absent with mtls: 'off': without mTLS there is no peer "
-                    "SPIFFE ID to check, so the allowlist would be silently ignored",
-                )
-                f.failed = True
-            allow = allow if allow is not None else Allowlist()
-        elif "allow_spiffe_ids" not in f or (allow is not None and len(allow) == 0):
-            self.error(
-                _join(path, "allow_spiffe_ids"),
-                ("empty" if "allow_spiffe_ids" in f else "required")
-                + ": with mtls: required only peers whose SPIFFE ID matches one of these patterns "
-                "may connect, so nobody could; list at least one, e.g. "
-                "spiffe://example.org/ns/agents/sa/*",
-            )
-            f.failed = True
-        if mux is not None and mcp_policy is not None:
-            self.check_rule_names(mux, mcp_policy.policy, _join(path, "mcp_policy"))
-        if f.failed or listen is None or (upstream is None and mux is None) or allow is None:
-            raise _Failed
-        if oauth is not None and public_url is None:
-            public_url = _origin_of(oauth.audience)
-        return InboundConfig(
-            listen=listen,
-            upstream=upstream,
-            mux=mux,
-            mtls=mtls,
-            allow_spiffe_ids=allow,
-            allowed_origins=origins,
-            forward_authorization=forward_authorization,
-            limits=limits,
-            jwt_svid=jwt_svid,
-            oauth=oauth,
-            public_url=public_url,
-            mcp_policy=mcp_policy,
-            rate_limits=rate_limits,
-            api_keys=api_keys,
-            circuit_breakers=breakers,
-        )
-
-    # -- MCP policy
-
-    def delegate(self, parse: Callable[..., _T], value: object, path: str) -> _T:
-        """Run a parser of another module that raises ``ConfigErrors``; keep all its problems."""
-        try:
-            return parse(value, path=path)
-        except ConfigErrors as exc:
-            self.problems.extend(exc.problems)
-            raise _Failed from exc
-
-    def mcp_policy(self, value: object, path: str) -> McpPolicyConfig:
-        """Inline (``default:``/``rules:``) or ``{file: PATH, reload_interval: 2s}``."""
-        if value is None:  # "mcp_policy:" with everything under it commented out
-            raise ConfigError(
-                path,
-                "empty: give a policy (default: deny, rules: [...]) or {file: PATH}; an empty "
-                "policy would silently allow every call",
-            )
-        if not (isinstance(value, Mapping) and "file" in value):
-            return McpPolicyConfig(policy=self.delegate(parse_policy, value, path))
-        if "dry_run" in value:  # one place, reloaded with the rules it is about
-            self.error(
-                _join(path, "dry_run"),
-                "belongs in the policy file, next to default and rules (it is reloaded with them)",
-            )
-            value = {key: item for key, item in value.items() if key != "dry_run"}
-        f = self.fields(value, path, "inbound.mcp_policy.file")
-        file = f.required(
-            "file",
-            lambda v, p: _string(v, p, "/etc/mcp-sidecar/policy.yaml"),
-            "path of the policy YAML file",
-        )
-        interval = f.optional("reload_interval", _timeout, 2.0)
-        if f.failed or file is None:
-            raise _Failed
-        try:
-            policy = load_policy_file(file)
-        except ConfigErrors as exc:
-            for problem in exc.problems:
-                self.error(_join(path, "file"), f"{file}: {problem}")
-            raise _Failed from exc
-        return McpPolicyConfig(policy=policy, file=file, reload_interval=interval)
-
-    def api_keys(self, value: object, path: str) -> ApiKeysConfig:
-        f = self.fields(value, path, "inbound.api_keys")
-        file = f.required(
-            "file",
-            _file_path("/etc/mcp-sidecar/api-keys/keys.yaml"),
-            "path of the key file (hashes only, see mcp-sidecar api-key create)",
-        )
-        header = f.optional("header", _header_name, "Authorization")
-        interval = f.optional("reload_interval", _timeout, 2.0)
-        if f.failed or file is None:
-            raise _Failed
-        try:
-            keys = load_api_key_file(file)
-        except ConfigErrors as exc:
-            for problem in exc.problems:
-                self.error(_join(path, "file"), f"{file}: {problem}")
-            raise _Failed from exc
-        return ApiKeysConfig(keys=keys, file=file, header=header, reload_interval=interval)
-
-    # -- token layer
-
-    def jwt_svid(self, value: object, path: str, mtls: MtlsMode) -> JwtSvidConfig:
-        f = self.fields(value, path, "inbound.jwt_svid")
-        audiences = f.required(
-            "audiences",
-            lambda v, p: self.strings(
-                v,
-                p,
-                "audiences like spiffe://example.org/ns/mcp/sa/math",
-                _non_empty_string("spiffe://example.org/ns/mcp/sa/math"),
-                empty="must not be empty: a JWT-SVID is accepted only if its aud names one of "
-                "these (usually this server's SPIFFE ID)",
-            ),
-            "the audiences a JWT-SVID must name, e.g. [spiffe://example.org/ns/mcp/sa/math]",
-        )
-        bind_to_peer = f.optional("bind_to_peer", _boolean, mtls == "required")
-        leeway = f.optional("leeway", _leeway, 30.0)
-        algorithms = f.optional("algorithms", self.algorithms, JWT_ALGORITHMS)
-        if mtls == "off" and bind_to_peer and "bind_to_peer" in f:
-            self.error(
-                _join(path, "bind_to_peer"),
-                "cannot be true with inbound.mtls: 'off': there is no mTLS peer whose SPIFFE ID "
-                "the token's sub could be bound to; set it to false",
-            )
-            f.failed = True
-        if f.failed or audiences is None:
-            raise _Failed
-        return JwtSvidConfig(
-            audiences=audiences, bind_to_peer=bind_to_peer, leeway=leeway, algorithms=algorithms
-        )
-
-    def oauth(self, value: object, path: str, mtls: MtlsMode) -> OAuthConfig:
-        f = self.fields(value, path, "inbound.oauth")
-        issuer = f.required(
-            "issuer",
-            _issuer_url,
-            "the authorization server's issuer identifier, e.g. https://auth.example.com",
-        )
-        audience = f.required(
-            "audience",
-            _resource_url,
-            "this MCP server's resource URL (RFC 8707), e.g. https://mcp.example.com/mcp",
-        )
-        jwks_uri = f.optional("jwks_uri", _jwks_uri, None)
-        jwks = f.optional("jwks", self.inline_jwks, None)
-        discovery = f.optional("discovery", _boolean, "jwks_uri" not in f and "jwks" not in f)
-        like_scopes = "scopes like mcp:tools"
-        required_scopes: tuple[str, ...] = f.optional(
-            "required_scopes", lambda v, p: self.strings(v, p, like_scopes, _scope), ()
-        )
-        scopes_supported = f.optional(
-            "scopes_supported", lambda v, p: self.strings(v, p, like_scopes, _scope), None
-        )
-        authorization_servers = f.optional(
-            "authorization_servers",
-            lambda v, p: self.strings(
-                v,
-                p,
-                "issuer URLs like https://auth.example.com",
-                _issuer_url,
-                empty="must not be empty: MCP clients find the authorization server here; "
-                "omit it to advertise issuer",
-            ),
-            None,
-        )
-        typ = f.optional("typ", _typ, None)
-        leeway = f.optional("leeway", _leeway, 30.0)
-        algorithms = f.optional("algorithms", self.algorithms, JWT_ALGORITHMS)
-        jwks_cache_ttl = f.optional("jwks_cache_ttl", _timeout, 300.0)
-        jwks_refresh_interval = f.optional("jwks_refresh_interval", _timeout, 30.0)
-        require_cnf = f.optional("require_cnf", _boolean, False)
-        bind_actor = f.optional("bind_actor_to_peer", _boolean, mtls == "required")
-        roles_claim = f.optional("roles_claim", _claim_name("roles"), "roles")
-        groups_claim = f.optional("groups_claim", _claim_name("groups"), "groups")
-        sources = [key for key in ("jwks_uri", "jwks") if key in f]
-        if discovery and "discovery" in f:
-            sources.append("discovery: true")
-        if len(sources) > 1:
-            self.error(
-                path,
-                f"give one source of signing keys, not {' and '.join(sources)}: jwks_uri, jwks "
-                "and discovery: true are alternatives",
-            )
-            f.failed = True
-        elif not sources and not discovery:
-            self.error(
-                path,
-                "no source of signing keys: give jwks_uri or jwks, or leave discovery true "
-                "(the issuer's metadata names its jwks_uri)",
-            )
-            f.failed = True
-        if scopes_supported is not None:
-            missing = [scope for scope in required_scopes if scope not in scopes_supported]
-            if missing:
-                self.error(
-                    _join(path, "scopes_supported"),
-                    f"must include every required scope (missing: {', '.join(missing)}); "
-                    "clients learn what to ask for from it",
-                )
-                f.failed = True
-        if mtls == "off" and require_cnf:
-            self.error(
-                _join(path, "require_cnf"),
-                "cannot be true with inbound.mtls: 'off': there is no client certificate to "
-                "match the token's cnf.x5t#S256 against; set it to false",
-            )
-            f.failed = True
-        if mtls == "off" and bind_actor and "bind_actor_to_peer" in f:
-            self.error(
-                _join(path, "bind_actor_to_peer"),
-                "cannot be true with inbound.mtls: 'off': there is no mTLS peer the actor of a "
-                "delegated token could be bound to; set it to false",
-            )
-            f.failed = True
-        if f.failed or issuer is None or audience is None:
-            raise _Failed
-        return OAuthConfig(
-            issuer=issuer,
-            audience=audience,
-            jwks_uri=jwks_uri,
-            jwks=jwks,
-            discovery=discovery,
-            required_scopes=required_scopes,
-            scopes_supported=required_scopes if scopes_supported is None else scopes_supported,
-            authorization_servers=(
-                (issuer,) if authorization_servers is None else authorization_servers
-            ),
-            typ=typ,
-            leeway=leeway,
-            algorithms=algorithms,
-            jwks_cache_ttl=jwks_cache_ttl,
-            jwks_refresh_interval=jwks_refresh_interval,
-            require_cnf=require_cnf,
-            bind_actor_to_peer=bind_actor,
-            roles_claim=roles_claim,
-            groups_claim=groups_claim,
-        )
-
-    def strings(
-        self,
-        value: object,
-        path: str,
-        like: str,
-        parse: _Parse[str],
-        *,
-        empty: str | None = None,
-    ) -> tuple[str, ...]:
-        """A list of strings, each checked by ``parse`` (problems by index), duplicates
-        dropped; ``empty`` is the message if an empty list is an error."""
-        items = self.sequence(value, path, like)
-        if not items and empty is not None:
-            raise ConfigError(path, empty)
-        result = parse_each(items, path, parse, self.problems)
-        if result is None:
-            raise _Failed
-        return result
-
-    def algorithms(self, value: object, path: str) -> tuple[str, ...]:
-        return self.strings(
-            value,
-            path,
-            "JWS algorithms like RS256, ES256",
-            _algorithm,
-            empty=f"must not be empty; expected some of {', '.join(JWT_ALGORITHMS)}",
-        )
-
-    def inline_jwks(self, value: object, path: str) -> str:
-        """A JWKS written as YAML -> canonical JSON text (the dataclass stays hashable)."""
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                path,
-                "expected a JWKS: a mapping with a 'keys' list, e.g. {keys: [{kty: RSA, kid: k1, "
-                f"n: ..., e: AQAB}}]}}; got {_got(value)}",
-            )
-        keys_path = _join(path, "keys")
-        if "keys" not in value:
-            raise ConfigError(keys_path, "required (the JWKS 'keys' list)")
-        keys = self.sequence(value["keys"], keys_path, "JWKs (mappings with kty and kid)")
-        if not keys:
-            raise ConfigError(keys_path, "must not be empty: with no keys no token can be valid")
-        failed = False
-        kids: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            key_path = f"{keys_path}[{index}]"
-            if not isinstance(key, Mapping):
-                self.error(
-                    key_path, f"expected a JWK (a mapping with kty and kid), got {_got(key)}"
-                )
-                failed = True
-                continue
-            for member in ("kty", "kid"):
-                if member not in key:
-                    self.error(_join(key_path, member), "required in every inline key")
-                    failed = True
-                elif not isinstance(key[member], str) or not key[member]:
-                    self.error(
-                        _join(key_path, member),
-                        f"expected a non-empty string, got {_got(key[member])}",
-                    )
-                    failed = True
-            kty, kid = key.get("kty"), key.get("kid")
-            if kty == "oct":
-                self.error(
-                    _join(key_path, "kty"),
-                    "'oct' (symmetric) keys are refused: a shared secret lets whoever holds it "
-                    "mint tokens; give the issuer's public keys (RSA or EC)",
-                )
-                failed = True
-            private = [member for member in ("d", "p", "q", "dp", "dq", "qi", "k") if member in key]
-            if private and kty != "oct":
-                self.error(
-                    key_path,
-                    f"contains private key material ({', '.join(private)}); give only the "
-                    "public key",
-                )
-                failed = True
-            if isinstance(kid, str) and kid:
-                if kid in kids:
-                    self.error(
-                        _join(key_path, "kid"),
-                        f"duplicate kid {_short(kid)} (also keys[{kids[kid]}]); which key "
-                        "verifies a token would be ambiguous",
-                    )
-                    failed = True
-                kids.setdefault(kid, index)
-        if failed:
-            raise _Failed
-        try:
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-            plain = json.loads(text) == value
-        except (TypeError, ValueError, RecursionError):
-            plain = False
-        if not plain:
-            raise ConfigError(
-                path,
-                "must be plain JSON data: string keys; strings, finite numbers, booleans, null, "
-                "lists and mappings (quote dates and other YAML-typed values)",
-            )
-        return text
-
-    def allowlist(self, value: object, path: str) -> Allowlist:
-        like = "spiffe://example.org/ns/agents/sa/*"
-        items = self.sequence(value, path, f"SPIFFE ID patterns like {like}")
-        texts: list[str] = []
-        for index, item in enumerate(items):
-            item_path = f"{path}[{index}]"
-            if not isinstance(item, str):
-                self.error(item_path, f"expected a string like {like}, got {_got(item)}")
-                continue
-            try:
-                SpiffeIdPattern.parse(item)
-            except PatternError as exc:
-                self.error(item_path, f"not a SPIFFE ID pattern: {exc.message}")
-                continue
-            texts.append(item)
-        if len(texts) != len(items):
-            raise _Failed
-        return Allowlist.from_strings(texts)
-
-    # -- outbound
-
-    def outbound(self, value: object, path: str) -> OutboundConfig:
-        f = self.fields(value, path, "outbound")
-        listen = f.required(
-            "listen", _listen("127.0.0.1:15001"), "a loopback address, e.g. 127.0.0.1:15001"
-        )
-        allow_non_loopback = f.optional("allow_non_loopback", _boolean, False)
-        origins: tuple[str, ...] = f.optional("allowed_origins", self.origins, ())
-        limits = f.optional("limits", self.limits, Limits())
-        breakers = f.optional(
-            "circuit_breakers",
-            lambda v, p: self.circuit_breakers(
-                v, p, CircuitBreakers(), "outbound.circuit_breakers"
-            ),
-            CircuitBreakers(),
-        )
-        routes = f.required(
-            "routes", lambda v, p: self.routes(v, p, breakers), "at least one route"
-        )
-        if listen is not None and not listen.is_loopback and not allow_non_loopback:
-            self.error(
-                _join(path, "listen"),
-                f"{listen} is not a loopback address: the outbound side is plain HTTP and lends "
-                "this workload's SPIFFE identity to whoever connects; listen on 127.0.0.1, [::1] "
-                "or localhost, or set allow_non_loopback: true if the network in front is trusted",
-            )
-            f.failed = True
-        if f.failed or listen is None or routes is None:
-            raise _Failed
-        return OutboundConfig(
-            listen=listen,
-            routes=routes,
-            allow_non_loopback=allow_non_loopback,
-            allowed_origins=origins,
-            limits=limits,
-            circuit_breakers=breakers,
-        )
-
-    def routes(
-        self, value: object, path: str, breakers: CircuitBreakers = CircuitBreakers()
-    ) -> tuple[RouteConfig, ...]:
-        items = self.sequence(value, path, "routes")
-        if not items:
-            raise ConfigError(path, "at least one route is required")
-        routes: list[RouteConfig] = []
-        failed = False
-        names: dict[str, int] = {}
-        matches: dict[tuple[str | None, str], int] = {}
-        for index, item in enumerate(items):
-            item_path = f"{path}[{index}]"
-            try:
-                routes.append(self.route(item, item_path, breakers))
-            except _Failed:
-                failed = True
-            # Uniqueness is checked on the fields that are valid, even if others are not.
-            raw: Mapping[object, object] = item if isinstance(item, Mapping) else {}
-            name = _valid_or_none(_route_name, raw.get("name"))
-            if name is not None:
-                if name in names:
-                    self.error(
-                        f"{item_path}.name",
-                        f"duplicate route name {name!r} (also routes[{names[name]}])",
-                    )
-                    failed = True
-                names.setdefault(name, index)
-            prefix = _valid_or_none(_path_prefix, raw.get("path_prefix", "/"))
-            host = _valid_or_none(_route_host, raw.get("host"))
-            if prefix is not None and (host is not None or raw.get("host") is None):
-                if (host, prefix) in matches:
-                    on_host = f" and host {host!r}" if host else ""
-                    self.error(
-                        f"{item_path}.path_prefix",
-                        f"routes[{matches[host, prefix]}] already has path_prefix {prefix!r}"
-                        f"{on_host}; which route serves a request would be ambiguous",
-                    )
-                    failed = True
-                matches.setdefault((host, prefix), index)
-        if failed:
-            raise _Failed
-        return tuple(routes)
-
-    def route(
-        self, value: object, path: str, defaults: CircuitBreakers = CircuitBreakers()
-    ) -> RouteConfig:
-        f = self.fields(value, path, ROUTE_SCHEMA)
-        name = f.required("name", _route_name, "a short unique name, e.g. math")
-        path_prefix = f.optional("path_prefix", _path_prefix, "/")
-        host = f.optional("host", _route_host, None)
-        mux = self.mux(f, path)
-        upstream: str | None = None
-        server_spiffe_id: SpiffeId | None = None
-        if mux is None and "targets" not in f:
-            upstream = f.required(
-                "upstream",
-                _sidecar_url,
-                "the server sidecar's URL, e.g. https://math.mcp.svc:8443, or targets: the MCP "
-                "servers this route multiplexes",
-            )
-            server_spiffe_id = f.required(
-                "server_spiffe_id",
-                _server_spiffe_id,
-                "the exact SPIFFE ID the server must present, e.g. "
-                "spiffe://example.org/ns/mcp/sa/math",
-            )
-        else:
-            for key, why in (
-                ("upstream", "give either upstream (one server) or targets (several), not both"),
-                ("server_spiffe_id", "with targets, each target has its own server_spiffe_id"),
-                ("jwt_svid_audience", "with targets, each target has its own jwt_svid_audience"),
+# -------------------------------------------------------------------------------- entry
+
+
+def _check_listeners(f: Fields, listeners: list[tuple[str, ListenAddress | None]]) -> None:
+    seen: list[tuple[str, ListenAddress]] = []
+    for path, address in listeners:
+        if address is None:
+            continue
+        for other_path, other in seen:
+            if address.port == other.port != 0 and (
+                address.host == other.host or address.is_wildcard or other.is_wildcard
             ):
-                if key in f:
-                    self.error(_join(path, key), why)
-                    f.failed = True
-        strip_prefix = f.optional("strip_prefix", _boolean, True)
-        jwt_svid_audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
-        sni = f.optional("sni", _sni, None)
-        if "sni" in f and "targets" in f:
-            self.error(
-                _join(path, "sni"),
-                "not used with targets: each target is reached by its own upstream's host name",
-            )
-            f.failed = True
-        token_exchange = f.optional("token_exchange", self.token_exchange, None)
-        breakers = f.optional(
-            "circuit_breakers",
-            lambda v, p: self.circuit_breakers(v, p, defaults, f"{ROUTE_SCHEMA}.circuit_breakers"),
-            defaults,
-        )
-        if "token_exchange" in f and "jwt_svid_audience" in f:
-            self.error(
-                _join(path, "token_exchange"),
-                "cannot be combined with jwt_svid_audience: both would send the Authorization "
-                "header upstream (the server's sidecar validates the exchanged token with "
-                "inbound.oauth)",
-            )
-            f.failed = True
-        if "token_exchange" in f and "targets" in f:
-            self.error(
-                _join(path, "token_exchange"),
-                "not supported with targets: a token is exchanged for exactly one server "
-                "(its resource/audience); give the route one upstream",
-            )
-            f.failed = True
-        if (
-            f.failed
-            or name is None
-            or (mux is None and (upstream is None or server_spiffe_id is None))
-        ):
-            raise _Failed
-        return RouteConfig(
-            name=name,
-            path_prefix=path_prefix,
-            host=host,
-            upstream=upstream,
-            server_spiffe_id=server_spiffe_id,
-            mux=mux,
-            strip_prefix=strip_prefix,
-            jwt_svid_audience=jwt_svid_audience,
-            token_exchange=token_exchange,
-            sni=sni if sni is not None else _default_sni(upstream) if upstream else None,
-            circuit_breakers=breakers,
-        )
-
-    def token_exchange(self, value: object, path: str) -> TokenExchangeConfig:
-        f = self.fields(value, path, EXCHANGE_SCHEMA)
-        token_endpoint = f.optional("token_endpoint", _token_endpoint, None)
-        issuer = f.optional("issuer", _issuer_url, None)
-        ca_file = f.optional("ca_file", _ca_file, None)
-        client_auth: ClientAuth = f.optional(
-            "client_auth", lambda v, p: _choice(v, p, CLIENT_AUTH_METHODS), "jwt_svid"
-        )
-        client_id = f.optional("client_id", _non_empty_string("mcp-agent"), None)
-        secret_file = f.optional(
-            "client_secret_file", _file_path("/var/run/secrets/sts/client-secret"), None
-        )
-        sts_audience = f.optional(
-            "sts_audience", _non_empty_string("https://sts.example.com"), None
-        )
-        header = f.optional("subject_token_header", _header_name, "Authorization")
-        subject_type = f.optional(
-            "subject_token_type", _subject_token_type, TOKEN_TYPES["access_token"]
-        )
-        actor_token = f.optional("actor_token", _boolean, True)
-        resource = f.optional("resource", _resource_url, None)
-        audience = f.optional(
-            "audience", _non_empty_string("spiffe://example.org/ns/mcp/sa/x"), None
-        )
-        scopes: tuple[str, ...] = f.optional(
-            "scopes", lambda v, p: self.strings(v, p, "scopes like mcp:tools", _scope), ()
-        )
-        timeout = f.optional("timeout", _timeout, 5.0)
-        refresh_before = f.optional("refresh_before", parse_duration, 30.0)
-        if ("token_endpoint" in f) == ("issuer" in f):
-            self.error(
-                path,
-                "give exactly one of token_endpoint (the STS's token URL) and issuer (its token "
-                "endpoint is then discovered from the issuer's metadata)",
-            )
-            f.failed = True
-        if "resource" not in f and "audience" not in f:
-            self.error(
-                path,
-                "give resource (the server's URL, RFC 8707: what its inbound.oauth.audience is) "
-                "and/or audience: an exchanged token must be addressed to exactly this server",
-            )
-            f.failed = True
-        if client_auth == "client_secret":
-            for key in ("client_id", "client_secret_file"):
-                if key not in f:
-                    self.error(_join(path, key), "required with client_auth: client_secret")
-                    f.failed = True
-        elif "client_secret_file" in f:
-            self.error(
-                _join(path, "client_secret_file"),
-                "only used with client_auth: client_secret (with jwt_svid the JWT-SVID "
-                "authenticates this workload)",
-            )
-            f.failed = True
-        if f.failed:
-            raise _Failed
-        return TokenExchangeConfig(
-            token_endpoint=token_endpoint,
-            issuer=issuer,
-            ca_file=ca_file,
-            client_auth=client_auth,
-            client_id=client_id,
-            client_secret_file=secret_file,
-            sts_audience=sts_audience or issuer or token_endpoint or "",
-            subject_token_header=header,
-            subject_token_type=subject_type,
-            actor_token=actor_token,
-            resource=resource,
-            audience=audience,
-            scopes=scopes,
-            timeout=timeout,
-            refresh_before=refresh_before,
-        )
-
-    # -- multiplexing (outbound routes and edge-gateway inbound)
-
-    def mux(self, f: _Fields, path: str) -> MuxConfig | None:
-        """The ``MUX_KEYS`` of a route or an inbound section: None without ``targets`` (the
-        other keys are then errors) or when they have problems (recorded, ``f.failed``)."""
-        if "targets" not in f:
-            for key in MUX_KEYS[1:]:
-                if key in f:
-                    self.error(
-                        _join(path, key),
-                        "only used with targets (an endpoint multiplexing several MCP servers)",
-                    )
-                    f.failed = True
-            return None
-        defaults = MuxConfig(targets=())
-        targets = f.optional("targets", self.targets, None)
-        prefix_mode: PrefixMode = f.optional(
-            "prefix_mode", lambda v, p: _choice(v, p, PREFIX_MODES), defaults.prefix_mode
-        )
-        idle = f.optional("session_idle", _timeout, defaults.session_idle)
-        max_sessions = f.optional(
-            "max_sessions", _whole_number(1, 1_000_000), defaults.max_sessions
-        )
-        target_wait = f.optional("target_wait", _timeout, defaults.target_wait)
-        if targets is None:
-            return None
-        return MuxConfig(
-            targets=targets,
-            prefix_mode=prefix_mode,
-            session_idle=idle,
-            max_sessions=max_sessions,
-            target_wait=target_wait,
-        )
-
-    def check_rule_names(self, mux: MuxConfig, policy: Policy, path: str) -> None:
-        """An edge gateway's rules see multiplexed names (``math__add``): a rule naming a bare
-        tool, or a target that does not exist, could never match - for a deny rule, a silent
-        allow. Known at start-up, so refused here."""
-        naming = Naming.of([t.name for t in mux.targets], mux.prefix_mode)
-        for index, rule in enumerate(policy.rules):
-            for key, globs in (("tools", rule.tools), ("prompts", rule.prompts)):
-                for glob in globs or ():
-                    problem = pattern_problem(naming, glob.text)
-                    if problem is not None:
-                        self.error(f"{path}.rules[{index}].{key}", problem)
-
-    def targets(self, value: object, path: str) -> tuple[TargetConfig, ...]:
-        items = self.sequence(value, path, "targets (name, upstream, server_spiffe_id)")
-        if not items:
-            raise ConfigError(path, "at least one target is required")
-        targets: list[TargetConfig] = []
-        failed = False
-        names: dict[str, int] = {}
-        servers: dict[tuple[str, str | None], int] = {}
-        for index, item in enumerate(items):
-            item_path = f"{path}[{index}]"
-            try:
-                target = self.target(item, item_path)
-            except _Failed:
-                failed = True
-                continue
-            if target.name in names:
-                self.error(
-                    f"{item_path}.name",
-                    f"duplicate target name {target.name!r} (also {path}[{names[target.name]}])",
-                )
-                failed = True
-            names.setdefault(target.name, index)
-            server = (target.upstream, target.path)
-            if server in servers:
-                self.error(
-                    f"{item_path}.upstream",
-                    f"the same server as {path}[{servers[server]}] ({target.upstream}"
-                    f"{target.path or ''}): every one of its names would be served twice",
-                )
-                failed = True
-            servers.setdefault(server, index)
-            targets.append(target)
-        if failed:
-            raise _Failed
-        return tuple(targets)
-
-    def target(self, value: object, path: str) -> TargetConfig:
-        f = self.fields(value, path, TARGET_SCHEMA)
-        name = f.required("name", _target_name, "a short unique name, e.g. math")
-        upstream = f.required(
-            "upstream", _sidecar_url, "the server sidecar's URL, e.g. https://math.mcp.svc:8443"
-        )
-        server_spiffe_id = f.required(
-            "server_spiffe_id",
-            _server_spiffe_id,
-            "the exact SPIFFE ID the server must present, e.g. spiffe://example.org/ns/mcp/sa/math",
-        )
-        target_path = f.optional("path", _path_prefix, None)
-        audience = f.optional("jwt_svid_audience", _jwt_svid_audience, None)
-        if f.failed or name is None or upstream is None or server_spiffe_id is None:
-            raise _Failed
-        return TargetConfig(
-            name=name,
-            upstream=upstream,
-            server_spiffe_id=server_spiffe_id,
-            path=target_path,
-            jwt_svid_audience=audience,
-            sni=_default_sni(upstream),
-        )
-
-
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
-_NOT_SUBJECT_HEADERS = frozenset(
-    {"host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "cookie"}
-)
-
-
-def _header_name(value: object, path: str) -> str:
-    text = _string(value, path, "Authorization")
-    if not _HEADER_NAME_RE.fullmatch(text):
-        raise ConfigError(path, f"not an HTTP header name: {_short(text)}")
-    if text.lower() in _NOT_SUBJECT_HEADERS or text.lower().startswith("mcp-"):
-        raise ConfigError(path, f"{_short(text)} cannot carry the user's token")
-    return text
-
-
-def _ca_file(value: object, path: str) -> str:
-    """A PEM file of CA certificates, loaded once here so a typo is a config error."""
-    text = _file_path("/etc/mcp-sidecar/sts-ca.pem")(value, path)
-    try:
-        ssl.create_default_context(cafile=text)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError(path, f"cannot load CA certificates from {_short(text)}: {exc}") from None
-    return text
-
-
-def _subject_token_type(value: object, path: str) -> str:
-    text = _string(value, path, "access_token")
-    if text in TOKEN_TYPES:
-        return TOKEN_TYPES[text]
-    if text.startswith("urn:") and _URL_TEXT_RE.fullmatch(text):
-        return text
-    raise ConfigError(
-        path,
-        f"expected one of {', '.join(TOKEN_TYPES)} or a token type URI (urn:...), got "
-        f"{_short(text)}",
-    )
-
-
-def _file_path(like: str) -> _Parse[str]:
-    def parse(value: object, path: str) -> str:
-        text = _string(value, path, like)
-        if not text or "\x00" in text:
-            raise ConfigError(path, f"expected a file path like {like}")
-        return text
-
-    return parse
-
-
-def _sidecar_url(value: object, path: str) -> str:
-    return _url(
-        value,
-        path,
-        "https",
-        "https://math.mcp.svc:8443",
-        "routes always originate mTLS to the server's sidecar",
-    )
-
-
-def _target_name(value: object, path: str) -> str:
-    text = _string(value, path, "math")
-    problem = target_name_problem(text)
-    if problem is not None:
-        raise ConfigError(path, problem)
-    return text
-
-
-def _whole_number(low: int, high: int) -> _Parse[int]:
-    def parse(value: object, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(
-                path, f"expected a whole number from {low} to {high}, got {_got(value)}"
-            )
-        return value
-
-    return parse
-
-
-def _valid_or_none(parse: _Parse[_T], value: object) -> _T | None:
-    try:
-        return parse(value, "")
-    except ConfigError:
-        return None
-
-
-def _mtls(value: object, path: str) -> MtlsMode:
-    if value is False:
-        raise ConfigError(
-            path, "expected 'required' or 'off', got boolean false (quote it: mtls: 'off')"
-        )
-    return _choice(value, path, MTLS_MODES)
-
-
-def _scheduler(value: object, path: str) -> Scheduler:
-    return _choice(value, path, SCHEDULERS)
-
-
-def _log_level(value: object, path: str) -> LogLevel:
-    return _choice(value.lower() if isinstance(value, str) else value, path, LOG_LEVELS)
-
-
-def _unknown_key_message(key: str, schema: str) -> str:
-    message = f"unknown key {_short(key)}"
-    homes = [name for name, keys in SCHEMA.items() if key in keys and name != schema]
-    homes += [k.rpartition(".")[0] for k in UNSUPPORTED_KEYS if k.rpartition(".")[2] == key]
-    # a real key of another section is a typo only if nearly the same as one here
-    # (``audience`` for ``audiences``), not when merely alike (``max_requests`` in ``limits``)
-    close = difflib.get_close_matches(key, SCHEMA[schema], n=1, cutoff=0.9 if homes else 0.6)
-    if close:
-        return f"{message}; did you mean {close[0]!r}?"
-    if homes:
-        where = " or ".join(repr(_display_schema(home)) for home in homes)
-        return f"{message}; it belongs under {where}"
-    return f"{message}; expected one of: {', '.join(SCHEMA[schema])}"
-
-
-def _display_schema(schema: str) -> str:
-    return schema.replace("[]", "[i]") if schema else "the top level"
-
-
-# -------------------------------------------------------------------------------------- entry
+                f.problems.add(path, f"{address} conflicts with {other_path} ({other})")
+        seen.append((path, address))
 
 
 def parse_config(data: object) -> Config:
@@ -2424,140 +1854,44 @@ def parse_config(data: object) -> Config:
 
     Raises ``ConfigErrors`` listing every problem found; never any other exception.
     """
-    parser = _Parser()
-    try:
-        config = parser.config(data)
-    except _Failed:
-        raise ConfigErrors(parser.problems) from None
-    return config
+    if data is None:
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    ROOT,
+                    "the configuration is empty; expected a mapping with trust_domain and "
+                    "inbound and/or outbound",
+                )
+            ]
+        )
+    f = _read(TOP, data, "")
+    admin: AdminConfig = f.get("admin")
+    inbound: InboundConfig | None = f.get("inbound")
+    outbound: OutboundConfig | None = f.get("outbound")
+    given = {"drain_timeout": f.get("shutdown")} if "shutdown" in f else {}
+    values = f.values(Config, **given)
+    if "inbound" not in f and "outbound" not in f:
+        f.error(
+            "at least one of 'inbound' (MCP server side) or 'outbound' (agent side) is required"
+        )
+    _check_listeners(
+        f,
+        [
+            ("admin.listen", admin.listen),
+            ("inbound.listen", inbound.listen if inbound else None),
+            ("outbound.listen", outbound.listen if outbound else None),
+        ],
+    )
+    f.check()
+    return Config(**values)
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file. Unreadable files and YAML syntax errors are
     ``ConfigErrors`` too (path = the file name); other problems carry their line number."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigErrors([ConfigError(source, f"cannot read the file: {reason}")]) from None
-    return load_config_text(raw, source=source)
+    return strict_yaml.parse_file(path, lambda data, _source: parse_config(data), root="")
 
 
 def load_config_text(text: str | bytes, *, source: str = "<config>") -> Config:
     """Like ``load_config`` for YAML already in memory; ``source`` names it in errors."""
-    try:
-        lines, problems, data = _compose_and_construct(text)
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigErrors([ConfigError(source, _yaml_message(exc))]) from None
-    except yaml.YAMLError as exc:  # e.g. ReaderError: bad encoding, control characters
-        message = " ".join(str(exc).split())  # one line: check-config prints one per line
-        raise ConfigErrors([ConfigError(source, f"invalid YAML: {message}")]) from None
-    except RecursionError:
-        raise ConfigErrors([ConfigError(source, "invalid YAML: nested too deeply")]) from None
-    try:
-        config = parse_config(data)
-    except ConfigErrors as exc:
-        problems.extend(_with_line(problem, lines) for problem in exc.problems)
-    else:
-        if not problems:
-            return config
-    raise ConfigErrors(problems)
-
-
-# ---------------------------------------------------------------------------------------- YAML
-
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader where only true/false are booleans (YAML 1.2): ``mtls: off`` is the string
-    "off" and ``forward_authorization: yes`` is a type error, not a silent ``True``."""
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _compose_and_construct(text: str | bytes) -> tuple[dict[str, int], list[ConfigError], object]:
-    loader = _StrictLoader(text)  # may raise ReaderError (bad encoding, control characters)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return {}, [], None
-        lines, duplicates = _scan(node)
-        return lines, duplicates, loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _scan(root: Node) -> tuple[dict[str, int], list[ConfigError]]:
-    """Walk the composed YAML: the line of every key path, and every duplicate key."""
-    lines: dict[str, int] = {}
-    duplicates: list[tuple[int, ConfigError]] = []
-    seen: set[int] = set()
-    stack: list[tuple[Node, str]] = [(root, "")]
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:  # aliases share nodes: visit each once (no billion laughs)
-            continue
-        seen.add(id(node))
-        if isinstance(node, SequenceNode):
-            for index, item in enumerate(node.value):
-                item_path = f"{path}[{index}]"
-                lines.setdefault(item_path, item.start_mark.line + 1)
-                stack.append((item, item_path))
-        elif isinstance(node, MappingNode):
-            first_line: dict[tuple[str, str], int] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:  # '<<: *defaults' merges into this very mapping
-                    merged = (
-                        value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-                    )
-                    stack.extend((item, path) for item in merged)
-                    continue
-                if not isinstance(key_node, ScalarNode):
-                    continue
-                line = key_node.start_mark.line + 1
-                key_path = _join(path, str(key_node.value))
-                identity = (key_node.tag, str(key_node.value))
-                if identity in first_line:
-                    duplicates.append(
-                        (
-                            line,
-                            ConfigError(
-                                key_path,
-                                f"duplicate key (first at line {first_line[identity]}, again at "
-                                f"line {line}); a security config must not be ambiguous",
-                            ),
-                        )
-                    )
-                    continue
-                first_line[identity] = line
-                lines.setdefault(key_path, line)
-                stack.append((value_node, key_path))
-    duplicates.sort(key=lambda item: item[0])
-    return lines, [problem for _, problem in duplicates]
-
-
-def _with_line(problem: ConfigError, lines: Mapping[str, int]) -> ConfigError:
-    line = lines.get(problem.path)
-    if line is None:
-        return problem
-    return ConfigError(problem.path, f"{problem_detail(problem)} (line {line})")
-
-
-def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    what = exc.problem or exc.context or "syntax error"
-    message = f"invalid YAML{where}: {' '.join(what.split())}"
-    if exc.context and exc.problem and exc.context_mark is not None:
-        message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-    return message
+    return strict_yaml.parse_document(text, parse_config, source=source)

@@ -6,6 +6,8 @@ as a metric label and in JSON error bodies, so a refusal always says why in the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class SidecarError(Exception):
     """Base class: ``status`` is the HTTP status a proxy answers with, ``reason`` a stable label."""
@@ -33,6 +35,28 @@ class ConfigError(SidecarError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+
+
+class ConfigErrors(SidecarError):
+    """A configuration (or a policy, key or manifest file) has problems; ``problems`` lists
+    every one (each with ``.path``). Parsers collect them all instead of stopping at the first."""
+
+    status = 500
+    reason = "config_error"
+
+    def __init__(self, problems: Iterable[ConfigError]) -> None:
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+        count = len(self.problems)
+        super().__init__(
+            f"{count} configuration problem{'' if count == 1 else 's'}:\n"
+            + "\n".join(f"  {problem}" for problem in self.problems)
+        )
+
+
+def problem_detail(problem: ConfigError) -> str:
+    """The message of ``problem`` without its ``path: `` prefix."""
+    prefix = f"{problem.path}: "
+    return problem.message[len(prefix) :] if problem.message.startswith(prefix) else problem.message
 
 
 class StartupError(ConfigError):

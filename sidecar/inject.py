@@ -47,6 +47,9 @@ from typing import Any, Final
 
 import yaml
 
+from sidecar import strict_yaml
+from sidecar.errors import ConfigErrors, problem_detail
+
 __all__ = [
     "ADMIN_PORT",
     "CONFIG_DIR",
@@ -111,6 +114,8 @@ SIDECAR_UID: Final = 10001
 
 DEFAULT_IMAGE: Final = "mcp-sidecar:dev"
 DEFAULT_CONFIG_MAP: Final = "mcp-sidecar"
+DEFAULT_RELOAD_INTERVAL: Final = 30.0
+"""How often the webhook checks its TLS files for a new certificate (seconds)."""
 
 SYSTEM_NAMESPACES: Final = frozenset(
     {
@@ -473,16 +478,6 @@ def inject_object(
 # ------------------------------------------------------------------- `mcp-sidecar inject` (CLI)
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML, but timestamps stay strings (they go back out exactly as they came in)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
 class _Dumper(yaml.SafeDumper):
     """Block style, no anchors/aliases (every object is written out in full)."""
 
@@ -490,9 +485,10 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def load_documents(text: str) -> list[Any]:
-    """Every non-empty YAML document of a (multi-document) manifest."""
-    return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+def load_documents(text: str, *, source: str = "<manifest>") -> list[Any]:
+    """Every non-empty YAML document of a (multi-document) manifest, read as Kubernetes reads
+    it; duplicate keys and syntax errors are ``ConfigErrors`` (``sidecar.strict_yaml``)."""
+    return strict_yaml.load_documents(text, source=source)
 
 
 def dump_documents(documents: Sequence[Any]) -> str:
@@ -508,10 +504,13 @@ def dump_documents(documents: Sequence[Any]) -> str:
     )
 
 
-def inject_text(text: str, options: InjectOptions | None = None) -> tuple[str, list[str]]:
+def inject_text(
+    text: str, options: InjectOptions | None = None, *, source: str = "<manifest>"
+) -> tuple[str, list[str]]:
     """Inject every workload of a YAML manifest; returns the new manifest and one note per skipped
-    workload. Raises :class:`InjectionError` (every problem, one per line) or ``yaml.YAMLError``."""
-    documents = load_documents(text)
+    workload. Raises :class:`InjectionError` (every problem, one per line) or ``ConfigErrors``
+    (not valid YAML, duplicate keys)."""
+    documents = load_documents(text, source=source)
     output: list[Any] = []
     notes: list[str] = []
     problems: list[str] = []
@@ -564,13 +563,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     options = InjectOptions(image=args.image, config_map=args.config_map)
     try:
-        output, notes = inject_text(text, options)
+        output, notes = inject_text(text, options, source=args.filename)
     except InjectionError as exc:
         for line in str(exc).splitlines():
             print(f"{args.filename}: {line}", file=sys.stderr)
         return 1
-    except yaml.YAMLError as exc:
-        print(f"{args.filename}: not valid YAML: {exc}", file=sys.stderr)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            where = "" if problem.path == args.filename else f"{problem.path}: "
+            detail = problem_detail(problem)
+            print(f"{args.filename}: not valid YAML: {where}{detail}", file=sys.stderr)
         return 1
     for note in notes:
         print(f"{args.filename}: {note}", file=sys.stderr)

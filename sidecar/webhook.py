@@ -48,13 +48,13 @@ from typing import Any, Final, TextIO
 from aiohttp import web
 
 from sidecar.inject import (
+    DEFAULT_RELOAD_INTERVAL,
     InjectionError,
     InjectOptions,
     Skip,
     plan_injection,
 )
 from sidecar.metrics import WebhookMetrics
-from sidecar.webhook_cli import DEFAULT_RELOAD_INTERVAL
 
 log = logging.getLogger(__name__)
 

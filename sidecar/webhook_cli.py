@@ -12,10 +12,14 @@ import ssl
 import sys
 from typing import Final
 
-from sidecar.inject import DEFAULT_CONFIG_MAP, DEFAULT_IMAGE, InjectOptions
+from sidecar.inject import (
+    DEFAULT_CONFIG_MAP,
+    DEFAULT_IMAGE,
+    DEFAULT_RELOAD_INTERVAL,
+    InjectOptions,
+)
 
 DEFAULT_LISTEN: Final = "0.0.0.0:9443"
-DEFAULT_RELOAD_INTERVAL: Final = 30.0
 DESCRIPTION: Final = """The mutating admission webhook that injects the sidecar into pods: an HTTPS
 server answering POST /inject with AdmissionReview admission.k8s.io/v1, plus GET /healthz,
 GET /readyz and GET /metrics (Prometheus). The certificate and key files are re-read when they

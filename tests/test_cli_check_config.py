@@ -89,9 +89,8 @@ def test_policy_example_implements_the_reference_scenario(
     assert f"  rule:   {rule}\n" in out
 
 
-def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("default: deny\nrules:\n  - {name: agents-add, tools: [add]}\n")
+def policy_file_config(tmp_path: Path, policy: Path, reload_interval: str) -> Path:
+    """A configuration whose MCP policy is the file ``policy`` (``file:`` on line 7)."""
     config = tmp_path / "sidecar.yaml"
     config.write_text(
         textwrap.dedent(
@@ -103,10 +102,17 @@ def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
               allow_spiffe_ids: [spiffe://example.org/ns/agents/sa/*]
               mcp_policy:
                 file: {policy}
-                reload_interval: 5s
+                reload_interval: {reload_interval}
             """
         )
     )
+    return config
+
+
+def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default: deny\nrules:\n  - {name: agents-add, tools: [add]}\n")
+    config = policy_file_config(tmp_path, policy, "5s")
     assert main(["check-config", str(config)]) == 0
     assert capsys.readouterr().err == ""
     policy.write_text("default: deny\nrules:\n  - {name: agents-add, tools: [add], tols: [x]}\n")
@@ -115,7 +121,7 @@ def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert out == ""
     assert err.splitlines() == [
         f"inbound.mcp_policy.file: {policy}: {policy}.rules[0].tols: unknown key 'tols'; "
-        "did you mean 'tools'? (line 7)"
+        "did you mean 'tools'? (line 3)"
     ]
     policy.unlink()
     assert main(["check-config", str(config)]) == 1
@@ -123,6 +129,23 @@ def test_policy_file_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         f"inbound.mcp_policy.file: {policy}: {policy}: cannot read the file: "
         "No such file or directory (line 7)\n"
     )
+
+
+def test_a_policy_file_is_read_even_when_other_keys_are_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every problem at once: the file's own problems are located in the file (a duplicate key
+    names both of its lines there, not the line of ``file:`` in the configuration)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default: deny\nrules: []\ndefault: allow\n")
+    config = policy_file_config(tmp_path, policy, "soon")
+    assert main(["check-config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "inbound.mcp_policy.reload_interval: not a duration: 'soon'; expected a duration like "
+        "250ms, 10s, 5m, 1h or a number of seconds (units: ms, s, m, h) (line 8)",
+        f"inbound.mcp_policy.file: {policy}: {policy}.default: duplicate key (first at line 1, "
+        "again at line 3); a security config must not be ambiguous",
+    ]
 
 
 def test_every_problem_is_printed_as_path_colon_message(

@@ -24,7 +24,6 @@ from sidecar.config import (
     AdminConfig,
     CircuitBreakers,
     Config,
-    ConfigErrors,
     InboundConfig,
     JwtSvidConfig,
     Limits,
@@ -40,9 +39,8 @@ from sidecar.config import (
     parse_config,
     parse_duration,
     parse_size,
-    problem_detail,
 )
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConfigErrors, problem_detail
 from sidecar.mcp.policy import (
     CONSTRAINT_KEYS,
     POLICY_KEYS,
@@ -772,8 +770,8 @@ def test_policy_file_form_from_yaml_carries_line_numbers(tmp_path: Path) -> None
     path, message = only(yaml_problems(text))
     assert path == "inbound.mcp_policy.file"
     assert message.startswith(f"{policy_file}: ")
-    assert "rules[0].tools[0]: expected a non-empty string" in message
-    assert message.endswith("(line 7)")
+    assert "rules[0].tools[0]: must not be empty" in message
+    assert message.endswith("(line 5)")  # in the policy file
 
 
 @pytest.mark.parametrize(
@@ -930,7 +928,7 @@ def test_bad_policy_document(value: object, path: str, fragment: str) -> None:
         (
             [{"per": "principal", "rate": 1}, {"per": "principal", "rate": 1, "burst": 0}],
             "inbound.rate_limits[1].burst",
-            "whole number from 1",
+            "must be from 1 to 1000000 (got 0)",
         ),
         (
             [{"per": "principal", "rate": 1, "tools": ["x"]}],

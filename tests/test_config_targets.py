@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.cli import main
-from sidecar.config import ConfigErrors, MuxConfig, TargetConfig, parse_config, problem_detail
+from sidecar.config import MuxConfig, TargetConfig, parse_config
+from sidecar.errors import ConfigErrors, problem_detail
 from sidecar.spiffe.ids import SpiffeId
 
 MATH = {
@@ -163,7 +164,7 @@ def test_an_edge_gateway() -> None:
             {"targets": [MATH], "prefix_mode": "sometimes", "max_sessions": 0},
             [
                 ("outbound.routes[0].prefix_mode", "expected 'always' or 'multiple' or 'never'"),
-                ("outbound.routes[0].max_sessions", "expected a whole number from 1 to 1000000"),
+                ("outbound.routes[0].max_sessions", "must be from 1 to 1000000 (got 0)"),
             ],
         ),
     ],

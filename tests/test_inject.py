@@ -397,6 +397,24 @@ def test_cli_invalid_yaml_and_missing_file(
     assert code == 1 and out == "" and "missing.yaml" in err
 
 
+def test_cli_refuses_a_manifest_with_a_duplicate_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Which of two ``hostNetwork`` (or two opt-out annotations) counts is not ours to guess:
+    PyYAML would keep the last one silently, Kubernetes may read it otherwise."""
+    manifest = tmp_path / "dup.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n"
+        "  hostNetwork: true\n  containers: [{name: app, image: app}]\n  hostNetwork: false\n"
+    )
+    code, out, err = run_cli(capsys, "-f", str(manifest))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{manifest}: not valid YAML: document 1.spec.hostNetwork: duplicate key (first at "
+        "line 5, again at line 7); a security config must not be ambiguous\n"
+    )
+
+
 def test_inject_text_keeps_non_workloads_exactly() -> None:
     text = golden_in("workloads").read_text()
     output, notes = inject_text(text)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import ConfigErrors, load_config_text
+from sidecar.config import load_config_text
+from sidecar.errors import ConfigErrors
 from sidecar.process import apply_scheduler
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux-only")

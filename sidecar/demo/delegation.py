@@ -10,8 +10,11 @@ MCP policy decides on user and agent together: bob, through this agent, may use 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
 from sidecar.demo.mesh import (
     IDENTITIES,
+    LOG_FORMAT,
     STEP_TIMEOUT,
     TRUST_DOMAIN,
     Report,
@@ -52,6 +56,12 @@ POLICY: dict[str, Any] = {
         },
     ],
 }
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``mcp-sidecar demo --scenario delegation``."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    return asyncio.run(run_delegation(state_dir=args.state_dir))
 
 
 async def run_delegation(*, state_dir: Path | None = None) -> int:

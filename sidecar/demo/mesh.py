@@ -51,12 +51,12 @@ GATEWAY_POLICY = {  # the talk's rule: admins may use echo, users only get_time
 STEP_TIMEOUT = 30.0
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "scenario", "mesh") == "delegation":
-        from sidecar.demo.delegation import run_delegation
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
-        return asyncio.run(run_delegation(state_dir=args.state_dir))
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``mcp-sidecar demo`` (``--scenario delegation``: ``sidecar.demo.delegation``)."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     return asyncio.run(run_demo(keep_running=args.keep_running, state_dir=args.state_dir))
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sidecar.config import Config, ConfigErrors, InboundConfig, load_config, parse_config
-from sidecar.errors import ConfigError
+from sidecar.config import Config, InboundConfig, load_config
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.jsonrpc import JsonRpcError, Kind, Message, parse_body
 from sidecar.mcp.judge import judge
 from sidecar.mcp.mux.names import Naming
@@ -39,10 +39,8 @@ from sidecar.mcp.policy import (
     TARGET_KINDS,
     Decision,
     Policy,
-    parse_policy,
     summarise,
 )
-from sidecar.schema import load_yaml
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
 from sidecar.tokens.claims import (
     Principal,
@@ -58,7 +56,6 @@ EXIT_ALLOW: Final = 0
 EXIT_DENY: Final = 3
 EXIT_ERROR: Final = 1
 
-_UNSUPPORTED_PATHS: Final = ("inbound.mcp_policy", "inbound.rate_limits")
 _TARGET_FLAGS: Final = {"tool": "--tool", "resource": "--resource", "prompt": "--prompt"}
 
 
@@ -93,18 +90,8 @@ class Explanation:
 
 
 def load(path: str | Path) -> tuple[Config, Policy]:
-    """The configuration and its ``inbound.mcp_policy``; ``ConfigErrors`` or ``ExplainError``.
-
-    Until ``sidecar.config`` parses ``inbound.mcp_policy`` itself (it refuses the key as "not
-    supported yet"), the section is read from the raw YAML with ``parse_policy`` and the rest of
-    the file is validated by ``parse_config`` without it.
-    """
-    try:
-        config = load_config(path)
-    except ConfigErrors as exc:
-        if not any(_unsupported(p) for p in exc.problems):
-            raise
-        return _load_transitional(path, [p for p in exc.problems if not _unsupported(p)])
+    """The configuration and its ``inbound.mcp_policy``; ``ConfigErrors`` or ``ExplainError``."""
+    config = load_config(path)
     if config.inbound is None:
         raise ExplainError(f"{path}: no inbound section (the MCP policy is inbound.mcp_policy)")
     configured = config.inbound.mcp_policy
@@ -113,36 +100,6 @@ def load(path: str | Path) -> tuple[Config, Policy]:
             f"{path}: no inbound.mcp_policy (without one every admitted call is forwarded)"
         )
     return config, configured.policy
-
-
-def _load_transitional(path: str | Path, problems: list[ConfigError]) -> tuple[Config, Policy]:
-    """``load`` while ``sidecar.config`` still refuses ``inbound.mcp_policy``: ``problems`` are
-    the configuration's other problems (with line numbers)."""
-    try:
-        raw = load_yaml(Path(path).read_bytes(), source=str(path))
-    except ConfigErrors:  # duplicate keys: already among ``problems``
-        raw = None
-    inbound = raw.get("inbound") if isinstance(raw, Mapping) else None
-    inbound = dict(inbound) if isinstance(inbound, Mapping) else {}
-    section = inbound.pop("mcp_policy", None)
-    inbound.pop("rate_limits", None)
-    policy: Policy | None = None
-    if section is not None:
-        try:
-            policy = parse_policy(section, path="inbound.mcp_policy")
-        except ConfigErrors as errors:
-            problems.extend(errors.problems)
-    if problems:
-        raise ConfigErrors(problems)
-    assert isinstance(raw, Mapping)
-    config = parse_config({**raw, "inbound": inbound})
-    if policy is None:
-        raise ExplainError(f"{path}: inbound.mcp_policy is empty")
-    return config, policy
-
-
-def _unsupported(problem: ConfigError) -> bool:
-    return problem.path in _UNSUPPORTED_PATHS and "not supported by this version" in str(problem)
 
 
 # ---------------------------------------------------------------------------------- the caller

@@ -95,22 +95,32 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import unquote
 
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConfigErrors
 from sidecar.mcp.jsonrpc import Kind, Message, Parsed
 from sidecar.schema import (
-    Problems,
+    BOOLEAN,
+    NOT_EMPTY,
+    Section,
+    Value,
+    choice,
+    definition_name,
     got,
     join,
-    load_yaml,
+    key,
+    keys_of,
+    list_of,
     non_empty_string,
-    raise_config_errors,
+    parse_each,
+    read,
+    section_value,
     short,
 )
 from sidecar.spiffe.ids import SpiffeId, SpiffeIdError
 from sidecar.spiffe.match import PatternError, SpiffeIdPattern
+from sidecar.strict_yaml import parse_file
 from sidecar.tokens.claims import Principal
 
 if TYPE_CHECKING:
@@ -310,27 +320,101 @@ def _actor_spiffe_id(actor: str) -> SpiffeId | None:
         return None
 
 
+def _strings(like: str, what: str) -> Value[tuple[str, ...]]:
+    return list_of(non_empty_string(like), what, empty=NOT_EMPTY, label="list of strings")
+
+
+def _globs(kind: str) -> Value[tuple[Glob, ...]]:
+    glob = Value(lambda v, p: _glob(v, p), "glob", {"type": "string", "minLength": 1})
+    return list_of(glob, f"{kind} names or globs", empty=NOT_EMPTY, label="list of globs")
+
+
+_ACTORS = list_of(
+    Value(lambda v, p: _actor(v, p), "actor pattern", {"type": "string", "minLength": 1}),
+    "actors (SPIFFE ID patterns)",
+    empty=NOT_EMPTY,
+    label="list of actor patterns",
+)
+_SCALAR = Value(
+    lambda v, p: _scalar(v, p),
+    "string, number or boolean",
+    {"type": ["string", "number", "boolean"]},
+)
+_NUMBER = Value(lambda v, p: _number(v, p), "number", {"type": "number"})
+_RULE_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 @dataclass(frozen=True, slots=True)
 class PrincipalMatch:
     """``when``: every field that is not None must match (AND); within a field, any of."""
 
-    spiffe_ids: tuple[SpiffeIdPattern, ...] | None = None
-    sub: tuple[str, ...] | None = None
-    scopes: frozenset[str] | None = None
-    """All of these scopes."""
-    roles: tuple[str, ...] | None = None
-    groups: tuple[str, ...] | None = None
-    claims: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+    spiffe_ids: tuple[SpiffeIdPattern, ...] | None = key(
+        list_of(
+            Value(lambda v, p: _pattern(v, p), "SPIFFE ID pattern", {"type": "string"}),
+            "SPIFFE ID patterns",
+            empty=NOT_EMPTY,
+        ),
+        "The mTLS peer's SPIFFE ID matches any of them (same patterns as `allow_spiffe_ids`; "
+        "`spiffe://example.org/ns/agents/**`). Never matches without mTLS.",
+        default=None,
+    )
+    sub: tuple[str, ...] | None = key(
+        _strings("alice", "subjects"),
+        "The token's `sub` is any of them. Never matches without a token.",
+        default=None,
+    )
+    scopes: frozenset[str] | None = key(
+        _strings("mcp:tools", "scopes"),
+        "The token's `scope` holds **all** of them (OAuth access tokens).",
+        default=None,
+    )
+    roles: tuple[str, ...] | None = key(
+        _strings("admin", "roles"),
+        "The token's roles (the claim named by `oauth.roles_claim`, default `roles`; a string "
+        "or a list of strings) include any of them (OAuth access tokens).",
+        default=None,
+    )
+    groups: tuple[str, ...] | None = key(
+        _strings("ops", "groups"),
+        "The token's groups (`oauth.groups_claim`, default `groups`) include any of them "
+        "(OAuth access tokens).",
+        default=None,
+    )
+    claims: tuple[tuple[str, tuple[Scalar, ...]], ...] = key(
+        Value(
+            lambda v, p: _claims(v, p),
+            "mapping",
+            {"type": "object", "minProperties": 1},
+        ),
+        "Claim name → value (string, number or boolean; a list = any of): the token's "
+        'top-level claim equals it. Type-strict: `1` is not `"1"`, `true` is not `1`.',
+        default=(),
+    )
     """(claim name, accepted values): the claim must equal one of them."""
-    delegated: bool | None = None
-    """True: the token carries an RFC 8693 ``act`` (someone acts for ``sub``); False: it does
-    not."""
-    actor: tuple[ActorPattern, ...] | None = None
-    """The current actor (``act.sub``) matches any of these; never matches an undelegated
-    token."""
-    actors_outside: tuple[ActorPattern, ...] | None = None
-    """Some actor of the chain (current or prior) matches none of these: for deny rules such as
-    "no actor outside our trust domain". Never matches an undelegated token."""
+    delegated: bool | None = key(
+        BOOLEAN,
+        "`true`: the token is delegated (it carries an RFC 8693 `act` claim: someone acts for "
+        "its `sub`); `false`: it is not. Use `delegated: false` to keep a user's own rights "
+        "away from agents acting for that user: a rule on `sub` alone matches delegated "
+        "tokens of that user too.",
+        default=None,
+    )
+    actor: tuple[ActorPattern, ...] | None = key(
+        _ACTORS,
+        "The **current** actor of a delegated token (`act.sub`) matches any of them. An actor "
+        "pattern is a SPIFFE ID pattern (starts with `spiffe://`, same wildcards as "
+        "`allow_spiffe_ids`) or an exact actor name (e.g. an OAuth client id). Never matches "
+        "an undelegated token.",
+        default=None,
+    )
+    actors_outside: tuple[ActorPattern, ...] | None = key(
+        _ACTORS,
+        "**Some** actor of the delegation chain (current or prior) matches none of them. "
+        "Meant for deny rules: `{effect: deny, when: {actors_outside: "
+        '["spiffe://example.org"]}}` refuses every token on which a workload outside '
+        "`example.org` acted. Never matches an undelegated token.",
+        default=None,
+    )
 
     def matches(self, principal: Principal) -> bool:
         if self.spiffe_ids is not None:
@@ -374,18 +458,58 @@ def _any_actor_pattern(patterns: tuple[ActorPattern, ...], actor: str) -> bool:
     return any(pattern.matches(actor) for pattern in patterns)
 
 
+WHEN_SECTION = Section("inbound.mcp_policy.rules[].when", keys_of(PrincipalMatch), defaults=False)
+
+
 @dataclass(frozen=True, slots=True)
 class ArgumentConstraint:
     """Checks on one named argument; see the module docstring for the three-valued logic."""
 
     name: str
-    optional: bool = False
-    equals: Scalar | None = None
-    one_of: tuple[Scalar, ...] | None = None
-    minimum: int | float | None = None
-    maximum: int | float | None = None
-    max_length: int | None = None
-    regex: str | None = None
+    """The argument's name (the key above the checks, not a check)."""
+    optional: bool = key(
+        BOOLEAN,
+        "`false` (default): a missing argument fails the constraint. `true`: a missing "
+        "argument satisfies it (the checks apply only when it is present).",
+        default=False,
+    )
+    equals: Scalar | None = key(
+        _SCALAR,
+        'The argument equals this value (JSON types are not mixed: `1` is not `"1"`).',
+        default=None,
+    )
+    one_of: tuple[Scalar, ...] | None = key(
+        list_of(_SCALAR, "strings, numbers or booleans", empty=NOT_EMPTY),
+        "The argument equals one of them.",
+        default=None,
+    )
+    minimum: int | float | None = key(
+        _NUMBER, "The argument is a number (not a boolean) `>= min`.", default=None, name="min"
+    )
+    maximum: int | float | None = key(
+        _NUMBER,
+        "The argument is a number (not a boolean) `<= max`; `min` may not be greater.",
+        default=None,
+        name="max",
+    )
+    max_length: int | None = key(
+        Value(lambda v, p: _length(v, p), "integer >= 0", {"type": "integer", "minimum": 0}),
+        "The argument is a string of at most this many characters.",
+        default=None,
+    )
+    regex: str | None = key(
+        Value(lambda v, p: _regex(v, p), "string", {"type": "string"}),
+        "The argument is a string that **fully** matches this regular expression, in [RE2 "
+        "syntax](https://github.com/google/re2/wiki/Syntax) (`google-re2`, as in Envoy): "
+        "matching takes time linear in the input, so no pattern can backtrack "
+        "catastrophically. Compiled at load time; what RE2 cannot compile — backreferences "
+        "(`\\1`), lookaround (`(?=`, `(?<!`), atomic groups, possessive quantifiers, `\\Z` "
+        "(write `\\z`) — is a configuration error naming the key. `\\d`, `\\w`, `\\s` are "
+        "ASCII-only (use `\\pN`, `\\pL` for Unicode classes). Evaluated on at most `max_length` "
+        "characters (default 4096): a longer string is undecidable.",
+        default=None,
+    )
+    """The pattern as written; the key's parser compiles it (``compiled``)."""
     compiled: FullMatcher | None = field(default=None, repr=False, compare=False)
 
     def evaluate(self, arguments: Mapping[str, Any] | None) -> bool | None:
@@ -421,17 +545,90 @@ class ArgumentConstraint:
         return True
 
 
+ARGUMENTS_SECTION = Section(
+    "inbound.mcp_policy.rules[].arguments.NAME",
+    keys_of(
+        ArgumentConstraint,
+        "equals",
+        "one_of",
+        "regex",
+        "minimum",
+        "maximum",
+        "max_length",
+        "optional",
+    ),
+    defaults=False,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    name: str
-    effect: Effect = "allow"
-    when: PrincipalMatch = field(default_factory=PrincipalMatch)
-    methods: frozenset[str] | None = None
+    name: str = key(
+        Value(lambda v, p: _rule_name(v, p), "string", {"type": "string", "pattern": _RULE_NAME}),
+        "Unique within the policy; letters, digits, `_`, `.`, `-`, starting with a letter or "
+        "digit, at most 64 characters. Denials, `explain` and the audit log name it.",
+        required="a unique name; denials and audit logs name it",
+    )
+    effect: Effect = key(
+        choice("allow", "deny"),
+        "What the rule does when it matches. A matching `deny` always wins over any `allow`.",
+        default="allow",
+    )
+    when: PrincipalMatch = key(
+        section_value(WHEN_SECTION, lambda v, p: _when(v, p)),
+        "Who the rule is about, see [`when`](#inboundmcp_policyrulesiwhen). Every key given "
+        "must match (AND); omitted = every admitted caller.",
+        default_factory=PrincipalMatch,
+        shown="anyone",
+    )
+    methods: frozenset[str] | None = key(
+        list_of(
+            Value(lambda v, p: _method(v, p), "string", {"type": "string"}),
+            "MCP method names",
+            empty=NOT_EMPTY,
+            label="list of strings",
+        ),
+        "Exact, case-sensitive JSON-RPC method names (`tools/call`, `resources/read`, "
+        "`completion/complete`, `logging/setLevel`...). Always-allowed methods (`initialize`, "
+        "`ping`, `notifications/...`, the `*/list` methods) cannot be listed; a case or "
+        "whitespace variant of an MCP method (`Tools/Call`) is an error naming the real one.",
+        default=None,
+        shown="derived, see [which methods a rule covers](#which-methods-a-rule-covers)",
+    )
     """The methods covered (explicit or derived from the name lists); None = every method."""
-    tools: tuple[Glob, ...] | None = None
-    resources: tuple[Glob, ...] | None = None
-    prompts: tuple[Glob, ...] | None = None
-    arguments: tuple[ArgumentConstraint, ...] = ()
+    tools: tuple[Glob, ...] | None = key(
+        _globs("tools"),
+        "Tool names the rule is about (`tools/call`); globs with `*`, `?`, `[seq]`, "
+        "case-sensitive (`get_*`, `*`).",
+        default=None,
+    )
+    resources: tuple[Glob, ...] | None = key(
+        _globs("resources"),
+        "Resource URIs (`resources/read`, `resources/subscribe`, `resources/unsubscribe`), "
+        "e.g. `file:///docs/*`.",
+        default=None,
+    )
+    prompts: tuple[Glob, ...] | None = key(
+        _globs("prompts"), "Prompt names (`prompts/get`).", default=None
+    )
+    arguments: tuple[ArgumentConstraint, ...] = key(
+        Value(
+            lambda v, p: _arguments(v, p),
+            "mapping",
+            {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {"$ref": f"#/$defs/{definition_name(ARGUMENTS_SECTION)}"},
+            },
+            sections=(ARGUMENTS_SECTION,),
+        ),
+        "Argument name → [constraints](#inboundmcp_policyrulesiargumentsname) on that "
+        "top-level argument of a `tools/call` or `prompts/get`; all must hold. Only in a rule "
+        "limited to those methods (one with `tools` and/or `prompts`, or `methods` naming "
+        "only them).",
+        default=(),
+        shown="none",
+    )
 
     def names(self, kind: TargetKind) -> tuple[Glob, ...] | None:
         if kind == "tool":
@@ -467,12 +664,36 @@ class Rule:
         return all(r is not False for r in results)
 
 
+RULE_SECTION = Section("inbound.mcp_policy.rules[]", keys_of(Rule))
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    default: Effect
-    rules: tuple[Rule, ...] = ()
-    dry_run: bool = False
+    default: Effect = key(
+        choice("deny", "allow"),
+        "What happens to a call that no rule decides. `deny` (allow-list) is the recommended form.",
+        required="'deny' or 'allow'",
+        shown="**required** (inline form)",
+    )
+    rules: tuple[Rule, ...] = key(
+        section_value(RULE_SECTION, lambda v, p: _rules(v, p), many="list of rules"),
+        "See [`inbound.mcp_policy.rules[i]`](#inboundmcp_policyrulesi). Every rule is "
+        "evaluated; an explicit deny wins.",
+        default=(),
+    )
+    dry_run: bool = key(
+        BOOLEAN,
+        "`true`: every decision is made, audited and counted, but none is enforced — a call "
+        "the policy denies is forwarded and logged as `would_deny`, list answers are not "
+        "filtered (what would be hidden is logged). For trying a new rule set on production "
+        "traffic, see [Dry run](#dry-run). In the file form it belongs in the file (reloaded "
+        "with the rules).",
+        default=False,
+    )
     """Decide and report, enforce nothing (``would_deny``)."""
+
+
+POLICY_SECTION = Section("inbound.mcp_policy", keys_of(Policy))
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,30 +877,11 @@ def denial_body(
 
 # ------------------------------------------------------------------------------------- parsing
 
-POLICY_KEYS: Final = ("default", "rules", "dry_run")
-RULE_KEYS: Final = (
-    "name",
-    "effect",
-    "when",
-    "methods",
-    "tools",
-    "resources",
-    "prompts",
-    "arguments",
-)
-WHEN_KEYS: Final = (
-    "spiffe_ids",
-    "sub",
-    "scopes",
-    "roles",
-    "groups",
-    "claims",
-    "delegated",
-    "actor",
-    "actors_outside",
-)
-CONSTRAINT_KEYS: Final = ("equals", "one_of", "min", "max", "max_length", "regex", "optional")
-_RULE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+POLICY_KEYS: Final = POLICY_SECTION.names
+RULE_KEYS: Final = RULE_SECTION.names
+WHEN_KEYS: Final = WHEN_SECTION.names
+CONSTRAINT_KEYS: Final = ARGUMENTS_SECTION.names
+_RULE_NAME_RE = re.compile(_RULE_NAME.strip("^$"), re.ASCII)
 _METHOD_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
 _KIND_KEYS: Final[Mapping[TargetKind, str]] = {
     "tool": "tools",
@@ -691,331 +893,170 @@ _KIND_KEYS: Final[Mapping[TargetKind, str]] = {
 def parse_policy(data: object, *, path: str = "mcp_policy") -> Policy:
     """Validate a policy document (already loaded from YAML/JSON) into a ``Policy``.
 
-    Raises ``sidecar.config.ConfigErrors`` listing every problem, each named by its key path
-    below ``path`` (``inbound.mcp_policy.rules[2].when.spiffe_ids[0]``); never anything else.
+    Raises ``ConfigErrors`` listing every problem, each named by its key path below ``path``
+    (``inbound.mcp_policy.rules[2].when.spiffe_ids[0]``); never anything else.
     """
-    problems = Problems()
-    policy = _PolicyParser(problems).policy(data, path)
-    problems.raise_if_any()
-    assert policy is not None
-    return policy
+    return read(POLICY_SECTION, data, path, none_ok=False).build(Policy)
 
 
 def load_policy_file(path: str | Path) -> Policy:
     """Read a YAML file holding only a policy document (``default:`` / ``rules:``). Unreadable
-    files and YAML problems (duplicate keys included) are ``ConfigErrors`` naming the file."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise_config_errors([ConfigError(source, f"cannot read the file: {exc.strerror or exc}")])
-    return parse_policy(load_yaml(raw, source=source), path=source)
+    files and YAML problems (duplicate keys included) are ``ConfigErrors`` naming the file;
+    every problem carries its line."""
+    return parse_file(path, lambda data, source: parse_policy(data, path=source))
 
 
-class _PolicyParser:
-    def __init__(self, problems: Problems) -> None:
-        self.p = problems
-
-    def policy(self, data: object, path: str) -> Policy | None:
-        fields = self.p.mapping(data, path, POLICY_KEYS, none_ok=False)
-        if fields is None:
-            return None
-        default: str | None = None
-        if "default" not in fields:
-            self.p.add(join(path, "default"), "required ('deny' or 'allow')")
-        else:
-            default = self.p.choice(fields["default"], join(path, "default"), ("deny", "allow"))
-        rules: list[Rule] = []
-        if "rules" in fields and fields["rules"] is not None:
-            rules_path = join(path, "rules")
-            items = fields["rules"]
-            if isinstance(items, str) or not isinstance(items, list | tuple):
-                self.p.add(rules_path, f"expected a list of rules, got {got(items)}")
-                items = []
-            seen: dict[str, int] = {}
-            for index, item in enumerate(items):
-                name = item.get("name") if isinstance(item, Mapping) else None
-                if isinstance(name, str) and name in seen:
-                    self.p.add(
-                        f"{rules_path}[{index}].name",
-                        f"duplicate rule name {name!r} (also rules[{seen[name]}]);"
-                        " names must be unique: denials name the rule",
-                    )
-                elif isinstance(name, str):
-                    seen[name] = index
-                rule = self.rule(item, f"{rules_path}[{index}]")
-                if rule is not None:
-                    rules.append(rule)
-        dry_run = False
-        if "dry_run" in fields:
-            dry_run = bool(self.p.boolean(fields["dry_run"], join(path, "dry_run")))
-        if default is None:
-            return None
-        return Policy(cast(Effect, default), tuple(rules), dry_run)
-
-    def rule(self, data: object, path: str) -> Rule | None:
-        fields = self.p.mapping(data, path, RULE_KEYS, none_ok=False)
-        if fields is None:
-            return None
-        before = len(self.p.items)
-        name = self.rule_name(fields, path)
-        effect = "allow"
-        if "effect" in fields:
-            effect = self.p.choice(fields["effect"], join(path, "effect"), ("allow", "deny")) or ""
-        when = self.when(fields.get("when"), join(path, "when"))
-        globs: dict[TargetKind, tuple[Glob, ...] | None] = {}
-        for kind, key in _KIND_KEYS.items():
-            globs[kind] = None
-            if key in fields:
-                globs[kind] = self.p.items_of(
-                    fields[key], join(path, key), f"{key} names or globs", _glob
+def _rules(value: object, path: str) -> tuple[Rule, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(path, f"expected a list of rules, got {got(value)}")
+    problems: list[ConfigError] = []
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(value):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str) and name in seen:
+            problems.append(
+                ConfigError(
+                    f"{path}[{index}].name",
+                    f"duplicate rule name {name!r} (also rules[{seen[name]}]);"
+                    " names must be unique: denials name the rule",
                 )
-        methods = self.methods(fields, path)
-        arguments = self.arguments(fields, path, methods)
-        if len(self.p.items) > before or name is None or when is None:
-            return None
-        return Rule(
-            name=name,
-            effect=cast(Effect, effect),
-            when=when,
-            methods=methods,
-            tools=globs["tool"],
-            resources=globs["resource"],
-            prompts=globs["prompt"],
-            arguments=arguments,
-        )
-
-    def rule_name(self, fields: Mapping[str, object], path: str) -> str | None:
-        name_path = join(path, "name")
-        if "name" not in fields:
-            self.p.add(name_path, "required (a unique name; denials and audit logs name it)")
-            return None
-        name = fields["name"]
-        if not isinstance(name, str) or not _RULE_NAME_RE.fullmatch(name):
-            self.p.add(
-                name_path,
-                "expected a name of letters, digits, '_', '.', '-' (starting with a letter or "
-                f"digit, at most 64 characters), got {got(name)}",
             )
-            return None
-        return name
-
-    def when(self, data: object, path: str) -> PrincipalMatch | None:
-        fields = self.p.mapping(data, path, WHEN_KEYS)
-        if fields is None:
-            return None
-        strings = non_empty_string
-        spiffe_ids = sub = roles = groups = None
-        scopes: tuple[str, ...] | None = None
-        if "spiffe_ids" in fields:
-            spiffe_ids = self.p.items_of(
-                fields["spiffe_ids"], join(path, "spiffe_ids"), "SPIFFE ID patterns", _pattern
-            )
-        if "sub" in fields:
-            sub = self.p.items_of(fields["sub"], join(path, "sub"), "subjects", strings("alice"))
-        if "scopes" in fields:
-            scopes = self.p.items_of(
-                fields["scopes"], join(path, "scopes"), "scopes", strings("mcp:tools")
-            )
-        if "roles" in fields:
-            roles = self.p.items_of(fields["roles"], join(path, "roles"), "roles", strings("admin"))
-        if "groups" in fields:
-            groups = self.p.items_of(
-                fields["groups"], join(path, "groups"), "groups", strings("ops")
-            )
-        claims = (
-            self.claims(fields.get("claims"), join(path, "claims")) if "claims" in fields else ()
-        )
-        delegated: bool | None = None
-        if "delegated" in fields:
-            delegated = self.p.boolean(fields["delegated"], join(path, "delegated"))
-        actor = actors_outside = None
-        if "actor" in fields:
-            actor = self.p.items_of(
-                fields["actor"], join(path, "actor"), "actors (SPIFFE ID patterns)", _actor
-            )
-        if "actors_outside" in fields:
-            actors_outside = self.p.items_of(
-                fields["actors_outside"],
-                join(path, "actors_outside"),
-                "actors (SPIFFE ID patterns)",
-                _actor,
-            )
-        for key, value in (
-            ("delegated", delegated),
-            ("actor", actor),
-            ("actors_outside", actors_outside),
-            ("spiffe_ids", spiffe_ids),
-            ("sub", sub),
-            ("scopes", scopes),
-            ("roles", roles),
-            ("groups", groups),
-            ("claims", claims),
-        ):
-            if key in fields and value is None:
-                return None
-        assert claims is not None
-        return PrincipalMatch(
-            spiffe_ids=spiffe_ids,
-            sub=sub,
-            scopes=frozenset(scopes) if scopes is not None else None,
-            roles=roles,
-            groups=groups,
-            claims=claims,
-            delegated=delegated,
-            actor=actor,
-            actors_outside=actors_outside,
-        )
-
-    def claims(self, data: object, path: str) -> tuple[tuple[str, tuple[Scalar, ...]], ...] | None:
-        if not isinstance(data, Mapping) or not data:
-            self.p.add(
-                path, f"expected a non-empty mapping of claim name to value, got {got(data)}"
-            )
-            return None
-        result: list[tuple[str, tuple[Scalar, ...]]] = []
-        failed = False
-        for name, value in data.items():
-            if not isinstance(name, str) or not name:
-                self.p.add(path, f"claim names must be non-empty strings, got {got(name)}")
-                failed = True
-                continue
-            item_path = join(path, name)
-            values = value if isinstance(value, list | tuple) else [value]
-            if not values:
-                self.p.add(item_path, "must not be an empty list")
-                failed = True
-                continue
-            scalars: list[Scalar] = []
-            for index, item in enumerate(values):
-                where = f"{item_path}[{index}]" if isinstance(value, list | tuple) else item_path
-                try:
-                    scalars.append(_scalar(item, where))
-                except ConfigError as exc:
-                    self.p.items.append(exc)
-                    failed = True
-            result.append((name, tuple(scalars)))
-        return None if failed else tuple(result)
-
-    def methods(self, fields: Mapping[str, object], path: str) -> frozenset[str] | None:
-        kinds = [kind for kind, key in _KIND_KEYS.items() if key in fields]
-        if "methods" not in fields:
-            if not kinds:
-                return None
-            return frozenset().union(*(CALL_METHODS[kind] for kind in kinds))
-        methods_path = join(path, "methods")
-        methods = self.p.items_of(fields["methods"], methods_path, "MCP method names", _method)
-        if methods is None:
-            return None
-        if kinds:
-            for index, method in enumerate(methods):
-                kind = TARGET_KINDS.get(method)
-                if kind is None:
-                    self.p.add(
-                        f"{methods_path}[{index}]",
-                        f"{method!r} names no tool, resource or prompt, but this rule lists "
-                        f"{' and '.join(_KIND_KEYS[k] for k in kinds)}; put it in a rule of its "
-                        "own",
-                    )
-                elif kind not in kinds:
-                    self.p.add(
-                        f"{methods_path}[{index}]",
-                        f"{method!r} names a {kind}, but this rule has no {_KIND_KEYS[kind]} "
-                        f"list (add {_KIND_KEYS[kind]}: ['*'] to mean any {kind})",
-                    )
-        return frozenset(methods)
-
-    def arguments(
-        self, fields: Mapping[str, object], path: str, methods: frozenset[str] | None
-    ) -> tuple[ArgumentConstraint, ...]:
-        if "arguments" not in fields:
-            return ()
-        args_path = join(path, "arguments")
-        if methods is None or not methods <= ARGUMENT_METHODS:
-            self.p.add(
-                args_path,
-                "argument constraints need a rule limited to tools/call and/or prompts/get "
-                "(give tools, prompts or methods)",
-            )
-        data = fields["arguments"]
-        if not isinstance(data, Mapping) or not data:
-            self.p.add(
-                args_path,
-                f"expected a non-empty mapping of argument name to checks, got {got(data)}",
-            )
-            return ()
-        result: list[ArgumentConstraint] = []
-        for name, checks in data.items():
-            if not isinstance(name, str) or not name:
-                self.p.add(args_path, f"argument names must be non-empty strings, got {got(name)}")
-                continue
-            constraint = self.constraint(name, checks, join(args_path, name))
-            if constraint is not None:
-                result.append(constraint)
-        return tuple(result)
-
-    def constraint(self, name: str, data: object, path: str) -> ArgumentConstraint | None:
-        fields = self.p.mapping(data, path, CONSTRAINT_KEYS, none_ok=False)
-        if fields is None:
-            return None
-        before = len(self.p.items)
-        if not set(fields) - {"optional"}:
-            self.p.add(
-                path,
-                "no check given; expected some of equals, one_of, min, max, max_length, regex",
-            )
-        optional = False
-        if "optional" in fields:
-            optional = bool(self.p.boolean(fields["optional"], join(path, "optional")))
-        equals: Scalar | None = None
-        if "equals" in fields:
-            equals = self.attempt(_scalar, fields["equals"], join(path, "equals"))
-        one_of: tuple[Scalar, ...] | None = None
-        if "one_of" in fields:
-            one_of = self.p.items_of(
-                fields["one_of"], join(path, "one_of"), "strings, numbers or booleans", _scalar
-            )
-        minimum = (
-            self.attempt(_number, fields["min"], join(path, "min")) if "min" in fields else None
-        )
-        maximum = (
-            self.attempt(_number, fields["max"], join(path, "max")) if "max" in fields else None
-        )
-        if minimum is not None and maximum is not None and minimum > maximum:
-            self.p.add(join(path, "min"), f"min {minimum} is greater than max {maximum}")
-        max_length = None
-        if "max_length" in fields:
-            max_length = self.attempt(_length, fields["max_length"], join(path, "max_length"))
-        regex: str | None = None
-        compiled: FullMatcher | None = None
-        if "regex" in fields:
-            compiled = self.attempt(_regex, fields["regex"], join(path, "regex"))
-            regex = compiled.pattern if compiled is not None else None
-        if len(self.p.items) > before:
-            return None
-        return ArgumentConstraint(
-            name=name,
-            optional=optional,
-            equals=equals,
-            one_of=one_of,
-            minimum=minimum,
-            maximum=maximum,
-            max_length=max_length,
-            regex=regex,
-            compiled=compiled,
-        )
-
-    def attempt(self, parse: Callable[[object, str], Any], value: object, path: str) -> Any:
+        elif isinstance(name, str):
+            seen[name] = index
         try:
-            return parse(value, path)
-        except ConfigError as exc:
-            self.p.items.append(exc)
-            return None
+            rules.append(_rule(item, f"{path}[{index}]"))
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(rules)
+
+
+def _rule(value: object, path: str) -> Rule:
+    f = read(RULE_SECTION, value, path, none_ok=False)
+    values = f.values(Rule)
+    kinds = [kind for kind, name in _KIND_KEYS.items() if name in f]
+    methods: frozenset[str] | None = None
+    if "methods" not in f:
+        if kinds:
+            methods = frozenset().union(*(CALL_METHODS[kind] for kind in kinds))
+    elif "methods" in values:
+        methods = frozenset(values["methods"])
+        for index, method in enumerate(values["methods"]):
+            kind = TARGET_KINDS.get(method)
+            if not kinds:
+                continue
+            if kind is None:
+                f.problems.add(
+                    f"{f.at('methods')}[{index}]",
+                    f"{method!r} names no tool, resource or prompt, but this rule lists "
+                    f"{' and '.join(_KIND_KEYS[k] for k in kinds)}; put it in a rule of its "
+                    "own",
+                )
+            elif kind not in kinds:
+                f.problems.add(
+                    f"{f.at('methods')}[{index}]",
+                    f"{method!r} names a {kind}, but this rule has no {_KIND_KEYS[kind]} "
+                    f"list (add {_KIND_KEYS[kind]}: ['*'] to mean any {kind})",
+                )
+    if "arguments" in f and (methods is None or not methods <= ARGUMENT_METHODS):
+        f.error(
+            "argument constraints need a rule limited to tools/call and/or prompts/get "
+            "(give tools, prompts or methods)",
+            "arguments",
+        )
+    f.check()
+    return Rule(**{**values, "methods": methods})
+
+
+def _rule_name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not _RULE_NAME_RE.fullmatch(value):
+        raise ConfigError(
+            path,
+            "expected a name of letters, digits, '_', '.', '-' (starting with a letter or "
+            f"digit, at most 64 characters), got {got(value)}",
+        )
+    return value
+
+
+def _when(value: object, path: str) -> PrincipalMatch:
+    f = read(WHEN_SECTION, value, path)
+    scopes = f.get("scopes")
+    return f.build(PrincipalMatch, scopes=frozenset(scopes) if scopes is not None else None)
+
+
+def _claims(value: object, path: str) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            path, f"expected a non-empty mapping of claim name to value, got {got(value)}"
+        )
+    problems: list[ConfigError] = []
+    result: list[tuple[str, tuple[Scalar, ...]]] = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            problems.append(
+                ConfigError(path, f"claim names must be non-empty strings, got {got(name)}")
+            )
+            continue
+        item_path = join(path, name)
+        if not isinstance(item, list | tuple):
+            try:
+                result.append((name, (_scalar(item, item_path),)))
+            except ConfigError as exc:
+                problems.append(exc)
+            continue
+        if not item:
+            problems.append(ConfigError(item_path, "must not be an empty list"))
+            continue
+        scalars = parse_each(item, item_path, _scalar, problems)
+        if scalars is not None:
+            result.append((name, scalars))
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(result)
+
+
+def _arguments(value: object, path: str) -> tuple[ArgumentConstraint, ...]:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            path, f"expected a non-empty mapping of argument name to checks, got {got(value)}"
+        )
+    problems: list[ConfigError] = []
+    result: list[ArgumentConstraint] = []
+    for name, checks in value.items():
+        if not isinstance(name, str) or not name:
+            problems.append(
+                ConfigError(path, f"argument names must be non-empty strings, got {got(name)}")
+            )
+            continue
+        try:
+            result.append(_constraint(name, checks, join(path, name)))
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(result)
+
+
+def _constraint(name: str, value: object, path: str) -> ArgumentConstraint:
+    f = read(ARGUMENTS_SECTION, value, path, none_ok=False)
+    if not set(f.data) - {"optional"}:
+        f.error("no check given; expected some of equals, one_of, min, max, max_length, regex")
+    values = f.values(ArgumentConstraint, name=name)
+    minimum, maximum = values.get("minimum"), values.get("maximum")
+    if minimum is not None and maximum is not None and minimum > maximum:
+        f.error(f"min {minimum} is greater than max {maximum}", "min")
+    compiled: FullMatcher | None = values.get("regex")
+    f.check()
+    regex = compiled.pattern if compiled is not None else None
+    return ArgumentConstraint(**{**values, "regex": regex, "compiled": compiled})
 
 
 def _glob(value: object, path: str) -> Glob:
-    text = non_empty_string("get_*")(value, path)
-    return Glob.parse(text)
+    return Glob.parse(non_empty_string("get_*").parse(value, path))
 
 
 def _pattern(value: object, path: str) -> SpiffeIdPattern:

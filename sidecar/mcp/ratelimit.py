@@ -34,11 +34,25 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConfigErrors
 from sidecar.mcp.policy import Glob
-from sidecar.schema import Problems, got, join, short
+from sidecar.schema import (
+    NOT_EMPTY,
+    Section,
+    Value,
+    choice,
+    got,
+    key,
+    keys_of,
+    list_of,
+    parse_each,
+    read,
+    section_value,
+    short,
+    whole_number,
+)
 from sidecar.tokens.claims import Principal
 
 __all__ = [
@@ -62,17 +76,6 @@ MAX_RATE: Final = 1_000_000.0
 MAX_BURST: Final = 1_000_000
 
 Per = Literal["principal", "principal_tool"]
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    rate: float
-    """Tokens per second."""
-    burst: int
-    """Bucket size."""
-    per: Per
-    tools: tuple[str, ...] = ()
-    """``principal_tool`` only: globs of the tools it applies to; empty = every tool."""
 
 
 def principal_key(principal: Principal) -> str:
@@ -173,9 +176,9 @@ class RateLimiter:
         if not needs:
             return None
         wait = 0.0
-        for key, cost in needs.items():
-            limit = self.limits[key[0]]
-            bucket = self._buckets.get(key)
+        for bucket_key, cost in needs.items():
+            limit = self.limits[bucket_key[0]]
+            bucket = self._buckets.get(bucket_key)
             if bucket is None:
                 continue  # a new bucket is full
             self._refill(bucket, limit, now)
@@ -184,13 +187,15 @@ class RateLimiter:
                 wait = max(wait, (need - bucket.tokens) / limit.rate)
         if wait > 0:
             return float(retry_after_seconds(wait))
-        for key, cost in needs.items():
-            bucket = self._buckets.get(key)
+        for bucket_key, cost in needs.items():
+            bucket = self._buckets.get(bucket_key)
             if bucket is None:
-                bucket = self._buckets[key] = _Bucket(float(self.limits[key[0]].burst), now)
+                bucket = self._buckets[bucket_key] = _Bucket(
+                    float(self.limits[bucket_key[0]].burst), now
+                )
             bucket.tokens -= cost
             bucket.used = now
-            self._buckets.move_to_end(key)
+            self._buckets.move_to_end(bucket_key)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return None
@@ -202,14 +207,14 @@ class RateLimiter:
             now = self._clock()
         self._last_sweep = now
         victims: list[_BucketKey] = []
-        for key, bucket in self._buckets.items():
+        for bucket_key, bucket in self._buckets.items():
             if now - bucket.used < self._idle_ttl:
                 break  # ordered by last use: the rest are more recent
-            limit = self.limits[key[0]]
+            limit = self.limits[bucket_key[0]]
             if bucket.tokens + max(0.0, now - bucket.updated) * limit.rate >= limit.burst:
-                victims.append(key)
-        for key in victims:
-            del self._buckets[key]
+                victims.append(bucket_key)
+        for bucket_key in victims:
+            del self._buckets[bucket_key]
         return len(victims)
 
     def _applies(self, index: int, tool: str) -> bool:
@@ -225,7 +230,6 @@ class RateLimiter:
 
 # ------------------------------------------------------------------------------------- parsing
 
-RATE_LIMIT_KEYS: Final = ("per", "rate", "burst", "tools")
 _RATE_RE = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,9})?) ?/ ?(s|m|h)", re.ASCII)
 _RATE_UNITS: Final[Mapping[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_LIKE = "a rate like 10/s, 600/m, 1000/h or a number per second"
@@ -249,68 +253,90 @@ def parse_rate(value: object, path: str = "rate") -> float:
     return rate
 
 
-def parse_rate_limits(data: object, *, path: str = "rate_limits") -> tuple[RateLimit, ...]:
-    """Validate a ``rate_limits`` list. Raises ``sidecar.config.ConfigErrors`` listing every
-    problem by key path (``inbound.rate_limits[1].burst``); an absent / empty list is ``()``."""
-    problems = Problems()
+def _tool_glob(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"expected a tool name or glob, got {got(value)}")
+    return value
+
+
+_RATE = Value(
+    parse_rate,
+    "rate",
+    {"type": ["number", "string"], "pattern": r"^[0-9]{1,9}(\.[0-9]{1,9})? ?/ ?(s|m|h)$"},
+)
+_TOOLS = list_of(
+    Value(_tool_glob, "glob", {"type": "string", "minLength": 1}),
+    "tool names or globs",
+    empty=NOT_EMPTY,
+    label="list of globs",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One family of token buckets (an item of ``inbound.rate_limits``)."""
+
+    rate: float = key(
+        _RATE,
+        "Refill rate: `N/s`, `N/m` or `N/h` (`N` may have decimals: `0.5/s`), or a plain "
+        "number per second. Greater than 0, at most 1000000/s.",
+        required=_RATE_LIKE,
+    )
+    """Tokens per second."""
+    burst: int = key(
+        whole_number(1, MAX_BURST, label="integer"),
+        "The bucket size: how many calls may come back-to-back (1 .. 1000000).",
+        shown="one second's worth of `rate`, at least 1",
+    )
+    per: Per = key(
+        choice("principal", "principal_tool"),
+        "`principal`: one bucket per caller, taken by every JSON-RPC request it sends. "
+        "`principal_tool`: one bucket per caller and tool, taken by `tools/call` of a "
+        "matching tool.",
+        required="'principal' or 'principal_tool'",
+    )
+    tools: tuple[str, ...] = key(
+        _TOOLS,
+        "`principal_tool` only: the tool names this family applies to (globs, "
+        "case-sensitive); each matching tool gets its own bucket.",
+        default=(),
+        shown="every tool",
+    )
+    """Empty: every tool."""
+
+
+RATE_LIMIT_SECTION = Section(
+    "inbound.rate_limits[]", keys_of(RateLimit, "per", "rate", "burst", "tools")
+)
+RATE_LIMIT_KEYS: Final = RATE_LIMIT_SECTION.names
+
+
+def _rate_limit(value: object, path: str) -> RateLimit:
+    f = read(RATE_LIMIT_SECTION, value, path, none_ok=False)
+    per = f.get("per")
+    rate = f.get("rate")
+    given: dict[str, object] = {}
+    if "tools" in f and per == "principal":
+        f.error("only with per: principal_tool", "tools")
+        given["tools"] = ()
+    values = f.values(RateLimit, **given)
+    f.check()
+    values.setdefault("burst", max(1, min(MAX_BURST, math.ceil(rate))))
+    return RateLimit(**values)
+
+
+def parse_rate_limits(data: object, path: str = "rate_limits") -> tuple[RateLimit, ...]:
+    """Validate a ``rate_limits`` list. Raises ``ConfigErrors`` listing every problem by key
+    path (``inbound.rate_limits[1].burst``); an absent / empty list is ``()``."""
     if data is None:
         return ()
     if isinstance(data, str) or not isinstance(data, list | tuple):
-        problems.add(path, f"expected a list of rate limits, got {got(data)}")
-        problems.raise_if_any()
-    limits: list[RateLimit] = []
-    for index, item in enumerate(cast(Sequence[object], data)):
-        limit = _rate_limit(problems, item, f"{path}[{index}]")
-        if limit is not None:
-            limits.append(limit)
-    problems.raise_if_any()
-    return tuple(limits)
+        raise ConfigErrors([ConfigError(path, f"expected a list of rate limits, got {got(data)}")])
+    problems: list[ConfigError] = []
+    limits = parse_each(data, path, _rate_limit, problems)
+    if limits is None:
+        raise ConfigErrors(problems)
+    return limits
 
 
-def _rate_limit(problems: Problems, data: object, path: str) -> RateLimit | None:
-    fields = problems.mapping(data, path, RATE_LIMIT_KEYS, none_ok=False)
-    if fields is None:
-        return None
-    before = len(problems.items)
-    per: str | None = None
-    if "per" not in fields:
-        problems.add(join(path, "per"), "required ('principal' or 'principal_tool')")
-    else:
-        per = problems.choice(fields["per"], join(path, "per"), ("principal", "principal_tool"))
-    rate: float | None = None
-    if "rate" not in fields:
-        problems.add(join(path, "rate"), f"required ({_RATE_LIKE})")
-    else:
-        try:
-            rate = parse_rate(fields["rate"], join(path, "rate"))
-        except ConfigError as exc:
-            problems.items.append(exc)
-    burst: int | None = None
-    if "burst" in fields:
-        value = fields["burst"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BURST:
-            problems.add(
-                join(path, "burst"),
-                f"expected a whole number from 1 to {MAX_BURST}, got {got(value)}",
-            )
-        else:
-            burst = value
-    tools: tuple[str, ...] = ()
-    if "tools" in fields:
-        tools_path = join(path, "tools")
-        if per == "principal":
-            problems.add(tools_path, "only with per: principal_tool")
-        else:
-            items = problems.sequence(fields["tools"], tools_path, "tool names or globs")
-            for index, item in enumerate(items or ()):
-                if not isinstance(item, str) or not item:
-                    problems.add(
-                        f"{tools_path}[{index}]", f"expected a tool name or glob, got {got(item)}"
-                    )
-                elif item not in tools:
-                    tools += (item,)
-    if len(problems.items) > before or per is None or rate is None:
-        return None
-    if burst is None:
-        burst = max(1, min(MAX_BURST, math.ceil(rate)))
-    return RateLimit(rate=rate, burst=burst, per=cast(Per, per), tools=tools)
+RATE_LIMITS = section_value(RATE_LIMIT_SECTION, parse_rate_limits, many="list of rate limits")

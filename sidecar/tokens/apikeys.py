@@ -39,8 +39,23 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from sidecar.errors import ConfigError
-from sidecar.schema import Problems, got, join, load_yaml, non_empty_string, raise_config_errors
+from sidecar import schema
+from sidecar.config_values import SCOPE
+from sidecar.errors import ConfigError, ConfigErrors
+from sidecar.schema import (
+    NOT_EMPTY,
+    Key,
+    Section,
+    Value,
+    got,
+    list_of,
+    non_empty_string,
+    parse_items,
+    read,
+    repeated,
+    section_value,
+)
+from sidecar.strict_yaml import parse_file
 from sidecar.tokens.bearer import bearer_token
 from sidecar.tokens.claims import VerifiedToken, freeze
 from sidecar.tokens.errors import TokenError, TokenLayer
@@ -63,8 +78,6 @@ ID_HEX: Final = 12
 SCRYPT_LN: Final = 14
 """Default scrypt cost: N = 2**14, r = 8, p = 1 (16 MiB, ~55 ms here)."""
 MAX_CONCURRENT_KDF: Final = 2
-FILE_KEYS: Final = ("keys",)
-ENTRY_KEYS: Final = ("id", "name", "hash", "roles", "scopes", "expires")
 NEVER: Final = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 _KEY_RE = re.compile(rf"{KEY_PREFIX}([0-9a-f]{{{ID_HEX}}})_([A-Za-z0-9_-]{{43}})", re.ASCII)
@@ -73,7 +86,6 @@ _HASH_RE = re.compile(
     r"scrypt\$ln=([0-9]{1,2}),r=([0-9]{1,2}),p=([0-9])\$([A-Za-z0-9_-]{16,88})\$([A-Za-z0-9_-]{43})",
     re.ASCII,
 )
-_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +113,92 @@ class KeyHash:
         return f"scrypt$ln={self.ln},r={self.r},p={self.p}${_b64(self.salt)}${_b64(self.digest)}"
 
 
+def _key_id(value: object, path: str) -> str:
+    if not (isinstance(value, str) and _ID_RE.fullmatch(value)):
+        raise ConfigError(path, f"expected {ID_HEX} hex digits, got {got(value)}")
+    return value
+
+
+def _principal_name(value: object, path: str) -> str:
+    if not (isinstance(value, str) and value.strip() == value and value):
+        raise ConfigError(path, f"expected a principal name, got {got(value)}")
+    return value
+
+
+def _key_hash(value: object, path: str) -> KeyHash:
+    match = _HASH_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            path,
+            "expected a hash as printed by 'mcp-sidecar api-key create' "
+            "(scrypt$ln=14,r=8,p=1$<salt>$<hash>), never the key itself",
+        )
+    ln, r, p = (int(match.group(i)) for i in (1, 2, 3))
+    if not (10 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 4):
+        raise ConfigError(path, "scrypt parameters out of range (ln 10..20, r 1..32, p 1..4)")
+    try:
+        salt, digest = _unb64(match.group(4)), _unb64(match.group(5))
+    except (ValueError, binascii.Error):
+        raise ConfigError(path, "salt or hash is not base64url") from None
+    return KeyHash(ln, r, p, salt, digest)
+
+
+def _expires(value: object, path: str) -> dt.datetime:
+    when: Any = value
+    if isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            when = None
+    if not isinstance(when, dt.datetime) or when.tzinfo is None:
+        raise ConfigError(
+            path,
+            f"expected a date and time with a zone like 2026-01-01T00:00:00Z, got {got(value)}",
+        )
+    return when.astimezone(dt.UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """One entry of the key file."""
 
-    id: str
-    name: str
-    hash: KeyHash
-    roles: tuple[str, ...] = ()
-    scopes: frozenset[str] = frozenset()
-    expires: dt.datetime | None = None
+    id: str = schema.key(
+        Value(_key_id, "string", {"type": "string", "pattern": f"^[0-9a-f]{{{ID_HEX}}}$"}),
+        f"The {ID_HEX} hex digits after `{KEY_PREFIX}` in the key (not secret): they find the "
+        "entry.",
+        required="",
+    )
+    name: str = schema.key(
+        Value(_principal_name, "string", {"type": "string", "minLength": 1}),
+        "The principal the key authenticates: what `when.sub` of the MCP policy matches.",
+        required="",
+    )
+    hash: KeyHash = schema.key(
+        Value(_key_hash, "string", {"type": "string", "pattern": "^scrypt\\$"}),
+        "The salted scrypt hash printed by `mcp-sidecar api-key create` "
+        "(`scrypt$ln=14,r=8,p=1$<salt>$<hash>`), never the key itself.",
+        required="",
+    )
+    roles: tuple[str, ...] = schema.key(
+        list_of(non_empty_string("admin"), "roles", empty=NOT_EMPTY, label="list of strings"),
+        "The principal's roles, for `when.roles`.",
+        default=(),
+    )
+    scopes: frozenset[str] = schema.key(
+        list_of(SCOPE, "scopes", empty=NOT_EMPTY, label="list of scopes"),
+        "The principal's scopes, for `when.scopes`.",
+        default=frozenset(),
+    )
+    expires: dt.datetime | None = schema.key(
+        Value(_expires, "date and time", {"type": "string"}),
+        "When the key stops working, with a zone: `2026-01-01T00:00:00Z`.",
+        default=None,
+        shown="never",
+    )
+
+
+ENTRY_SECTION = Section("keys[]", schema.keys_of(ApiKey))
+ENTRY_KEYS: Final = ENTRY_SECTION.names
 
 
 class ApiKeys:
@@ -217,127 +305,54 @@ def presented_key(values: list[str], header: str) -> str | None:
 # ------------------------------------------------------------------------------------ the file
 
 
+def _entry(value: object, path: str) -> ApiKey:
+    f = read(ENTRY_SECTION, value, path, none_ok=False)
+    scopes = f.get("scopes")
+    return f.build(ApiKey, scopes=frozenset(scopes))
+
+
+def _entries(value: object, path: str) -> tuple[ApiKey, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(path, f"expected a list of key entries, got {got(value)}")
+    problems: list[ConfigError] = []
+    entries = parse_items(value, path, _entry, problems)
+    for index, entry, first in repeated(entries, lambda entry: entry.id):
+        problems.append(
+            ConfigError(f"{path}[{index}].id", f"duplicate id {entry.id!r} (also keys[{first}])")
+        )
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(entry for _, entry in entries)
+
+
+FILE_SECTION = Section(
+    "",
+    (
+        Key(
+            name="keys",
+            value=section_value(ENTRY_SECTION, _entries, many="list of key entries"),
+            doc="The keys, each an entry as printed by `mcp-sidecar api-key create`.",
+            required="a list of key entries, may be empty",
+        ),
+    ),
+)
+FILE_KEYS: Final = FILE_SECTION.names
+
+
 def parse_api_keys(data: object, *, path: str = "api_keys") -> ApiKeys:
     """Validate a key file document; ``ConfigErrors`` naming every problem's key path."""
-    problems = Problems()
-    fields = problems.mapping(data, path, FILE_KEYS, none_ok=False)
-    entries: list[ApiKey] = []
-    if fields is not None:
-        if "keys" not in fields:
-            problems.add(join(path, "keys"), "required (a list of key entries, may be empty)")
-        items = fields.get("keys") or []
-        if not isinstance(items, list):
-            problems.add(join(path, "keys"), f"expected a list of key entries, got {got(items)}")
-            items = []
-        seen: dict[str, int] = {}
-        for index, item in enumerate(items):
-            entry = _entry(problems, item, f"{join(path, 'keys')}[{index}]")
-            if entry is None:
-                continue
-            if entry.id in seen:
-                problems.add(
-                    f"{join(path, 'keys')}[{index}].id",
-                    f"duplicate id {entry.id!r} (also keys[{seen[entry.id]}])",
-                )
-            seen.setdefault(entry.id, index)
-            entries.append(entry)
-    problems.raise_if_any()
-    return ApiKeys(tuple(entries))
+    f = read(FILE_SECTION, data, path, none_ok=False)
+    entries = f.get("keys")
+    f.check()
+    return ApiKeys(entries)
 
 
 def load_api_key_file(path: str | Path) -> ApiKeys:
-    """Read and validate the key file; ``ConfigErrors`` naming the file on any problem."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise_config_errors([ConfigError(source, f"cannot read the file: {exc.strerror or exc}")])
-    return parse_api_keys(load_yaml(raw, source=source), path=source)
-
-
-def _entry(problems: Problems, data: object, path: str) -> ApiKey | None:
-    fields = problems.mapping(data, path, ENTRY_KEYS, none_ok=False)
-    if fields is None:
-        return None
-    before = len(problems.items)
-    for key in ("id", "name", "hash"):
-        if key not in fields:
-            problems.add(join(path, key), "required")
-    key_id = fields.get("id")
-    if "id" in fields and not (isinstance(key_id, str) and _ID_RE.fullmatch(key_id)):
-        problems.add(join(path, "id"), f"expected {ID_HEX} hex digits, got {got(key_id)}")
-    name = fields.get("name")
-    if "name" in fields and not (isinstance(name, str) and name.strip() == name and name):
-        problems.add(join(path, "name"), f"expected a principal name, got {got(name)}")
-    key_hash = (
-        _key_hash(problems, fields.get("hash"), join(path, "hash")) if "hash" in fields else None
-    )
-    roles = scopes = None
-    if "roles" in fields:
-        roles = problems.items_of(
-            fields["roles"], join(path, "roles"), "roles", non_empty_string("admin")
-        )
-    if "scopes" in fields:
-        scopes = problems.items_of(fields["scopes"], join(path, "scopes"), "scopes", _scope)
-    expires = (
-        _expires(problems, fields["expires"], join(path, "expires"))
-        if "expires" in fields
-        else None
-    )
-    if len(problems.items) > before or key_hash is None:
-        return None
-    assert isinstance(key_id, str) and isinstance(name, str)
-    return ApiKey(
-        id=key_id,
-        name=name,
-        hash=key_hash,
-        roles=roles or (),
-        scopes=frozenset(scopes or ()),
-        expires=expires,
-    )
-
-
-def _key_hash(problems: Problems, value: object, path: str) -> KeyHash | None:
-    match = _HASH_RE.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        problems.add(
-            path,
-            "expected a hash as printed by 'mcp-sidecar api-key create' "
-            "(scrypt$ln=14,r=8,p=1$<salt>$<hash>), never the key itself",
-        )
-        return None
-    ln, r, p = (int(match.group(i)) for i in (1, 2, 3))
-    if not (10 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 4):
-        problems.add(path, "scrypt parameters out of range (ln 10..20, r 1..32, p 1..4)")
-        return None
-    try:
-        salt, digest = _unb64(match.group(4)), _unb64(match.group(5))
-    except (ValueError, binascii.Error):
-        problems.add(path, "salt or hash is not base64url")
-        return None
-    return KeyHash(ln, r, p, salt, digest)
-
-
-def _scope(value: object, path: str) -> str:
-    if not isinstance(value, str) or not _SCOPE_RE.fullmatch(value):
-        raise ConfigError(path, f"expected a scope like mcp:tools, got {got(value)}")
-    return value
-
-
-def _expires(problems: Problems, value: object, path: str) -> dt.datetime | None:
-    when: Any = value
-    if isinstance(value, str):
-        try:
-            when = dt.datetime.fromisoformat(value)
-        except ValueError:
-            when = None
-    if not isinstance(when, dt.datetime) or when.tzinfo is None:
-        problems.add(
-            path,
-            f"expected a date and time with a zone like 2026-01-01T00:00:00Z, got {got(value)}",
-        )
-        return None
-    return when.astimezone(dt.UTC)
+    """Read and validate the key file; ``ConfigErrors`` naming the file on any problem (each
+    with its line)."""
+    return parse_file(path, lambda data, source: parse_api_keys(data, path=source))
 
 
 def _b64(data: bytes) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.errors import TokenError, TokenLayer
 
-_SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+", re.ASCII)  # RFC 6749 sec. 3.3
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+", re.ASCII)  # RFC 6749 sec. 3.3
 _HEX_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
@@ -74,7 +74,7 @@ def parse_scopes(claims: Mapping[str, Any], layer: TokenLayer) -> frozenset[str]
                 layer=layer,
             )
         for item in items:
-            if not _SCOPE_TOKEN_RE.fullmatch(item):
+            if not SCOPE_TOKEN_RE.fullmatch(item):
                 raise TokenError(
                     f"claim '{name}' contains an invalid scope token",
                     reason="malformed_claim",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import ConfigErrors
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.jsonrpc import Message, parse_body
 from sidecar.mcp.policy import parse_policy
 

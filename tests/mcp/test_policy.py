@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.config import ConfigErrors
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.jsonrpc import TARGET_PARAM, JsonRpcError, Kind, Message, parse_body
 from sidecar.mcp.policy import (
     FORBIDDEN_CODE,
@@ -607,7 +607,7 @@ def test_load_policy_file(tmp_path: Path) -> None:
     dup.write_text("default: deny\ndefault: allow\n")
     with pytest.raises(ConfigErrors) as err:
         load_policy_file(dup)
-    assert "duplicate key 'default'" in str(err.value)
+    assert f"{dup}.default: duplicate key (first at line 1, again at line 2)" in str(err.value)
     yes = tmp_path / "yes.yaml"
     yes.write_text(
         "default: deny\nrules:\n"
@@ -745,7 +745,8 @@ def test_dry_run_is_read_strictly() -> None:
     assert parse_policy({"default": "deny", "dry_run": True}).dry_run is True
     assert parse_policy({"default": "allow", "dry_run": False}).dry_run is False
     assert problems_of({"default": "deny", "dry_run": "yes"}) == {
-        "mcp_policy.dry_run": "mcp_policy.dry_run: expected true or false, got string 'yes'"
+        "mcp_policy.dry_run": "mcp_policy.dry_run: expected true or false, got string 'yes' "
+        "(write true or false; yes/no/on/off are strings in this file)"
     }
     assert problems_of({"default": "deny", "dryrun": True}) == {
         "mcp_policy.dryrun": "mcp_policy.dryrun: unknown key 'dryrun'; did you mean 'dry_run'?"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import ConfigErrors
+from sidecar.errors import ConfigErrors
 from sidecar.mcp.ratelimit import (
     RATE_LIMITED_CODE,
     RateLimit,

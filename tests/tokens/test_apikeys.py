@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sidecar.cli import main
-from sidecar.config import ConfigErrors
+from sidecar.errors import ConfigErrors
 from sidecar.proxy.policy_reload import PolicyHolder
 from sidecar.tokens.apikeys import (
     ApiKeys,

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import ConfigErrors, parse_config
+from sidecar.config import parse_config
+from sidecar.errors import ConfigErrors
 from sidecar.tracing.config import TRACING_KEYS, TracingConfig
 
 BASE: dict[str, Any] = {
@@ -67,7 +68,7 @@ def test_every_key() -> None:
     ("section", "path", "fragment"),
     [
         ({"enabled": "yes"}, "tracing.enabled", "true or false"),
-        ({"exporter": "zipkin"}, "tracing.exporter", "otlp, console"),
+        ({"exporter": "zipkin"}, "tracing.exporter", "expected 'otlp' or 'console'"),
         ({"endpoint": "collector:4318"}, "tracing.endpoint", "http:// or https://"),
         ({"endpoint": "http://u:p@c:4318"}, "tracing.endpoint", "user info"),
         ({"endpoint": "http://c:99999"}, "tracing.endpoint", "not a valid URL"),
