@@ -595,11 +595,16 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             raise ConnectionResetError("client went away")
+        close = self._must_close(head, response)
+        raw = response.raw_head
+        if raw is not None and not close and head.version == 1 and head.method != "HEAD":
+            transport.write(raw + response.body)  # the upstream's head: nothing to change
+            return
         no_length = response.status in (204, 304)
         head_bytes = _serialize(
             response,
             head.version,
-            close=self._must_close(head, response),
+            close=close,
             length=None if no_length else len(response.body),
         )
         if head.method == "HEAD" or no_length:
