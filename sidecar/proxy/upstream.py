@@ -609,13 +609,13 @@ class UpstreamPool:
                 conn.transport.write(data)
             response_head = await conn.read_head(head_timeout)
         except TimeoutError as exc:
-            self._discard(conn)
+            self.discard(conn)
             raise head_timed_out(head_timeout) from exc
         except (ConnectionError, OSError) as exc:
-            self._discard(conn)
+            self.discard(conn)
             raise reset_error(exc) from exc
         except BaseException:  # our own refusals (malformed answer...) and cancellation
-            self._discard(conn)
+            self.discard(conn)
             raise
         return UpstreamResponse(response_head, conn, self)
 
@@ -640,14 +640,14 @@ class UpstreamPool:
     def failed(self, conn: UpstreamConnection, exc: BaseException) -> BaseException:
         """The end of an exchange that failed before its response head (``conn.error``): the
         connection is closed; what ``request`` would have raised is returned."""
-        self._discard(conn)
+        self.discard(conn)
         if isinstance(exc, ConnectionError | OSError):
             return reset_error(exc)
         return exc
 
     def timed_out(self, conn: UpstreamConnection, head_timeout: float) -> SidecarError:
         """The end of an exchange without a response head within ``head_timeout``."""
-        self._discard(conn)
+        self.discard(conn)
         return head_timed_out(head_timeout)
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -661,7 +661,7 @@ class UpstreamPool:
         else:
             self._close(conn)
 
-    def _discard(self, conn: UpstreamConnection) -> None:
+    def discard(self, conn: UpstreamConnection) -> None:
         """The end of a failed request: its connection is closed."""
         self.requests -= 1
         self._busy.discard(conn)
