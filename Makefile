@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sidecar tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sidecar bench
+	$(BIN)/mypy --strict sidecar bench tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest

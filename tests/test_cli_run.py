@@ -7,8 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,27 +17,11 @@ import yaml
 
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
+from tests.polling import until_ready
+from tests.processes import run_module, running_module
 from tests.proxy.loopback import free_port
 
 WAIT = 20.0
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="run-", dir="/tmp") as d:
-        yield Path(d)
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
 
 
 async def test_run_refuses_invalid_config_listing_every_problem(short_dir: Path) -> None:
@@ -51,10 +33,8 @@ async def test_run_refuses_invalid_config_listing_every_problem(short_dir: Path)
         "  allow_spiffe_ids: ['spiffe://example.org/a*b']\n"
         "  colour: blue\n"
     )
-    proc = await run_cli("run", "-c", str(bad))
-    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-    assert proc.returncode == 1
-    text = err.decode()
+    code, _, text = await run_module("sidecar.cli", "run", "-c", str(bad), timeout=WAIT)
+    assert code == 1
     assert "inbound.listen:" in text
     assert "inbound.allow_spiffe_ids[0]:" in text
     assert "inbound.upstream: required" in text
@@ -86,34 +66,20 @@ async def test_run_serves_until_sigterm(short_dir: Path) -> None:
             }
         )
     )
-    async with DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}):
-        proc = await run_cli("run", "-c", str(config), "--log-level", "debug")
-        try:
-            async with aiohttp.ClientSession() as session:
-                await asyncio.wait_for(until_ready(session, admin_port), WAIT)
-                # --log-level overrode the config's (default) info: the admin endpoint says so.
-                async with session.post(
-                    f"http://127.0.0.1:{admin_port}/logging", params={"level": "warning"}
-                ) as resp:
-                    assert await resp.json() == {"level": "warning", "previous": "debug"}
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), WAIT)
-            assert proc.returncode == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
-async def until_ready(session: aiohttp.ClientSession, port: int) -> None:
-    while True:
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
+    async with (
+        DevWorkloadApi(ca, {sock: "spiffe://example.org/ns/agents/sa/agent"}),
+        running_module("sidecar.cli", "run", "-c", str(config), "--log-level", "debug") as proc,
+    ):
+        async with aiohttp.ClientSession() as session:
+            await until_ready(session, admin_port, WAIT)
+            # --log-level overrode the config's (default) info: the admin endpoint says so.
+            async with session.post(
+                f"http://127.0.0.1:{admin_port}/logging", params={"level": "warning"}
+            ) as resp:
+                assert await resp.json() == {"level": "warning", "previous": "debug"}
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), WAIT)
+        assert proc.returncode == 0
 
 
 # -- start-up errors ----------------------------------------------------------------------
@@ -148,15 +114,8 @@ async def refused_start(
     else:
         path = directory / "sidecar.yaml"
         path.write_text(yaml.safe_dump(config))
-    proc = await run_cli("run", "-c", str(path), env=env)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    text = err.decode()
-    assert proc.returncode == 1, text
+    code, _, text = await run_module("sidecar.cli", "run", "-c", str(path), env=env, timeout=WAIT)
+    assert code == 1, text
     assert "Traceback" not in text, text
     return text.strip().splitlines()[-1]
 

@@ -8,13 +8,11 @@ import asyncio
 import json
 import math
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
 import pytest
-import uvloop
 
 from sidecar.compat import (
     compact_ascii_json_encoder,
@@ -24,13 +22,11 @@ from sidecar.compat import (
     unverified_chain_der,
 )
 from tests.certfactory import CertFactory, IssuedCert
+from tests.eventloops import LOOPS
+from tests.tlsharness import client_context, server_context
 from tests.tokens.jwtkit import ec_key, public_jwk
 
 TIMEOUT = 10.0
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 
 @dataclass
@@ -83,18 +79,12 @@ def pki() -> tuple[IssuedCert, IssuedCert]:
 
 def contexts(tmp_path: Path, pki: tuple[IssuedCert, IssuedCert]) -> tuple[ssl.SSLContext, ...]:
     server, client = pki
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*server.write(tmp_path, "server"))
-    server_ctx.load_verify_locations(cadata=server.root.pem())
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
-    with_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    with_cert.load_verify_locations(cadata=server.root.pem())
-    with_cert.check_hostname = False
-    with_cert.load_cert_chain(*client.write(tmp_path, "client"))
-    without_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    without_cert.load_verify_locations(cadata=server.root.pem())
-    without_cert.check_hostname = False
-    return server_ctx, with_cert, without_cert
+    trusted = (server.root.cert,)
+    return (
+        server_context(tmp_path, server),
+        client_context(tmp_path, client, trusted),
+        client_context(tmp_path, None, trusted),
+    )
 
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))

@@ -359,7 +359,8 @@ def test_federated_server_ids_and_allowlist_entries_are_fine() -> None:
     data["inbound"]["allow_spiffe_ids"] = ["spiffe://partner.example/ns/agents/sa/x"]
     config = parse_config(data)
     assert config.outbound is not None
-    assert config.outbound.routes[0].server_spiffe_id.trust_domain == "partner.example"
+    server_id = config.outbound.routes[0].server_spiffe_id
+    assert server_id is not None and server_id.trust_domain == "partner.example"
 
 
 @pytest.mark.parametrize(
@@ -619,7 +620,7 @@ def _set(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
 
 
 def test_non_string_and_odd_keys() -> None:
-    data = base()
+    data: dict[Any, Any] = base()  # an integer key on purpose
     data[1] = "x"
     data["inbound"]["a b"] = "x"
     problems = problems_of(data)

@@ -61,11 +61,6 @@ class FakeSource:
             listener(snapshot)
 
 
-@pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate(TD)
-
-
 def test_render_content_type_and_build_info() -> None:
     m = Metrics()
     body, content_type = m.render()

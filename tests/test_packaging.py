@@ -17,9 +17,7 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,9 @@ from packaging.version import Version
 from sidecar.cli import DEMO_EXTRA_MISSING, DEMO_PACKAGES
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
+from tests.polling import until_ready
+from tests.proxy.loopback import free_port
 from tests.proxy.upstream import RecordingUpstream
-from tests.test_cli_run import free_port, until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -84,9 +83,10 @@ def runtime_closure() -> set[str]:
     """Canonical names of the distributions ``pip install mcp-sidecar`` installs here."""
     seen: set[str] = {"mcp-sidecar"}
     todo = [(req, frozenset(req.extras)) for req in runtime_requirements()]
+    # (a TypedDict unpacks as dict[str, object]: its values are strings, said so here)
+    env = {name: str(value) for name, value in default_environment().items()}
     while todo:
         req, extras = todo.pop()
-        env = {**default_environment(), "extra": ""}
         if req.marker is not None and not any(
             req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})
         ):
@@ -136,12 +136,6 @@ def test_the_runtime_closure_has_no_demo_or_test_package() -> None:
 
 
 # ------------------------------------------------------------------------- the import boundary
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pkg-", dir="/tmp") as d:
-        yield Path(d)
 
 
 def sidecar_config(sock: str, upstream_port: int) -> tuple[dict[str, Any], int, int]:
@@ -203,7 +197,7 @@ async def test_run_imports_exactly_the_runtime_dependencies(short_dir: Path) -> 
             )
             try:
                 async with aiohttp.ClientSession() as session:
-                    await asyncio.wait_for(until_ready(session, admin), WAIT)
+                    await until_ready(session, admin, WAIT)
                     async with session.post(
                         f"http://127.0.0.1:{outbound}/self/mcp", json=call
                     ) as resp:

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ from sidecar.cli import main
 from sidecar.inject import STATUS_ANNOTATION, InjectOptions, load_documents
 from sidecar.webhook import ADMISSION_API_VERSION, RunningWebhook, review_response, start_webhook
 from tests.certfactory import CertFactory, IssuedCert
+from tests.processes import running_module
+from tests.proxy.loopback import free_port
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -472,12 +473,8 @@ async def test_certificate_files_are_reloaded(pki: Pki, tmp_path: Path) -> None:
 async def test_webhook_command_serves_and_stops_on_sigterm(pki: Pki, tmp_path: Path) -> None:
     """``mcp-sidecar webhook`` as the injector Deployment runs it."""
     cert_file, key_file, _ = pki.issue(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    port = free_port()
+    async with running_module(
         "sidecar.cli",
         "webhook",
         f"--listen=127.0.0.1:{port}",
@@ -485,31 +482,29 @@ async def test_webhook_command_serves_and_stops_on_sigterm(pki: Pki, tmp_path: P
         f"--tls-key={key_file}",
         "--image=mcp-sidecar:test",
         "--config-map=fallback-policy",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        connector = aiohttp.TCPConnector(ssl=pki.client_context())
-        async with aiohttp.ClientSession(connector=connector) as client:
-            body: dict[str, Any] = {}
-            async with asyncio.timeout(TIMEOUT):
-                while not body:
-                    try:
-                        async with client.post(
-                            f"https://localhost:{port}/inject",
-                            json=review_for(golden_pod("pod-minimal")),
-                        ) as response:
-                            body = await response.json()
-                    except aiohttp.ClientConnectorError:
-                        await asyncio.sleep(0.1)
-        ops = decoded_patch(body["response"])
-        patched = jsonpatch.JsonPatch(ops).apply(golden_pod("pod-minimal"))
-        assert patched["spec"]["initContainers"][0]["image"] == "mcp-sidecar:test"
-        assert patched["spec"]["volumes"][1]["configMap"]["name"] == "fallback-policy"
-        assert STATUS_ANNOTATION in patched["metadata"]["annotations"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    ) as proc:
+        try:
+            connector = aiohttp.TCPConnector(ssl=pki.client_context())
+            async with aiohttp.ClientSession(connector=connector) as client:
+                body: dict[str, Any] = {}
+                async with asyncio.timeout(TIMEOUT):
+                    while not body:
+                        try:
+                            async with client.post(
+                                f"https://localhost:{port}/inject",
+                                json=review_for(golden_pod("pod-minimal")),
+                            ) as response:
+                                body = await response.json()
+                        except aiohttp.ClientConnectorError:
+                            await asyncio.sleep(0.1)
+            ops = decoded_patch(body["response"])
+            patched = jsonpatch.JsonPatch(ops).apply(golden_pod("pod-minimal"))
+            assert patched["spec"]["initContainers"][0]["image"] == "mcp-sidecar:test"
+            assert patched["spec"]["volumes"][1]["configMap"]["name"] == "fallback-policy"
+            assert STATUS_ANNOTATION in patched["metadata"]["annotations"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 0, err.decode()
     assert json.loads(out.decode().splitlines()[0])["outcome"] == "injected"
 

@@ -78,6 +78,23 @@ class VerifyingServer:
                 await writer.wait_closed()
 
 
+def server_context(
+    tmp_path: Path,
+    leaf: IssuedCert,
+    trusted: IssuedCert | None = None,
+    *,
+    stem: str = "server",
+    context_class: type[ssl.SSLContext] = ssl.SSLContext,
+) -> ssl.SSLContext:
+    """A plain server context (no SPIFFE checks) presenting ``leaf`` and requiring a client
+    certificate that chains to ``trusted`` (by default ``leaf``'s own root)."""
+    ctx = context_class(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*leaf.write(tmp_path, stem))
+    ctx.load_verify_locations(cadata=(trusted or leaf.root).pem())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def client_context(
     tmp_path: Path, identity: IssuedCert | None, trusted: tuple[x509.Certificate, ...] = ()
 ) -> ssl.SSLContext:
@@ -104,8 +121,8 @@ class Connection:
     @property
     def ssl_object(self) -> ssl.SSLObject:
         obj = self.writer.get_extra_info("ssl_object")
-        assert obj is not None
-        return obj  # type: ignore[no-any-return]
+        assert isinstance(obj, ssl.SSLObject)
+        return obj
 
     def server_serial(self) -> int:
         der = self.ssl_object.getpeercert(binary_form=True)

@@ -6,29 +6,21 @@ import asyncio
 import io
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
 from sidecar.demo import agent_loop
-from sidecar.demo.mcp_server import McpServerHandle, serve_mcp
+from sidecar.demo.mcp_server import McpServerHandle
+from tests.processes import run_module, running_module
+from tests.proxy.loopback import serve_app
 
 TIMEOUT = 60.0
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
     r"(ok      |refused |error   )(add|multiply)\((\d+), (\d+)\)"
 )
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await asyncio.wait_for(serve_mcp("127.0.0.1", 0), TIMEOUT)
-    try:
-        yield handle
-    finally:
-        await asyncio.wait_for(handle.close(), TIMEOUT)
 
 
 async def serve_json(status: int, body: dict[str, object]) -> tuple[web.AppRunner, str]:
@@ -39,13 +31,7 @@ async def serve_json(status: int, body: dict[str, object]) -> tuple[web.AppRunne
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    runner, port = await serve_app(app)
     return runner, f"http://127.0.0.1:{port}/math/mcp"
 
 
@@ -76,24 +62,17 @@ async def test_other_http_errors_are_errors_with_the_reason() -> None:
     assert records[0].detail == "HTTP 502 upstream_unreachable: connection refused"
 
 
-async def run_module(*args: str) -> tuple[int, list[str], str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar.demo.agent_loop",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def run_agent(*args: str) -> tuple[int, list[str], str]:
+    code, out, err = await run_module("sidecar.demo.agent_loop", *args, timeout=TIMEOUT)
+    return code, out.splitlines(), err
+
+
+async def test_two_iterations_against_a_real_mcp_server(mcp_server: McpServerHandle) -> None:
+    code, lines, err = await run_agent(
+        "--url", mcp_server.url, "--iterations", "2", "--interval", "0"
     )
-    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode().splitlines(), err.decode()
-
-
-async def test_two_iterations_against_a_real_mcp_server(server: McpServerHandle) -> None:
-    code, lines, err = await run_module("--url", server.url, "--iterations", "2", "--interval", "0")
     assert code == 0, err
-    assert lines[0].endswith(f"agent calling {server.url}")
+    assert lines[0].endswith(f"agent calling {mcp_server.url}")
     calls = [LINE.match(line) for line in lines[1:-1]]
     assert all(calls), lines
     assert [(m[1].strip(), m[2], m[3], m[4]) for m in calls if m] == [
@@ -106,7 +85,7 @@ async def test_two_iterations_against_a_real_mcp_server(server: McpServerHandle)
     assert lines[-1] == "summary: 4 ok, 0 refused, 0 error"
     assert err == ""  # the SDK's request logs are kept out of the agent's output
     # The server really saw two sessions, each closed with DELETE.
-    assert [r.method for r in server.requests].count("DELETE") == 2
+    assert [r.method for r in mcp_server.requests].count("DELETE") == 2
 
 
 async def test_unreachable_server_is_logged_and_the_loop_goes_on() -> None:
@@ -123,7 +102,7 @@ async def test_unreachable_server_is_logged_and_the_loop_goes_on() -> None:
 
 
 async def test_refusal_is_reported_with_the_sidecars_reason(refusing_url: str) -> None:
-    code, lines, err = await run_module("--url", refusing_url, "--iterations", "1")
+    code, lines, err = await run_agent("--url", refusing_url, "--iterations", "1")
     assert code == 1, err  # expected ok, got refused
     assert lines[1].split(" ", 1)[1] == (
         "refused add(1, 2): HTTP 403 not_allowlisted: "
@@ -131,42 +110,34 @@ async def test_refusal_is_reported_with_the_sidecars_reason(refusing_url: str) -
     )
     assert " refused multiply(1, 2): HTTP 403 not_allowlisted" in lines[2]
     assert lines[-1] == "summary: 0 ok, 2 refused, 0 error"
-    code, lines, _ = await run_module(
-        "--url", refusing_url, "--iterations", "1", "--expect-refused"
-    )
+    code, lines, _ = await run_agent("--url", refusing_url, "--iterations", "1", "--expect-refused")
     assert code == 0  # what the rogue Job of deploy/kind/up.sh relies on
 
 
-async def test_expect_refused_fails_when_the_call_succeeds(server: McpServerHandle) -> None:
-    code, lines, _ = await run_module("--url", server.url, "--iterations", "1", "--expect-refused")
+async def test_expect_refused_fails_when_the_call_succeeds(mcp_server: McpServerHandle) -> None:
+    code, lines, _ = await run_agent(
+        "--url", mcp_server.url, "--iterations", "1", "--expect-refused"
+    )
     assert code == 1
     assert lines[-1] == "summary: 2 ok, 0 refused, 0 error"
 
 
 async def test_endless_loop_survives_failures_and_exits_0_on_sigterm() -> None:
     """Default mode (the agent Deployment): failures never end the process, SIGTERM does."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar.demo.agent_loop",
-        "--url",
-        "http://127.0.0.1:9/math/mcp",
-        "--interval",
-        "0.05",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    errors = 0
-    async with asyncio.timeout(TIMEOUT):
-        while errors < 6:  # three failed iterations
-            line = (await proc.stdout.readline()).decode()
-            assert line, "the agent exited"
-            errors += " error   " in line
-    assert proc.returncode is None
-    proc.send_signal(signal.SIGTERM)
-    out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0
+    async with running_module(
+        "sidecar.demo.agent_loop", "--url", "http://127.0.0.1:9/math/mcp", "--interval", "0.05"
+    ) as proc:
+        assert proc.stdout is not None
+        errors = 0
+        async with asyncio.timeout(TIMEOUT):
+            while errors < 6:  # three failed iterations
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the agent exited"
+                errors += " error   " in line
+        assert proc.returncode is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert await proc.wait() == 0  # (returncode itself stays narrowed to None for mypy)
     assert out.decode().splitlines()[-1].startswith("summary: 0 ok, 0 refused, ")
 
 

@@ -37,6 +37,7 @@ def probe(url: str, audience: str | None, timeout: float) -> dict[str, Any]:
             bundles = client.fetch_jwt_bundles()
             validated = client.validate_jwt_svid(jwt_svid.token, audience)
             own = bundles.get_bundle_for_trust_domain(jwt_svid.spiffe_id.trust_domain)
+            assert own is not None, "no JWT bundle for the SVID's own trust domain"
             checked = JwtSvid.parse_and_validate(jwt_svid.token, own, {audience})
             found["jwt"] = {
                 "spiffe_id": str(jwt_svid.spiffe_id),

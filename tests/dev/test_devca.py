@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import stat
 from pathlib import Path
+from typing import TypeVar
 
 import jwt
 import pytest
@@ -23,14 +24,10 @@ TD = "example.org"
 WORKLOAD = SpiffeId.parse("spiffe://example.org/ns/agents/sa/agent")
 
 
-@pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate(TD)
+ExtensionT = TypeVar("ExtensionT", bound=x509.ExtensionType)
 
 
-def _ext(
-    cert: x509.Certificate, cls: type[x509.ExtensionType]
-) -> x509.Extension[x509.ExtensionType]:
+def _ext(cert: x509.Certificate, cls: type[ExtensionT]) -> x509.Extension[ExtensionT]:
     return cert.extensions.get_extension_for_class(cls)
 
 
@@ -112,8 +109,9 @@ def test_ca_certificate_shape(ca: DevCA) -> None:
     cert = ca.ca_cert
     assert cert.subject == cert.issuer
     cert.verify_directly_issued_by(cert)
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-    assert cert.public_key().curve.name == "secp256r1"
+    public_key = cert.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.curve.name == "secp256r1"
     bc = _ext(cert, x509.BasicConstraints)
     assert bc.critical and bc.value.ca
     ku = _ext(cert, x509.KeyUsage).value

@@ -7,13 +7,11 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,13 @@ from sidecar.dev.devserver import DevServerError, DevWorkloadApi, parse_endpoint
 from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.snapshot import snapshot_from_x509_response, split_der_certificates
 from sidecar.spiffe.ids import SpiffeId
+from tests.processes import run_module, running_module
 
 AGENT = "spiffe://example.org/ns/agents/sa/agent"
 MATH = "spiffe://example.org/ns/mcp/sa/math"
 HEADER = (("workload.spiffe.io", "true"),)
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: unix socket paths are limited to ~107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="devwl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate("example.org")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +48,7 @@ def _target(url: str) -> str:
 @contextlib.asynccontextmanager
 async def raw_stub(url: str) -> AsyncIterator[Any]:
     async with grpc.aio.insecure_channel(_target(url)) as channel:
-        yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]  # generated gRPC code: no annotations
 
 
 def _leaf_serial(message: Any) -> int:
@@ -77,20 +63,10 @@ async def py_spiffe(url: str, *, jwt_audience: str | None = None) -> dict[str, A
     """What py-spiffe's client reads from ``url`` (``tests/dev/py_spiffe_probe.py``, run in an
     interpreter of its own)."""
     args = ["--jwt-audience", jwt_audience] if jwt_audience else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.dev.py_spiffe_probe",
-        url,
-        "--timeout",
-        str(WAIT),
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, out, err = await run_module(
+        "tests.dev.py_spiffe_probe", url, "--timeout", str(WAIT), *args, cwd=ROOT, timeout=60
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    assert code == 0, err
     found: dict[str, Any] = json.loads(out)
     return found
 
@@ -101,7 +77,7 @@ def der_hex(cert: Any) -> str:
 
 async def _read(call: Any) -> Any:
     message = await asyncio.wait_for(call.read(), WAIT)
-    assert message is not grpc.aio.EOF
+    assert message is not grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks grpc.aio.EOF
     return message
 
 
@@ -340,7 +316,7 @@ async def test_streams_end_cleanly_when_the_server_stops(short_dir: Path, ca: De
             code = await asyncio.wait_for(call.code(), WAIT)
     finally:
         await api.stop()
-    assert end is grpc.aio.EOF
+    assert end is grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks grpc.aio.EOF
     assert code == grpc.StatusCode.OK
     assert not _exists(f"{short_dir}/a.sock")
 
@@ -446,9 +422,7 @@ def test_constructor_checks_identities(ca: DevCA, other_ca: DevCA) -> None:
 
 async def test_cli_serves_and_exits_zero_on_sigterm(short_dir: Path) -> None:
     sock = f"{short_dir}/agent.sock"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    async with running_module(
         "sidecar.cli",
         "dev-workload-api",
         "--state-dir",
@@ -459,11 +433,8 @@ async def test_cli_serves_and_exits_zero_on_sigterm(short_dir: Path) -> None:
         f"tcp://127.0.0.1:0={MATH}",
         "--federate-with",
         f"{short_dir / 'fed'}=other.org",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
         lines = [
             (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split() for _ in range(2)
         ]
@@ -476,10 +447,6 @@ async def test_cli_serves_and_exits_zero_on_sigterm(short_dir: Path) -> None:
         assert context["x509_bundles"]["other.org"] == [der_hex(fed)]
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert proc.returncode == 0, stderr.decode()
     assert b"NOT for production" in stderr
     assert b"Traceback" not in stderr

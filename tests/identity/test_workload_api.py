@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,12 @@ from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.identity.proto import workload_pb2, workload_pb2_grpc
 from sidecar.identity.workload_api import Backoff, WorkloadApiError, WorkloadApiSource
 from sidecar.spiffe.ids import SpiffeId
+from tests.polling import until
 
 TD = "example.org"
 AGENT = SpiffeId.parse(f"spiffe://{TD}/ns/agents/sa/agent")
 WAIT = 15.0
 FAST = Backoff(initial=0.05, maximum=0.5)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths must stay under ~107 bytes: pytest's tmp_path can be longer."""
-    with tempfile.TemporaryDirectory(prefix="wl-", dir="/tmp") as d:
-        yield Path(d)
 
 
 @pytest.fixture
@@ -44,23 +37,13 @@ def socket_url(short_dir: Path) -> str:
     return f"unix://{short_dir}/agent.sock"
 
 
-async def wait_until(predicate: Any, what: str, timeout: float = WAIT) -> None:
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110 - polls plain attributes, no event exists
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
-
-
 async def test_first_svid_bundles_and_readiness(ca: DevCA, short_dir: Path) -> None:
     fed = DevCA.generate("federated.test")
     url = socket_url(short_dir)
     async with DevWorkloadApi(ca, {url: AGENT}, federated=[fed]) as api:
         source = WorkloadApiSource(url, backoff=FAST)
-        assert not source.ready and source.snapshot is None
+        # compared as a tuple: "assert not source.ready" would narrow the property for mypy
+        assert (source.ready, source.snapshot) == (False, None)
         async with source:
             snap = await source.wait_ready(WAIT)
             assert source.ready
@@ -68,7 +51,7 @@ async def test_first_svid_bundles_and_readiness(ca: DevCA, short_dir: Path) -> N
             assert snap.svid.serial_number == api.current_svid(AGENT).serial_number
             assert snap.bundles[TD] == (ca.ca_cert,)
             assert snap.bundles["federated.test"] == (fed.ca_cert,)
-            await wait_until(lambda: "federated.test" in source.jwt_bundles, "JWT bundles")
+            await until(lambda: "federated.test" in source.jwt_bundles, "JWT bundles")
             assert {k["kid"] for k in source.jwt_bundles[TD]["keys"]} == set(ca.jwt_keys())
 
 
@@ -116,7 +99,7 @@ async def test_outage_keeps_cached_svid_and_reconnects_after_restart(
     async with WorkloadApiSource(url, backoff=FAST) as source:
         async with DevWorkloadApi(ca, {url: AGENT}):
             before = await source.wait_ready(WAIT)
-        await wait_until(lambda: not source.x509_stream_connected, "the stream to drop")
+        await until(lambda: not source.x509_stream_connected, "the stream to drop")
         assert source.ready and source.snapshot is before  # last good SVID kept
         restarted_ca = DevCA.load_or_create(short_dir / "state", TD)
         async with DevWorkloadApi(restarted_ca, {url: AGENT}):
@@ -127,7 +110,7 @@ async def test_outage_keeps_cached_svid_and_reconnects_after_restart(
             assert after.svid.spiffe_id == AGENT
 
 
-class _RefusingServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
+class _RefusingServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     """An agent that does not (yet) know this workload, as SPIRE answers before registration."""
 
     def __init__(self) -> None:
@@ -145,7 +128,7 @@ class _RefusingServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: i
 
 async def _serve(servicer: Any, url: str) -> grpc.aio.Server:
     server = grpc.aio.server()
-    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)
+    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated gRPC code: no annotations
     server.add_insecure_port(url)
     await server.start()
     return server
@@ -158,14 +141,14 @@ async def test_permission_denied_is_retried_until_the_agent_issues(
     refusing = _RefusingServicer()
     server = await _serve(refusing, url)
     async with WorkloadApiSource(url, backoff=FAST) as source:
-        await wait_until(lambda: refusing.calls >= 3, "three refused attempts")
+        await until(lambda: refusing.calls >= 3, "three refused attempts")
         assert not source.ready
         await server.stop(None)
         async with DevWorkloadApi(ca, {url: AGENT}):
             assert (await source.wait_ready(WAIT)).svid.spiffe_id == AGENT
 
 
-class _BadUpdateServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
+class _BadUpdateServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     """Sends one good X.509 context, then one without SVIDs, then one with a garbage chain."""
 
     def __init__(self, ca: DevCA) -> None:
@@ -235,7 +218,7 @@ async def test_jwt_svid_is_cached_and_refreshed_in_background(ca: DevCA, short_d
         now[0] = first.expiry - dt.timedelta(seconds=10)
         stale = await source.fetch_jwt_svid("spiffe://example.org/ns/mcp/sa/math")
         assert stale is first
-        await wait_until(
+        await until(
             lambda: source._jwt_cache["spiffe://example.org/ns/mcp/sa/math"] is not first,
             "background JWT refresh",
         )

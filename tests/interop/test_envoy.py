@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from tests.interop.envoy import (
     running_envoy,
     write_pem_files,
 )
-from tests.proxy.mesh import AGENT, SERVER, TD, Mesh, local_mesh, outbound_config
+from tests.proxy.mesh import AGENT, SERVER, TD, Mesh, outbound_config
 
 pytestmark = pytest.mark.skipif(
     ENVOY_UNAVAILABLE is not None, reason=f"Envoy cannot run here: {ENVOY_UNAVAILABLE}"
@@ -72,18 +71,6 @@ def issue(mesh: Mesh, directory: Path, stem: str, spiffe_id: str) -> Svid:
     ca = mesh.api.ca
     chain, key = ca.issue_x509_svid(SpiffeId.parse(spiffe_id), dt.timedelta(hours=1))
     return Svid(write_pem_files(directory, stem, chain, key, [ca.ca_cert]), chain[0])
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    async with local_mesh() as m:
-        yield m
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
 
 
 async def wait_counter(envoy: Envoy, name: str, expected: int) -> int:

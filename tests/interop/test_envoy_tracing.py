@@ -5,14 +5,13 @@ trace: client (its traceparent) -> Envoy (span exported by Envoy itself) -> our 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from sidecar.demo.otlp_receiver import OtlpReceiver
-from tests.interop.envoy import ENVOY_UNAVAILABLE, WAIT, running_envoy, traced_front_bootstrap
+from tests.interop.envoy import ENVOY_UNAVAILABLE, running_envoy, traced_front_bootstrap
 from tests.proxy.mesh import local_mesh
 
 pytestmark = pytest.mark.skipif(
@@ -23,21 +22,13 @@ CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    collector = await OtlpReceiver().start()
-    yield collector
-    await collector.close()
-
-
-async def test_envoy_in_front_joins_the_trace(receiver: OtlpReceiver, tmp_path: Path) -> None:
+async def test_envoy_in_front_joins_the_trace(
+    receiver: OtlpReceiver, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
     tracing = {"enabled": True, "endpoint": receiver.endpoint}
     async with local_mesh(tracing=tracing) as mesh:
         config = traced_front_bootstrap(mesh.agent.port("outbound"), receiver.port, "envoy-front")
-        async with (
-            running_envoy(config, tmp_path / "envoy") as envoy,
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
-        ):
+        async with running_envoy(config, tmp_path / "envoy") as envoy:
             async with client.post(
                 f"http://127.0.0.1:{envoy.port('front')}/math/mcp",
                 json={"jsonrpc": "2.0", "id": 1, "method": "ping"},

@@ -18,7 +18,7 @@ import copy
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -251,12 +251,13 @@ def test_crd_schema_is_structural_and_matches_the_resource() -> None:
 def test_crd_validation_rejects_bad_cluster_spiffe_ids() -> None:
     good = find("ClusterSPIFFEID", "mcp-sidecar-workloads", "spire")
     validate_against_crd(good)
-    for change in (
+    changes: tuple[Callable[[dict[str, Any]], object], ...] = (
         lambda s: s.pop("spiffeIDTemplate"),
         lambda s: s.update(spiffeIdTemplate="x"),
         lambda s: s.update(podSelector={"matchLabels": {"a": 1}}),
         lambda s: s.update(federatesWith="partner.example"),
-    ):
+    )
+    for change in changes:
         bad = copy.deepcopy(good)
         change(bad["spec"])
         with pytest.raises(jsonschema.ValidationError):

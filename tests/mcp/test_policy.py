@@ -32,23 +32,11 @@ from sidecar.mcp.policy import (
 )
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.claims import Principal, VerifiedToken, freeze
+from tests.mcp.policykit import REFERENCE, call, problems_of
 
 TOOLS = ("add", "multiply", "echo", "get_time", "count_slowly")
 AGENT_ID = "spiffe://example.org/ns/agents/sa/planner"
 CONSOLE_ID = "spiffe://example.org/ns/ops/sa/console"
-
-REFERENCE: dict[str, Any] = {
-    "default": "deny",
-    "rules": [
-        {"name": "admins-echo", "when": {"roles": ["admin"]}, "tools": ["echo"]},
-        {"name": "users-time", "when": {"roles": ["user"]}, "tools": ["get_time"]},
-        {
-            "name": "agents-add",
-            "when": {"spiffe_ids": ["spiffe://example.org/ns/agents/**"]},
-            "tools": ["add"],
-        },
-    ],
-}
 
 
 def principal(
@@ -80,14 +68,6 @@ def principal(
 ADMIN = principal(CONSOLE_ID, sub="alice", roles=("admin",))
 USER = principal(CONSOLE_ID, sub="bob", roles=("user",))
 AGENT = principal(AGENT_ID)
-
-
-def call(tool: str, arguments: dict[str, Any] | None = None, *, id: int = 1) -> Message:
-    params: dict[str, Any] = {"name": tool}
-    if arguments is not None:
-        params["arguments"] = arguments
-    body = {"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}
-    return parse_body(json.dumps(body).encode()).messages[0]
 
 
 def request(method: str, params: dict[str, Any] | None = None, **extra: Any) -> Message:
@@ -548,12 +528,6 @@ def test_target_methods_agree_with_the_parser() -> None:
 # ---------------------------------------------------------------------------------- validation
 
 
-def problems_of(data: object, path: str = "mcp_policy") -> dict[str, str]:
-    with pytest.raises(ConfigErrors) as err:
-        parse_policy(data, path=path)
-    return {p.path: p.message for p in err.value.problems}
-
-
 def test_every_problem_is_reported_with_its_path() -> None:
     found = problems_of(
         {
@@ -753,7 +727,7 @@ def test_parser_and_policy_raise_only_typed_errors(body: bytes) -> None:
 
 
 names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12
 )
 
 

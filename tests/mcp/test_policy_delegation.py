@@ -11,7 +11,7 @@ import pytest
 from sidecar.mcp.policy import Policy, decide, parse_policy, visible
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.claims import Principal, VerifiedToken
-from tests.mcp.test_policy import call, problems_of
+from tests.mcp.policykit import call, problems_of
 
 AGENT = "spiffe://example.org/ns/agents/sa/agent"
 PLANNER = "spiffe://example.org/ns/agents/sa/planner"

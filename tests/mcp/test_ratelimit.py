@@ -26,9 +26,11 @@ class Clock:
         return self.now
 
 
-def limiter(*limits: RateLimit, **kwargs: float) -> tuple[RateLimiter, Clock]:
+def limiter(
+    *limits: RateLimit, max_buckets: int = 10_000, idle_ttl: float = 600.0
+) -> tuple[RateLimiter, Clock]:
     clock = Clock()
-    return RateLimiter(limits, clock=clock, **kwargs), clock  # type: ignore[arg-type]
+    return RateLimiter(limits, clock, max_buckets, idle_ttl), clock
 
 
 def allowed_in_a_row(rl: RateLimiter, key: str, tool: str | None = None) -> int:

@@ -12,9 +12,8 @@ async def serve_app(app: web.Application, **runner_options: Any) -> tuple[web.Ap
     """The started runner and the port it listens on."""
     runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
 
 
 def free_port() -> int:

@@ -58,12 +58,47 @@ class Mesh:
     def inbound_port(self) -> int:
         return self.server.port("inbound")
 
-    async def sidecar(self, config: dict[str, Any]) -> Sidecar:
+    async def sidecar(
+        self, config: dict[str, Any], access_stream: io.StringIO | None = None
+    ) -> Sidecar:
         """Start another sidecar (e.g. the rogue's outbound) that the mesh will stop."""
-        sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
-        await sidecar.start(svid_timeout=WAIT)
+        sidecar = await start_sidecar(config, access_stream)
         self.extra.append(sidecar)
         return sidecar
+
+
+async def start_sidecar(
+    config: dict[str, Any], access_stream: io.StringIO | None = None
+) -> Sidecar:
+    """A started sidecar (its first SVID awaited, bounded) logging into ``access_stream``;
+    stopped again if it cannot start."""
+    sidecar = Sidecar(parse_config(config), access_stream=access_stream or io.StringIO())
+    try:
+        await sidecar.start(svid_timeout=WAIT)
+    except BaseException:
+        await sidecar.stop()
+        raise
+    return sidecar
+
+
+@contextlib.asynccontextmanager
+async def dev_workload_api(
+    identities: dict[str, str], *, x509_ttl: dt.timedelta = dt.timedelta(hours=1)
+) -> AsyncIterator[tuple[DevWorkloadApi, dict[str, str]]]:
+    """A dev Workload API (its dev CA for ``TD`` in a fresh short temp dir) with one unix socket
+    per workload of ``identities`` (name -> SPIFFE ID): the API and the socket URLs by name."""
+    with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
+        d = Path(tmp)
+        ca = DevCA.load_or_create(d / "state", TD)
+        sockets = {name: f"unix://{d}/{name}.sock" for name in identities}
+        api = DevWorkloadApi(
+            ca, {sockets[n]: sid for n, sid in identities.items()}, x509_ttl=x509_ttl
+        )
+        await api.start()
+        try:
+            yield api, sockets
+        finally:
+            await api.stop()
 
 
 def log_lines(sidecar: Sidecar, stream: io.StringIO) -> list[str]:
@@ -120,46 +155,31 @@ async def local_mesh(
             config["tracing"] = {"service_name": service, **tracing}
         return config
 
-    with tempfile.TemporaryDirectory(prefix="mesh-", dir="/tmp") as tmp:
-        d = Path(tmp)
-        ca = DevCA.load_or_create(d / "state", TD)
-        sockets = {name: f"unix://{d}/{name}.sock" for name in IDENTITIES}
-        api = DevWorkloadApi(
-            ca, {sockets[name]: sid for name, sid in IDENTITIES.items()}, x509_ttl=x509_ttl
-        )
-        await api.start()
+    async with dev_workload_api(IDENTITIES, x509_ttl=x509_ttl) as (api, sockets):
         upstream = await RecordingUpstream().start()
         server_log, agent_log = io.StringIO(), io.StringIO()
-        server = Sidecar(
-            parse_config(
+        server: Sidecar | None = None
+        agent: Sidecar | None = None
+        mesh: Mesh | None = None
+        try:
+            server = await start_sidecar(
                 traced(
                     inbound_config(
                         sockets["server"], upstream_port or upstream.port, **(inbound or {})
                     ),
                     "server-sidecar",
-                )
-            ),
-            access_stream=server_log,
-        )
-        agent: Sidecar | None = None
-        mesh: Mesh | None = None
-        try:
-            await server.start(svid_timeout=WAIT)
-            agent = Sidecar(
-                parse_config(
-                    traced(
-                        outbound_config(
-                            sockets["agent"],
-                            server.port("inbound"),
-                            route=route,
-                            **(outbound or {}),
-                        ),
-                        "agent-sidecar",
-                    )
                 ),
-                access_stream=agent_log,
+                server_log,
             )
-            await agent.start(svid_timeout=WAIT)
+            agent = await start_sidecar(
+                traced(
+                    outbound_config(
+                        sockets["agent"], server.port("inbound"), route=route, **(outbound or {})
+                    ),
+                    "agent-sidecar",
+                ),
+                agent_log,
+            )
             mesh = Mesh(api, upstream, sockets, server, agent, server_log, agent_log)
             yield mesh
         finally:
@@ -167,7 +187,6 @@ async def local_mesh(
                 if sidecar is not None:
                     await sidecar.stop()
             await upstream.close()
-            await api.stop()
 
 
 @dataclass
@@ -207,10 +226,11 @@ async def oauth_ingress(
             **inbound,
         },
     }
-    sidecar = Sidecar(parse_config(config), access_stream=log)
     try:
-        await sidecar.start(svid_timeout=WAIT)
-        yield Ingress(url, issuer, sidecar, log)
+        sidecar = await start_sidecar(config, log)
+        try:
+            yield Ingress(url, issuer, sidecar, log)
+        finally:
+            await sidecar.stop()
     finally:
-        await sidecar.stop()
         await issuer.close()

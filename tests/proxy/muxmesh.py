@@ -8,19 +8,14 @@ import asyncio
 import contextlib
 import io
 import json
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sidecar.config import parse_config
 from sidecar.demo import mesh as demo_mesh
 from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
-from sidecar.dev.devca import DevCA
-from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
-from tests.proxy.mesh import TD, WAIT, log_lines
+from tests.proxy.mesh import TD, dev_workload_api, log_lines, start_sidecar
 from tests.proxy.mux_servers import clock_server, math_server
 
 IDENTITIES = {
@@ -55,14 +50,7 @@ class MuxMesh:
         return f"http://127.0.0.1:{self.agent.port('outbound')}/tools{MCP_PATH}"
 
     def targets(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": name,
-                "upstream": f"https://127.0.0.1:{sidecar.port('inbound')}",
-                "server_spiffe_id": IDENTITIES[name],
-            }
-            for name, sidecar in self.inbound.items()
-        ]
+        return targets_of(self.inbound)
 
     async def stop_server(self, name: str) -> None:
         await self.servers[name].close()
@@ -74,8 +62,8 @@ class MuxMesh:
         self.servers[name] = await serve_mcp("127.0.0.1", port, mcp=mcp)
 
     async def sidecar(self, config: dict[str, Any]) -> Sidecar:
-        sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
-        await sidecar.start(svid_timeout=WAIT)
+        """Start another sidecar that the mesh will stop."""
+        sidecar = await start_sidecar(config)
         self.extra.append(sidecar)
         return sidecar
 
@@ -85,6 +73,18 @@ class MuxMesh:
         return await self.sidecar(demo_mesh.sidecar_config(self.sockets["gateway"], inbound=config))
 
 
+def targets_of(inbound: dict[str, Sidecar]) -> list[dict[str, Any]]:
+    """The ``targets:`` of a route to every server through its inbound sidecar."""
+    return [
+        {
+            "name": name,
+            "upstream": f"https://127.0.0.1:{sidecar.port('inbound')}",
+            "server_spiffe_id": IDENTITIES[name],
+        }
+        for name, sidecar in inbound.items()
+    ]
+
+
 @contextlib.asynccontextmanager
 async def mux_mesh(
     scripted: int | None = None, scripted_inbound: dict[str, Any] | None = None, **route: Any
@@ -92,12 +92,7 @@ async def mux_mesh(
     """``route``: extra keys of the agent's multiplexing route (e.g. ``prefix_mode``);
     ``scripted``: the port of a third, plain-HTTP server, target ``scripted``, whose inbound
     sidecar gets ``scripted_inbound`` settings."""
-    with tempfile.TemporaryDirectory(prefix="muxmesh-", dir="/tmp") as tmp:
-        d = Path(tmp)
-        ca = DevCA.load_or_create(d / "state", TD)
-        sockets = {name: f"unix://{d}/{name}.sock" for name in IDENTITIES}
-        api = DevWorkloadApi(ca, {sockets[n]: sid for n, sid in IDENTITIES.items()})
-        await api.start()
+    async with dev_workload_api(IDENTITIES) as (_, sockets):
         gate = asyncio.Event()
         calls: list[str] = []
         servers: dict[str, McpServerHandle] = {}
@@ -115,10 +110,8 @@ async def mux_mesh(
             for name, port in ports.items():
                 extra = (scripted_inbound or {}) if name == "scripted" else {}
                 config = demo_mesh.inbound_config(sockets[name], port, allowed, **extra)
-                inbound[name] = Sidecar(parse_config(config), access_stream=logs[name])
+                inbound[name] = await start_sidecar(config, logs[name])
                 sidecars.append(inbound[name])
-                await inbound[name].start(svid_timeout=WAIT)
-            mesh = MuxMesh(sockets, gate, servers, inbound, logs, agent=None, calls=calls)  # type: ignore[arg-type]
             agent_config = demo_mesh.sidecar_config(
                 sockets["agent"],
                 outbound={
@@ -127,16 +120,16 @@ async def mux_mesh(
                         {
                             "name": "tools",
                             "path_prefix": "/tools",
-                            "targets": mesh.targets(),
+                            "targets": targets_of(inbound),
                             "target_wait": 5,
                             **route,
                         }
                     ],
                 },
             )
-            mesh.agent = Sidecar(parse_config(agent_config), access_stream=io.StringIO())
-            sidecars.append(mesh.agent)
-            await mesh.agent.start(svid_timeout=WAIT)
+            agent = await start_sidecar(agent_config)
+            sidecars.append(agent)
+            mesh = MuxMesh(sockets, gate, servers, inbound, logs, agent, calls=calls)
             yield mesh
         finally:
             gate.set()
@@ -144,4 +137,3 @@ async def mux_mesh(
                 await sidecar.stop()
             for server in servers.values():
                 await server.close()
-            await api.stop()

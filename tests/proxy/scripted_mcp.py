@@ -55,6 +55,7 @@ class ScriptedMcp:
             return web.Response(status=202)
         method, rid = message.get("method"), message["id"]
         params = message.get("params") or {}
+        result: dict[str, Any]
         if method == "initialize":
             result = {
                 "protocolVersion": "2025-06-18",
@@ -71,9 +72,7 @@ class ScriptedMcp:
                     {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": "cursor"}}
                 )
             names, next_cursor = PAGES[cursor]
-            result: dict[str, Any] = {
-                "tools": [{"name": n, "inputSchema": {"type": "object"}} for n in names]
-            }
+            result = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in names]}
             if next_cursor:
                 result["nextCursor"] = next_cursor
             return _json(rid, result)
@@ -106,8 +105,8 @@ class ScriptedMcp:
             await response.write_eof()
             return response
         if method == "tools/call" and params.get("name") == "denied":
-            body = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "nope"}}
-            return web.json_response(body, status=403)
+            refusal = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "nope"}}
+            return web.json_response(refusal, status=403)
         if method == "tools/call" and params.get("name") == "forever":
             await asyncio.sleep(3600)
         return web.json_response(

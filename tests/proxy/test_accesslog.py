@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import io
 import json
 import logging
 import sys
+import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,20 +22,19 @@ from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id, 
 from sidecar.spiffe.ids import SpiffeId
 
 
-def record(**overrides: object) -> AccessRecord:
-    fields: dict[str, object] = {
-        "direction": "inbound",
-        "peer": "spiffe://example.org/ns/agents/sa/agent",
-        "method": "POST",
-        "path": "/mcp",
-        "status": 200,
-        "bytes_in": 120,
-        "bytes_out": 345,
-        "duration_ms": 1.23456,
-        "mcp_session_id": "sess-1",
-    }
-    fields.update(overrides)
-    return AccessRecord(**fields)  # type: ignore[arg-type]
+def record(**overrides: Any) -> AccessRecord:
+    typical = AccessRecord(
+        direction="inbound",
+        peer="spiffe://example.org/ns/agents/sa/agent",
+        method="POST",
+        path="/mcp",
+        status=200,
+        bytes_in=120,
+        bytes_out=345,
+        duration_ms=1.23456,
+        mcp_session_id="sess-1",
+    )
+    return dataclasses.replace(typical, **overrides)
 
 
 def test_rfc3339_utc_milliseconds() -> None:
@@ -208,7 +210,7 @@ def test_encoder_refuses_non_finite_numbers(bad: object) -> None:
 
 def test_now_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1750250096.789999, 1750250096.001, 1750250097.5, 1750250097.9999996, 1750250098.25]
-    monkeypatch.setattr(accesslog.time, "time", lambda: clock.pop(0))
+    monkeypatch.setattr(time, "time", lambda: clock.pop(0))  # the module accesslog reads
     expected = [dt.datetime.fromtimestamp(t, dt.UTC) for t in clock]
     assert [rfc3339() for _ in range(5)] == [rfc3339(moment) for moment in expected]
     assert expected[3].second == 58  # rounded up into the next second, as datetime does
@@ -336,7 +338,8 @@ async def test_process_log_lines_of_a_request_carry_its_ids() -> None:
     async def in_request() -> dict[str, object]:
         begin_request(CIMultiDict({"X-Request-Id": "req-1"}))
         record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
-        return json.loads(accesslog.JsonLogFormatter().format(record))  # type: ignore[no-any-return]
+        line: dict[str, object] = json.loads(accesslog.JsonLogFormatter().format(record))
+        return line
 
     data = await asyncio.create_task(in_request())
     assert data["x_request_id"] == "req-1" and data["trace_id"] is None

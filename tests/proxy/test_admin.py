@@ -3,7 +3,6 @@ sidecars with the dev Workload API: /certs (rotation included), /config_dump, /l
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -22,7 +21,8 @@ from sidecar.proxy.admin import build_admin_handler, readiness, start_admin
 from sidecar.proxy.admin_views import REDACTED, SECRET_KEYS, certs_view, config_view
 from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
-from tests.proxy.mesh import SERVER, WAIT, local_mesh
+from tests.polling import until
+from tests.proxy.mesh import SERVER, local_mesh
 
 TD = "example.org"
 AGENT = SpiffeId.parse(f"spiffe://{TD}/ns/agents/sa/agent")
@@ -205,19 +205,25 @@ async def test_certs_show_the_svid_and_bundles_and_follow_rotation() -> None:
         assert bundle["not_after"] == ca.ca_cert.not_valid_after_utc.isoformat().replace(
             "+00:00", "Z"
         )
-        deadline = asyncio.get_running_loop().time() + WAIT
-        while not (await admin_json(session, mesh.server, "/certs"))["jwt_bundles"]:
-            assert asyncio.get_running_loop().time() < deadline, "no JWT bundle streamed"
-            await asyncio.sleep(0.05)
-        certs = await admin_json(session, mesh.server, "/certs")
+
+        async def certs_now() -> Any:
+            return await admin_json(session, mesh.server, "/certs")
+
+        async def jwt_bundles_shown() -> bool:
+            return bool((await certs_now())["jwt_bundles"])
+
+        await until(jwt_bundles_shown, "a JWT bundle in /certs", interval=0.05)
+        certs = await certs_now()
         assert certs["jwt_bundles"][TD] == {"key_ids": [ca.jwt_kid]}
 
         mesh.api.rotate_now()
         rotated = f"{mesh.api.current_svid(SERVER).serial_number:x}"
         assert rotated != svid["serial"]
-        while (await admin_json(session, mesh.server, "/certs"))["svid"]["serial"] != rotated:
-            assert asyncio.get_running_loop().time() < deadline, "rotation not shown in /certs"
-            await asyncio.sleep(0.05)
+
+        async def rotation_shown() -> bool:
+            return bool((await certs_now())["svid"]["serial"] == rotated)
+
+        await until(rotation_shown, "the rotation in /certs", interval=0.05)
 
 
 async def test_config_dump_is_the_effective_config() -> None:

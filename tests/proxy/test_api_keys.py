@@ -5,9 +5,7 @@ server."""
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,10 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from sidecar.config import parse_config
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
-from sidecar.runtime import Sidecar
+from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle
 from sidecar.tokens.apikeys import hash_key, new_key
-from tests.proxy.mesh import WAIT, local_mesh
+from tests.proxy.mesh import local_mesh, start_sidecar
 
 POLICY = {
     "default": "deny",
@@ -36,12 +32,6 @@ def write_keys(path: Path, *keys: tuple[str, str, str, list[str]]) -> None:
         for key_id, key, name, roles in keys
     ]
     path.write_text(yaml.safe_dump({"keys": entries}))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
 
 
 async def test_api_key_over_mtls_through_the_outbound(
@@ -73,15 +63,8 @@ async def test_api_key_over_mtls_through_the_outbound(
         assert len(mesh.upstream.requests) == 1
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await serve_mcp("127.0.0.1", 0)
-    yield handle
-    await handle.close()
-
-
 async def test_api_key_ingress_without_mtls_for_the_mcp_sdk(
-    server: McpServerHandle, tmp_path: Path
+    mcp_server: McpServerHandle, tmp_path: Path
 ) -> None:
     (deployer_id, deployer), (reader_id, reader) = new_key(), new_key()
     path = tmp_path / "keys.yaml"
@@ -91,14 +74,13 @@ async def test_api_key_ingress_without_mtls_for_the_mcp_sdk(
         "admin": {"listen": "127.0.0.1:0"},
         "inbound": {
             "listen": "127.0.0.1:0",
-            "upstream": f"http://127.0.0.1:{server.port}",
+            "upstream": f"http://127.0.0.1:{mcp_server.port}",
             "mtls": "off",
             "api_keys": {"file": str(path)},
             "mcp_policy": POLICY,
         },
     }
-    sidecar = Sidecar(parse_config(config), access_stream=io.StringIO())
-    await sidecar.start(svid_timeout=WAIT)
+    sidecar = await start_sidecar(config)
     try:
         assert sidecar.source is None  # no SPIFFE needed
         url = f"http://127.0.0.1:{sidecar.port('inbound')}{MCP_PATH}"
@@ -110,7 +92,7 @@ async def test_api_key_ingress_without_mtls_for_the_mcp_sdk(
             await mcp_client.call_tool(
                 url, "add", {"a": 1, "b": 2}, {"Authorization": f"Bearer {reader}"}
             )
-        for record in server.requests:
+        for record in mcp_server.requests:
             assert not any(name == "authorization" for name, _ in record.headers)
     finally:
         await sidecar.stop()

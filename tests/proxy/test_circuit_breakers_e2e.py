@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,17 +18,12 @@ import pytest
 
 from sidecar.proxy.upstream import UpstreamPool
 from sidecar.runtime import Sidecar
+from tests.polling import until
 from tests.proxy.mesh import WAIT, Mesh, local_mesh
 from tests.proxy.test_upstream import upstream
-from tests.proxy.test_upstream_breakers import Gated, until
+from tests.proxy.test_upstream_breakers import Gated
 
 Answer = tuple[int, dict[str, str], bytes]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
 
 
 async def get(client: aiohttp.ClientSession, url: str) -> Answer:

@@ -25,32 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from bench import churn, procs
 from sidecar.config import Limits
 from sidecar.proxy.connection import HttpConnection, Listener, TlsPolicy, start_listener
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.spiffe.ids import SpiffeId
+from tests import tlsharness
 from tests.certfactory import CertFactory
+from tests.eventloops import LOOPS
+from tests.polling import until
 
 WAIT = 10.0  # bound on every wait for something that must happen
 TD = "example.org"
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 
 @pytest.fixture(scope="module")
 def server_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    tmp = tmp_path_factory.mktemp("pki")
-    root = CertFactory.root(TD)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(*root.issue_leaf(f"spiffe://{TD}/ns/mcp/sa/server").write(tmp, "server"))
-    ctx.load_verify_locations(cadata=root.pem())
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    leaf = CertFactory.root(TD).issue_leaf(f"spiffe://{TD}/ns/mcp/sa/server")
+    return tlsharness.server_context(tmp_path_factory.mktemp("pki"), leaf)
 
 
 async def ok(request: Request) -> Response:
@@ -84,13 +77,6 @@ async def tls_listener(
         yield listener
     finally:
         await asyncio.wait_for(listener.close(0.0), WAIT)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Poll (bounded) until ``predicate`` holds."""
-    async with asyncio.timeout(WAIT):
-        while not predicate():  # noqa: ASYNC110 - polls plain state, no event exists
-            await asyncio.sleep(0.01)
 
 
 async def pending_connection(listener: Listener) -> weakref.ref[HttpConnection]:

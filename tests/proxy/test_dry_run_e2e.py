@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle, serve_mcp
+from sidecar.demo.mcp_server import MCP_PATH, TOOL_NAMES, McpServerHandle
 from sidecar.proxy.mcp_guard import MAX_WOULD_HIDE
 from sidecar.runtime import Sidecar
 from tests.proxy.mesh import WAIT, Mesh, local_mesh
@@ -32,13 +31,6 @@ RULES: list[dict[str, Any]] = [
 
 def policy(*, dry_run: bool) -> dict[str, Any]:
     return {"default": "deny", "dry_run": dry_run, "rules": RULES}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await serve_mcp("127.0.0.1", 0)
-    yield handle
-    await handle.close()
 
 
 def audits(mesh: Mesh) -> list[dict[str, Any]]:
@@ -55,10 +47,10 @@ def counted(sidecar: Sidecar, decision: str, tool: str = "other") -> float:
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "enforced"])
 async def test_dry_run_policy_logs_would_deny_and_forwards(
-    server: McpServerHandle, dry_run: bool
+    mcp_server: McpServerHandle, dry_run: bool
 ) -> None:
     async with local_mesh(
-        upstream_port=server.port, inbound={"mcp_policy": policy(dry_run=dry_run)}
+        upstream_port=mcp_server.port, inbound={"mcp_policy": policy(dry_run=dry_run)}
     ) as mesh:
         url = f"{mesh.outbound_url}/math{MCP_PATH}"
         listed = await mcp_client.list_tool_names(url)
@@ -90,15 +82,14 @@ async def test_dry_run_policy_logs_would_deny_and_forwards(
             assert filtered == []
 
 
-async def test_a_batch_in_dry_run_is_forwarded_and_audited_element_by_element() -> None:
+async def test_a_batch_in_dry_run_is_forwarded_and_audited_element_by_element(
+    client: aiohttp.ClientSession,
+) -> None:
     batch = [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
     ]
-    async with (
-        local_mesh(inbound={"mcp_policy": policy(dry_run=True)}) as mesh,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
-    ):
+    async with local_mesh(inbound={"mcp_policy": policy(dry_run=True)}) as mesh:
         async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch) as resp:
             assert resp.status == 200
         assert json.loads(mesh.upstream.requests[-1].body) == batch  # forwarded unchanged
@@ -109,16 +100,13 @@ async def test_a_batch_in_dry_run_is_forwarded_and_audited_element_by_element() 
         assert counted(mesh.server, "would_deny") == 2  # what would have happened to each
 
 
-async def test_rate_limits_still_apply_to_a_dry_run_policy() -> None:
+async def test_rate_limits_still_apply_to_a_dry_run_policy(client: aiohttp.ClientSession) -> None:
     inbound = {
         "mcp_policy": policy(dry_run=True),
         "rate_limits": [{"per": "principal", "rate": "1/m", "burst": 1}],
     }
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "multiply"}}
-    async with (
-        local_mesh(inbound=inbound) as mesh,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
-    ):
+    async with local_mesh(inbound=inbound) as mesh:
         statuses = []
         for _ in range(2):
             async with client.post(f"{mesh.outbound_url}/math/mcp", json=call) as resp:
@@ -127,7 +115,9 @@ async def test_rate_limits_still_apply_to_a_dry_run_policy() -> None:
         assert len(mesh.upstream.requests) == 1
 
 
-async def test_reloading_the_file_switches_dry_run_on_and_off(tmp_path: Path) -> None:
+async def test_reloading_the_file_switches_dry_run_on_and_off(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
     policy_file = tmp_path / "policy.yaml"
 
     def write(dry_run: bool) -> None:
@@ -138,10 +128,7 @@ async def test_reloading_the_file_switches_dry_run_on_and_off(tmp_path: Path) ->
     write(dry_run=True)
     inbound = {"mcp_policy": {"file": str(policy_file), "reload_interval": "50ms"}}
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "multiply"}}
-    async with (
-        local_mesh(inbound=inbound) as mesh,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
-    ):
+    async with local_mesh(inbound=inbound) as mesh:
 
         async def status() -> int:
             async with client.post(f"{mesh.outbound_url}/math/mcp", json=call) as resp:
@@ -163,7 +150,9 @@ async def test_reloading_the_file_switches_dry_run_on_and_off(tmp_path: Path) ->
         assert decisions[-1] == "would_deny"
 
 
-async def test_a_dry_run_list_answer_passes_unchanged_and_the_hidden_names_are_bounded() -> None:
+async def test_a_dry_run_list_answer_passes_unchanged_and_the_hidden_names_are_bounded(
+    client: aiohttp.ClientSession,
+) -> None:
     tools = [{"name": f"tool_{n:02d}", "inputSchema": {"type": "object"}} for n in range(40)]
     tools.append({"name": "add", "inputSchema": {"type": "object"}})
     answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": tools}}).encode()
@@ -179,7 +168,6 @@ async def test_a_dry_run_list_answer_passes_unchanged_and_the_hidden_names_are_b
     async with (
         upstream(serve) as up,
         local_mesh(upstream_port=up.port, inbound={"mcp_policy": policy(dry_run=True)}) as mesh,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
     ):
         async with client.post(f"{mesh.outbound_url}/math/mcp", json=ask) as resp:
             assert resp.status == 200
@@ -191,12 +179,11 @@ async def test_a_dry_run_list_answer_passes_unchanged_and_the_hidden_names_are_b
 
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "enforced"])
-async def test_stream_resumption_is_dropped_only_when_lists_are_filtered(dry_run: bool) -> None:
+async def test_stream_resumption_is_dropped_only_when_lists_are_filtered(
+    dry_run: bool, client: aiohttp.ClientSession
+) -> None:
     """Resuming replays answers the sidecar never saw; that matters only when it filters them."""
-    async with (
-        local_mesh(inbound={"mcp_policy": policy(dry_run=dry_run)}) as mesh,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client,
-    ):
+    async with local_mesh(inbound={"mcp_policy": policy(dry_run=dry_run)}) as mesh:
         mesh.upstream.gate.set()
         headers = {"Last-Event-ID": "41"}
         async with client.get(f"{mesh.outbound_url}/math/sse", headers=headers) as resp:

@@ -76,11 +76,10 @@ FLAGS = [  # (flags, exit status: 0 allow, 3 deny)
 ]
 
 
-async def test_explain_agrees_with_the_live_sidecar(tmp_path: Path) -> None:
-    async with (
-        local_mesh(inbound={"mcp_policy": POLICY}) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_explain_agrees_with_the_live_sidecar(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with local_mesh(inbound={"mcp_policy": POLICY}) as mesh:
         config_file = tmp_path / "inbound.yaml"
         config_file.write_text(
             yaml.safe_dump(

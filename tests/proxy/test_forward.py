@@ -18,6 +18,8 @@ from sidecar.mcp.jsonrpc import parse_body
 from sidecar.proxy.errors import Forbidden
 from sidecar.proxy.forward import answer_headers, check_origin, forward, forwardable_headers
 from sidecar.proxy.messages import Request
+from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import PeerRejected
 from tests.proxy.test_upstream import HOST, pool_to, read_request, upstream
 
 
@@ -106,9 +108,9 @@ async def _no_body() -> bytes:
 
 
 class _NoPeer:
-    peer = None
-    rejection = None
-    peer_cert_sha256 = None
+    peer: SpiffeId | None = None
+    rejection: PeerRejected | None = None
+    peer_cert_sha256: str | None = None
 
 
 NO_PEER = _NoPeer()

@@ -4,7 +4,6 @@ agent's own Authorization header."""
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 
 import aiohttp
 import jwt
@@ -15,19 +14,19 @@ from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.outbound import OutboundProxy
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tls.contexts import RotatingTls
 from tests.proxy.mesh import AGENT, local_mesh
 
 AUDIENCE = "spiffe://example.org/ns/mcp/sa/math"
 
 
-async def test_upstream_sees_a_cached_jwt_svid_for_the_route_audience() -> None:
-    async with (
-        local_mesh(
-            inbound={"forward_authorization": True},  # no token layer here: let us see it
-            route={"jwt_svid_audience": AUDIENCE},
-        ) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_upstream_sees_a_cached_jwt_svid_for_the_route_audience(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(
+        inbound={"forward_authorization": True},  # no token layer here: let us see it
+        route={"jwt_svid_audience": AUDIENCE},
+    ) as mesh:
         tokens = []
         for _ in range(5):
             async with client.post(
@@ -83,13 +82,9 @@ def outbound(source: CountingSource) -> OutboundProxy:
         }
     )
     assert config.outbound is not None
-    tls = SimpleNamespace(client_context=lambda: None)  # never connects in these tests
+    no_identity = RotatingTls()  # no SVID yet: these tests never connect
     return OutboundProxy(
-        config.outbound,
-        tls,
-        Metrics(),
-        AccessLogger(enabled=False),
-        jwt_svid=source,  # type: ignore[arg-type]
+        config.outbound, no_identity, Metrics(), AccessLogger(enabled=False), jwt_svid=source
     )
 
 

@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,39 +16,21 @@ import yaml
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle
+from tests.mcp.policykit import REFERENCE
+from tests.polling import until
 from tests.proxy.issuer import Issuer
 from tests.proxy.mesh import WAIT, local_mesh
 from tests.proxy.mesh import oauth_ingress as mesh_oauth_ingress
 
-REFERENCE_POLICY: dict[str, Any] = {
-    "default": "deny",
-    "rules": [
-        {"name": "admins-echo", "when": {"roles": ["admin"]}, "tools": ["echo"]},
-        {"name": "users-time", "when": {"roles": ["user"]}, "tools": ["get_time"]},
-        {
-            "name": "agents-add",
-            "when": {"spiffe_ids": ["spiffe://example.org/ns/agents/**"]},
-            "tools": ["add"],
-        },
-    ],
-}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await serve_mcp("127.0.0.1", 0)
-    yield handle
-    await handle.close()
-
 
 @pytest.fixture
 async def oauth_ingress(
-    server: McpServerHandle,
+    mcp_server: McpServerHandle,
 ) -> AsyncIterator[tuple[str, Issuer, Callable[[], list[str]]]]:
     """Users (roles in their OAuth tokens) reach the MCP server through an OAuth ingress;
     the third item gives the ingress's log lines so far."""
-    async with mesh_oauth_ingress(server.port, mcp_policy=REFERENCE_POLICY) as ingress:
+    async with mesh_oauth_ingress(mcp_server.port, mcp_policy=REFERENCE) as ingress:
         yield ingress.url, ingress.issuer, ingress.lines
 
 
@@ -63,7 +44,7 @@ def bearer(issuer: Issuer, resource: str, roles: list[str]) -> dict[str, str]:
 )
 async def test_roles_from_token_claims(
     oauth_ingress: tuple[str, Issuer, Callable[[], list[str]]],
-    server: McpServerHandle,
+    mcp_server: McpServerHandle,
     roles: list[str],
     visible: list[str],
     allowed: str,
@@ -78,7 +59,7 @@ async def test_roles_from_token_claims(
     with pytest.raises(MCPError, match="Forbidden by policy: no rule allows"):
         await mcp_client.call_tool(resource, denied, {"text": "x"}, headers)
     # tools/list was answered over SSE by the real server and filtered on the way.
-    lists = [r for r in server.requests if r.method == "POST" and r.status == 200]
+    lists = [r for r in mcp_server.requests if r.method == "POST" and r.status == 200]
     assert any((r.content_type or "").startswith("text/event-stream") for r in lists)
     audits = [json.loads(line) for line in log_so_far() if '"mcp_audit"' in line]
     deny = [a for a in audits if a["decision"] == "deny"]
@@ -87,7 +68,7 @@ async def test_roles_from_token_claims(
 
 
 async def test_denial_is_a_jsonrpc_error_naming_the_rule(
-    oauth_ingress: tuple[str, Issuer, Callable[[], list[str]]], server: McpServerHandle
+    oauth_ingress: tuple[str, Issuer, Callable[[], list[str]]], mcp_server: McpServerHandle
 ) -> None:
     resource, issuer, _ = oauth_ingress
     headers = bearer(issuer, resource, ["user"])
@@ -100,13 +81,11 @@ async def test_denial_is_a_jsonrpc_error_naming_the_rule(
     body = json.loads(raw.body)
     assert body["id"] == 7 and body["error"]["code"] == -32001
     assert "no rule allows" in body["error"]["message"]
-    assert not any(r.method == "POST" for r in server.requests)  # never reached the server
+    assert not any(r.method == "POST" for r in mcp_server.requests)  # never reached the server
 
 
-async def test_agent_spiffe_id_may_add_but_not_multiply(server: McpServerHandle) -> None:
-    async with local_mesh(
-        upstream_port=server.port, inbound={"mcp_policy": REFERENCE_POLICY}
-    ) as mesh:
+async def test_agent_spiffe_id_may_add_but_not_multiply(mcp_server: McpServerHandle) -> None:
+    async with local_mesh(upstream_port=mcp_server.port, inbound={"mcp_policy": REFERENCE}) as mesh:
         url = f"{mesh.outbound_url}/math{MCP_PATH}"
         assert await mcp_client.list_tool_names(url) == ["add"]
         assert (await mcp_client.call_tool(url, "add", {"a": 2, "b": 3})).structured == {
@@ -121,13 +100,10 @@ async def test_agent_spiffe_id_may_add_but_not_multiply(server: McpServerHandle)
         )
 
 
-async def test_rate_limit_returns_429_with_retry_after() -> None:
-    async with (
-        local_mesh(
-            inbound={"rate_limits": [{"per": "principal", "rate": "1/m", "burst": 3}]}
-        ) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_rate_limit_returns_429_with_retry_after(client: aiohttp.ClientSession) -> None:
+    async with local_mesh(
+        inbound={"rate_limits": [{"per": "principal", "rate": "1/m", "burst": 3}]}
+    ) as mesh:
         statuses = []
         for n in range(4):
             async with client.post(
@@ -143,7 +119,7 @@ async def test_rate_limit_returns_429_with_retry_after() -> None:
         assert len(mesh.upstream.requests) == 3
 
 
-async def test_policy_reload_during_load(tmp_path: Path) -> None:
+async def test_policy_reload_during_load(tmp_path: Path, client: aiohttp.ClientSession) -> None:
     policy_file = tmp_path / "policy.yaml"
 
     def write(policy: object) -> None:
@@ -153,7 +129,7 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
 
     write({"default": "deny", "rules": [{"name": "add-only", "tools": ["add"]}]})
     inbound = {"mcp_policy": {"file": str(policy_file), "reload_interval": "50ms"}}
-    async with local_mesh(inbound=inbound) as mesh, aiohttp.ClientSession() as client:
+    async with local_mesh(inbound=inbound) as mesh:
         url = f"{mesh.outbound_url}/math/mcp"
         failures: list[int] = []
         stop = asyncio.Event()
@@ -163,6 +139,15 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
             async with client.post(url, json=body) as resp:
                 await resp.read()
                 return resp.status
+
+        async def allows(tool: str) -> bool:
+            return await call(tool) == 200
+
+        def reload_errors() -> float:
+            value = mesh.server.metrics.registry.get_sample_value(
+                "mcp_sidecar_policy_reload_errors_total"
+            )
+            return value or 0.0
 
         async def load() -> int:
             count = 0
@@ -176,34 +161,20 @@ async def test_policy_reload_during_load(tmp_path: Path) -> None:
         loader = asyncio.create_task(load())
         assert await call("multiply") == 403
         write({"default": "deny", "rules": [{"name": "math", "tools": ["add", "multiply"]}]})
-        await asyncio.wait_for(_until_status(call, "multiply", 200), WAIT)
-        errors_before = mesh.server.metrics.policy_reload_errors._value.get()
+        await until(lambda: allows("multiply"), "the new policy to allow multiply")
+        errors_before = reload_errors()
         write("default: deny\nrules: [{name: broken, tools: 42}]\n")
-        await asyncio.wait_for(
-            _until(lambda: mesh.server.metrics.policy_reload_errors._value.get() > errors_before),
-            WAIT,
-        )
+        await until(lambda: reload_errors() > errors_before, "the broken policy to be counted")
         assert await call("multiply") == 200  # the old (valid) policy stayed in force
         stop.set()
         requests = await asyncio.wait_for(loader, WAIT)
         assert requests > 0 and failures == []
 
 
-async def _until_status(call: Any, tool: str, status: int) -> None:
-    while await call(tool) != status:  # noqa: ASYNC110 - polls the proxy until it reloads
-        await asyncio.sleep(0.02)
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():  # noqa: ASYNC110 - polls a metric value
-        await asyncio.sleep(0.02)
-
-
-async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
-    async with (
-        local_mesh(inbound={"mcp_policy": REFERENCE_POLICY}) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+async def test_stream_resumption_is_not_replayed_under_a_policy(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh:
         mesh.upstream.gate.set()
         async with client.get(
             f"{mesh.outbound_url}/math/sse", headers={"Last-Event-ID": "41"}
@@ -213,16 +184,15 @@ async def test_stream_resumption_is_not_replayed_under_a_policy() -> None:
         assert "last-event-id" not in mesh.upstream.requests[0].headers
 
 
-async def test_audit_of_a_denied_batch_records_each_elements_own_decision() -> None:
+async def test_audit_of_a_denied_batch_records_each_elements_own_decision(
+    client: aiohttp.ClientSession,
+) -> None:
     batch = [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
     ]
-    async with (
-        local_mesh(inbound={"mcp_policy": REFERENCE_POLICY}) as mesh,
-        aiohttp.ClientSession() as client,
-    ):
+    async with local_mesh(inbound={"mcp_policy": REFERENCE}) as mesh:
         async with client.post(f"{mesh.outbound_url}/math/mcp", json=batch) as resp:
             assert resp.status == 403
             answers = await resp.json()

@@ -9,18 +9,16 @@ import datetime as dt
 import io
 import json
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from sidecar.config import parse_config
 from sidecar.dev.devca import DevCA
 from sidecar.dev.devserver import DevWorkloadApi
-from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
 from tests.certfactory import CertFactory, IssuedCert
+from tests.polling import until
 from tests.proxy.mesh import (
     AGENT,
     ROGUE,
@@ -39,18 +37,6 @@ MCP_HEADERS = {
     "MCP-Protocol-Version": "2025-06-18",
     "Last-Event-ID": "42",
 }
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    async with local_mesh() as m:
-        yield m
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
 
 
 async def test_post_reaches_upstream_with_identity_and_mcp_headers(
@@ -139,9 +125,7 @@ async def test_inbound_that_does_not_trust_us_is_named_as_a_tls_refusal(
         config = outbound_config(socket, mesh.inbound_port)
         config["trust_domain"] = "other.test"
         log = io.StringIO()
-        agent = Sidecar(parse_config(config), access_stream=log)
-        await agent.start(svid_timeout=WAIT)
-        mesh.extra.append(agent)
+        agent = await mesh.sidecar(config, log)
         async with client.post(
             f"http://127.0.0.1:{agent.port('outbound')}/math/mcp", data=b"{}"
         ) as resp:
@@ -163,7 +147,7 @@ async def test_inbound_that_does_not_trust_us_is_named_as_a_tls_refusal(
         return [line for line in text.splitlines() if line.startswith(prefix)]
 
     # the server counts it when its handshake task runs, maybe after our 502 went out
-    await _until(handshake_failures)
+    await until(handshake_failures, "the inbound handshake failure to be counted")
     assert len(handshake_failures()) == 1 and handshake_failures()[0].endswith(" 1.0")
     assert mesh.upstream.requests == []
 
@@ -273,7 +257,7 @@ async def test_operator_metrics_of_a_request_through_the_mesh(
 ) -> None:
     pending = asyncio.create_task(client.post(f"{mesh.outbound_url}/math/slow", data=b"{}"))
     try:
-        await asyncio.wait_for(_until(lambda: mesh.upstream.requests), WAIT)
+        await until(lambda: mesh.upstream.requests, "the request at the upstream")
         # while the request is in flight: one client connection on each data listener, one
         # busy pooled connection on each hop
         agent = mesh.agent.metrics.registry.get_sample_value
@@ -303,7 +287,7 @@ async def test_operator_metrics_of_a_request_through_the_mesh(
 
 async def test_stop_drains_in_flight_request(mesh: Mesh, client: aiohttp.ClientSession) -> None:
     pending = asyncio.create_task(client.post(f"{mesh.outbound_url}/math/slow", data=b"{}"))
-    await asyncio.wait_for(_until(lambda: len(mesh.upstream.requests) == 1), WAIT)
+    await until(lambda: len(mesh.upstream.requests) == 1, "the request at the upstream")
     stopping = asyncio.create_task(mesh.server.stop())
     await asyncio.sleep(0.1)
     mesh.upstream.gate.set()
@@ -311,11 +295,6 @@ async def test_stop_drains_in_flight_request(mesh: Mesh, client: aiohttp.ClientS
     assert resp.status == 200 and await resp.json() == {"slow": "done"}
     resp.release()
     await asyncio.wait_for(stopping, WAIT)
-
-
-async def _until(predicate: object) -> None:
-    while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - polls a plain list
-        await asyncio.sleep(0.02)
 
 
 async def test_quiet_sse_stream_survives_idle_timeout_with_heartbeats(

@@ -19,11 +19,14 @@ from mcp.types import (
     ListRootsResult,
     Root,
     TextContent,
+    TextResourceContents,
 )
+from pydantic import FileUrl
 
 from sidecar.demo import mcp_client
 from sidecar.mcp.mux.merge import AMBIGUOUS_META, UNAVAILABLE_META
 from sidecar.proxy.mux import TARGET_UNAVAILABLE
+from tests.polling import until
 from tests.proxy.muxmesh import MuxMesh, mux_mesh
 
 
@@ -85,10 +88,7 @@ async def test_a_cancelled_call_is_cancelled_at_its_target(mesh: MuxMesh) -> Non
             call.cancel()  # the SDK sends notifications/cancelled for the request's id
             with contextlib.suppress(asyncio.CancelledError):
                 await call
-            while True:
-                if "math.wait_for_release cancelled" in mesh.calls:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: "math.wait_for_release cancelled" in mesh.calls, "the cancel")
         added = await s.client.call_tool("math__add", {"a": 1, "b": 1})
         assert added.structured_content == {"result": 2}
     failures = [
@@ -125,7 +125,7 @@ async def test_sampling_and_roots_are_relayed(mesh: MuxMesh) -> None:
         )
 
     async def roots(context: Any) -> ListRootsResult:
-        return ListRootsResult(roots=[Root(uri="file:///work")])
+        return ListRootsResult(roots=[Root(uri=FileUrl("file:///work"))])
 
     async with mcp_client.open_session(
         mesh.url, sampling_callback=sample, list_roots_callback=roots
@@ -137,20 +137,28 @@ async def test_sampling_and_roots_are_relayed(mesh: MuxMesh) -> None:
     assert listed.structured_content == {"result": "file:///work"}
 
 
+def text_of(content: object) -> str:
+    """The text of a resource or prompt content, which must be text."""
+    assert isinstance(content, TextResourceContents | TextContent), content
+    return content.text
+
+
 async def test_resources_and_prompts_of_both_servers(mesh: MuxMesh) -> None:
     async with mcp_client.open_session(mesh.url) as s:
         resources = (await s.client.list_resources()).resources
         assert sorted(str(r.uri) for r in resources) == ["clock+memo://notes", "math+memo://notes"]
         read = await s.client.read_resource("clock+memo://notes")
-        assert [(str(c.uri), c.text) for c in read.contents] == [("clock+memo://notes", "UTC, CET")]
+        assert [(str(c.uri), text_of(c)) for c in read.contents] == [
+            ("clock+memo://notes", "UTC, CET")
+        ]
         templates = (await s.client.list_resource_templates()).resource_templates
         assert [t.uri_template for t in templates] == ["math+memo://topics/{topic}"]
         topic = await s.client.read_resource("math+memo://topics/pi")
-        assert [c.text for c in topic.contents] == ["all about pi"]
+        assert [text_of(c) for c in topic.contents] == ["all about pi"]
         prompts = (await s.client.list_prompts()).prompts
         assert sorted(p.name for p in prompts) == ["clock__schedule", "math__explain"]
         prompt = await s.client.get_prompt("clock__schedule", {"day": "monday"})
-        assert [m.content.text for m in prompt.messages] == ["Plan monday."]
+        assert [text_of(m.content) for m in prompt.messages] == ["Plan monday."]
         with pytest.raises(MCPError) as unknown:
             await s.client.read_resource("paint+memo://notes")
         assert "names no target" in unknown.value.error.message
@@ -265,4 +273,4 @@ async def test_prefix_mode_never_routes_bare_names_and_refuses_shared_ones() -> 
         assert mesh.calls == ["clock.get_time"]
         # resource URIs still carry their target: both servers have memo://notes
         read = await s.client.read_resource("math+memo://notes")
-        assert [c.text for c in read.contents] == ["pi is about 3.14159"]
+        assert [text_of(c) for c in read.contents] == ["pi is about 3.14159"]

@@ -67,19 +67,11 @@ def answer_of(response: httpx2.Response) -> dict[str, Any]:
         events = [
             json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")
         ]
-        answers = [e for e in events if "id" in e and "method" not in e]
+        answers: list[dict[str, Any]] = [e for e in events if "id" in e and "method" not in e]
         assert len(answers) == 1, events
         return answers[0]
-    return response.json()  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedMcp]:
-    server = await ScriptedMcp().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import aiohttp
 import jwt
 import pytest
 from mcp import MCPError
+from yarl import URL
 
 from sidecar.demo import mcp_client
 from sidecar.demo import mesh as demo_mesh
@@ -53,24 +54,20 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
-    issuer = await Issuer().start()
-    try:
-        async with mux_mesh() as mesh:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}{MCP_PATH}"
-            sidecar = await mesh.gateway(
-                listen=f"127.0.0.1:{port}",
-                mtls="off",
-                oauth={"issuer": issuer.url, "audience": url, "required_scopes": ["mcp:tools"]},
-                mcp_policy=POLICY,
-                rate_limits=[
-                    {"per": "principal_tool", "rate": "1/h", "burst": 1, "tools": ["clock__*"]}
-                ],
-            )
-            yield Gateway(mesh, issuer, url, sidecar)
-    finally:
-        await issuer.close()
+async def gateway(issuer: Issuer) -> AsyncIterator[Gateway]:
+    async with mux_mesh() as mesh:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}{MCP_PATH}"
+        sidecar = await mesh.gateway(
+            listen=f"127.0.0.1:{port}",
+            mtls="off",
+            oauth={"issuer": issuer.url, "audience": url, "required_scopes": ["mcp:tools"]},
+            mcp_policy=POLICY,
+            rate_limits=[
+                {"per": "principal_tool", "rate": "1/h", "burst": 1, "tools": ["clock__*"]}
+            ],
+        )
+        yield Gateway(mesh, issuer, url, sidecar)
 
 
 async def test_a_user_sees_and_may_call_only_what_the_rule_allows(gateway: Gateway) -> None:
@@ -118,7 +115,7 @@ async def test_the_targets_are_asked_on_the_normalised_path(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            aiohttp.client.URL(sneaky, encoded=True),
+            URL(sneaky, encoded=True),
             json=ping,
             headers={**gateway.headers("user"), "Accept": "application/json, text/event-stream"},
         ) as resp,
@@ -170,36 +167,32 @@ async def test_a_session_belongs_to_its_caller(gateway: Gateway) -> None:
         assert other.status == 404  # another caller cannot use it, even with the id
 
 
-async def test_targets_get_the_gateways_jwt_svid_never_the_clients_token() -> None:
-    issuer = await Issuer().start()
-    scripted = await ScriptedMcp().start()
+async def test_targets_get_the_gateways_jwt_svid_never_the_clients_token(
+    issuer: Issuer, scripted: ScriptedMcp
+) -> None:
     audience = "spiffe://example.org/ns/mcp/sa/scripted"
     seen: dict[str, list[str | None]] = {}
     tokens: list[str] = []
-    try:
-        # the scripted server's sidecar passes Authorization on, so the server sees what the
-        # gateway sent: never the client's OAuth token; the gateway's JWT-SVID where configured
-        async with mux_mesh(scripted.port, {"forward_authorization": True}) as mesh:
-            for case in ("plain", "jwt_svid"):
-                port = free_port()
-                url = f"http://127.0.0.1:{port}{MCP_PATH}"
-                targets = mesh.targets()
-                if case == "jwt_svid":
-                    targets[-1]["jwt_svid_audience"] = audience
-                await mesh.gateway(
-                    listen=f"127.0.0.1:{port}",
-                    mtls="off",
-                    oauth={"issuer": issuer.url, "audience": url},
-                    targets=targets,
-                )
-                tokens.append(issuer.token(aud=url))
-                scripted.authorizations.clear()
-                headers = {"Authorization": f"Bearer {tokens[-1]}"}
-                assert "scripted__a1" in await mcp_client.list_tool_names(url, headers)
-                seen[case] = list(scripted.authorizations)
-    finally:
-        await scripted.close()
-        await issuer.close()
+    # the scripted server's sidecar passes Authorization on, so the server sees what the
+    # gateway sent: never the client's OAuth token; the gateway's JWT-SVID where configured
+    async with mux_mesh(scripted.port, {"forward_authorization": True}) as mesh:
+        for case in ("plain", "jwt_svid"):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}{MCP_PATH}"
+            targets = mesh.targets()
+            if case == "jwt_svid":
+                targets[-1]["jwt_svid_audience"] = audience
+            await mesh.gateway(
+                listen=f"127.0.0.1:{port}",
+                mtls="off",
+                oauth={"issuer": issuer.url, "audience": url},
+                targets=targets,
+            )
+            tokens.append(issuer.token(aud=url))
+            scripted.authorizations.clear()
+            headers = {"Authorization": f"Bearer {tokens[-1]}"}
+            assert "scripted__a1" in await mcp_client.list_tool_names(url, headers)
+            seen[case] = list(scripted.authorizations)
     assert seen["plain"] and set(seen["plain"]) == {None}
     assert seen["jwt_svid"]
     for header in seen["jwt_svid"]:

@@ -19,6 +19,8 @@ LOOP_LIMIT_SECONDS = 120
 
 async def test_zero_failures_across_rotations() -> None:
     async with local_mesh(x509_ttl=dt.timedelta(seconds=4)) as mesh:
+        server_source, agent_source = mesh.server.source, mesh.agent.source
+        assert server_source is not None and agent_source is not None
         statuses: Counter[int | str] = Counter()
         server_serials: set[int] = set()
         done = asyncio.Event()
@@ -28,8 +30,8 @@ async def test_zero_failures_across_rotations() -> None:
         def enough() -> bool:
             return (
                 sum(statuses.values()) >= MIN_REQUESTS
-                and mesh.server.source.rotations >= MIN_ROTATIONS
-                and mesh.agent.source.rotations >= MIN_ROTATIONS
+                and server_source.rotations >= MIN_ROTATIONS
+                and agent_source.rotations >= MIN_ROTATIONS
             )
 
         async def worker(session: aiohttp.ClientSession) -> None:
@@ -51,7 +53,7 @@ async def test_zero_failures_across_rotations() -> None:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
 
-        assert enough(), f"loop limit reached: {statuses}, rotations {mesh.server.source.rotations}"
+        assert enough(), f"loop limit reached: {statuses}, rotations {server_source.rotations}"
         assert set(statuses) == {200}, statuses
         assert len(server_serials) >= MIN_ROTATIONS + 1
         assert len(mesh.upstream.requests) == sum(statuses.values())

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -32,17 +31,12 @@ from sidecar.dev.devserver import DevWorkloadApi
 from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
 from tests.certfactory import IssuedCert
+from tests.polling import until
 from tests.proxy.mesh import AGENT, IDENTITIES, WAIT, local_mesh
 from tests.tlsharness import client_context
 
 TTL = dt.timedelta(seconds=3)  # the SVIDs the sidecars hold when the Workload API goes away
 REQUEST = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
-
-
-async def until(predicate: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not await predicate():  # noqa: ASYNC110 - polls HTTP endpoints
-            await asyncio.sleep(0.05)
 
 
 async def readyz(session: aiohttp.ClientSession, sidecar: Sidecar) -> tuple[int, str]:
@@ -112,7 +106,7 @@ async def test_expired_own_svid_is_never_presented_and_nothing_is_forwarded(
             states = [await readyz(session, s) for s in (mesh.server, mesh.agent)]
             return states == [(503, "svid_expired")] * 2
 
-        await until(both_expired)
+        await until(both_expired, "both sidecars to hold an expired SVID", interval=0.05)
 
         # inbound, open connection: refused with a reason, then closed
         answer = await client.exchange(*opened)
@@ -156,7 +150,7 @@ async def test_expired_own_svid_is_never_presented_and_nothing_is_forwarded(
                 states = [(await readyz(session, s))[0] for s in (mesh.server, mesh.agent)]
                 return states == [200, 200]
 
-            await until(both_ready)
+            await until(both_ready, "both sidecars to be ready again", interval=0.05)
             async with session.post(outbound, data=b"{}") as resp:
                 assert resp.status == 200
             again = await client.connect()

@@ -14,35 +14,26 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
 from sidecar.demo.mcp_server import MCP_PATH, serve_mcp
-from sidecar.demo.sts import Sts, decode_unverified
+from sidecar.demo.sts import DemoIdp, Sts, decode_unverified
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import AGENT, OTHER_AGENT, TD, WAIT, Mesh, local_mesh, outbound_config
+from tests.proxy.mesh import AGENT, OTHER_AGENT, TD, Mesh, local_mesh, outbound_config
 
 RESOURCE = "https://math.example.com/mcp"
 
 
 @pytest.fixture
-async def idp() -> AsyncIterator[Issuer]:
-    server = await Issuer().start()
+async def sts(issuer: Issuer, tmp_path: Path) -> AsyncIterator[Sts]:
+    # the dev STS checks users' tokens with ES256 only: the issuer's keys, as the EC keys they are
+    keys = {k: key for k, key in issuer.keys.items() if isinstance(key, ec.EllipticCurvePrivateKey)}
+    assert keys.keys() == issuer.keys.keys()
+    server = await Sts(DemoIdp(issuer.url, keys), tmp_path).start()
     yield server
     await server.close()
-
-
-@pytest.fixture
-async def sts(idp: Issuer, tmp_path: Path) -> AsyncIterator[Sts]:
-    server = await Sts(idp, tmp_path).start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
 
 
 def exchange(sts: Sts, **overrides: Any) -> dict[str, Any]:
@@ -74,8 +65,8 @@ async def delegation_mesh(sts: Sts, **route: Any) -> AsyncIterator[Mesh]:
         yield mesh
 
 
-def user_token(idp: Issuer, sub: str = "bob", **claims: Any) -> str:
-    return idp.token(sub=sub, aud="agent-app", scope="mcp:tools mcp:admin", **claims)
+def user_token(issuer: Issuer, sub: str = "bob", **claims: Any) -> str:
+    return issuer.token(sub=sub, aud="agent-app", scope="mcp:tools mcp:admin", **claims)
 
 
 async def post(
@@ -86,13 +77,14 @@ async def post(
 
 
 def last_principal(mesh: Mesh) -> dict[str, Any]:
-    return json.loads(mesh.server_lines()[-1])["principal"]  # type: ignore[no-any-return]
+    principal: dict[str, Any] = json.loads(mesh.server_lines()[-1])["principal"]
+    return principal
 
 
 async def test_user_token_is_exchanged_and_never_forwarded(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
-    user = user_token(idp)
+    user = user_token(issuer)
     async with delegation_mesh(sts) as mesh:
         status, echoed, _ = await post(client, mesh, {"Authorization": f"Bearer {user}"})
         assert status == 200
@@ -119,9 +111,9 @@ async def test_user_token_is_exchanged_and_never_forwarded(
 
 
 async def test_exchanges_are_cached_per_user_and_coalesced(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
-    bob, carol = user_token(idp), user_token(idp, sub="carol")
+    bob, carol = user_token(issuer), user_token(issuer, sub="carol")
     async with delegation_mesh(sts) as mesh:
         results = await asyncio.gather(
             *(post(client, mesh, {"Authorization": f"Bearer {bob}"}) for _ in range(6))
@@ -136,12 +128,14 @@ async def test_exchanges_are_cached_per_user_and_coalesced(
 
 
 async def test_replayed_exchanged_token_from_another_peer_is_refused(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
     """The other agent is allowlisted and its request well-formed: only the actor binding
     (act.sub must be the mTLS peer) can refuse the token it copied."""
     async with delegation_mesh(sts) as mesh:
-        assert (await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"}))[0] == 200
+        assert (await post(client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}))[
+            0
+        ] == 200
         stolen = sts.issued[-1]
         forwarded = len(mesh.upstream.requests)
         other = await mesh.sidecar(outbound_config(mesh.sockets["other"], mesh.inbound_port))
@@ -158,11 +152,13 @@ async def test_replayed_exchanged_token_from_another_peer_is_refused(
 
 
 async def test_sts_down_is_a_clear_error_and_nothing_is_forwarded(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
     sts.down = True
     async with delegation_mesh(sts, issuer=None, token_endpoint=f"{sts.url}/token") as mesh:
-        status, body, _ = await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"})
+        status, body, _ = await post(
+            client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}
+        )
         assert status == 502 and body["error"] == "sts_unavailable"
         assert "HTTP 503" in body["message"]
         # and with discovery: the metadata is unreachable too
@@ -171,33 +167,39 @@ async def test_sts_down_is_a_clear_error_and_nothing_is_forwarded(
 
 
 async def test_sts_discovery_failure_is_a_clear_error(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
     sts.down = True
     async with delegation_mesh(sts) as mesh:
-        status, body, _ = await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"})
+        status, body, _ = await post(
+            client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}
+        )
         assert status == 502 and body["error"] == "sts_unavailable"
         assert "could not be discovered" in body["message"]
         sts.down = False  # the STS comes back: discovered and exchanged on the next request
-        assert (await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"}))[0] == 200
+        assert (await post(client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}))[
+            0
+        ] == 200
         assert len(mesh.upstream.requests) == 1
 
 
 async def test_sts_certificate_is_verified(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
     """Without the STS's CA (system CAs only) the handshake fails: the user's token is never
     sent to an STS we cannot authenticate."""
     async with delegation_mesh(sts, ca_file=None) as mesh:
-        status, body, _ = await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"})
+        status, body, _ = await post(
+            client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}
+        )
         assert status == 502 and body["error"] == "sts_unavailable"
         assert sts.forms == [] and mesh.upstream.requests == []
 
 
 async def test_expired_user_token_is_401_with_the_sts_error(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
-    expired = user_token(idp, exp=int(time.time()) - 60)
+    expired = user_token(issuer, exp=int(time.time()) - 60)
     async with delegation_mesh(sts) as mesh:
         status, body, headers = await post(client, mesh, {"Authorization": f"Bearer {expired}"})
         assert status == 401
@@ -217,25 +219,27 @@ async def test_missing_user_token_is_refused_before_the_sts(
 
 
 async def test_token_for_another_server_is_refused_by_the_server(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts
 ) -> None:
     """Wrong audience: the route asks for a token for another resource; the server's sidecar
     refuses it (its inbound.oauth.audience is RESOURCE)."""
     async with delegation_mesh(sts, resource="https://files.example.com/mcp") as mesh:
-        status, body, _ = await post(client, mesh, {"Authorization": f"Bearer {user_token(idp)}"})
+        status, body, _ = await post(
+            client, mesh, {"Authorization": f"Bearer {user_token(issuer)}"}
+        )
         assert status == 401 and body["error"] == "wrong_audience"
         assert decode_unverified(sts.issued[0])["aud"] == "https://files.example.com/mcp"
         assert mesh.upstream.requests == []
 
 
 async def test_custom_subject_header_and_client_secret(
-    client: aiohttp.ClientSession, idp: Issuer, sts: Sts, tmp_path: Path
+    client: aiohttp.ClientSession, issuer: Issuer, sts: Sts, tmp_path: Path
 ) -> None:
     secret_file = tmp_path / "client-secret"
     secret_file.write_text("s3cr:t/é\n")
     sts.client_secrets["math-agent"] = "s3cr:t/é"
     sts.client_actors["math-agent"] = AGENT
-    user = user_token(idp)
+    user = user_token(issuer)
     async with delegation_mesh(
         sts,
         subject_token_header="X-User-Token",
@@ -254,12 +258,12 @@ async def test_custom_subject_header_and_client_secret(
         # a rotated secret is read again from the file
         secret_file.write_text("rotated")
         sts.client_secrets["math-agent"] = "rotated"
-        other_user = user_token(idp, sub="carol")
+        other_user = user_token(issuer, sub="carol")
         status, _, _ = await post(client, mesh, {"X-User-Token": other_user})
         assert status == 200 and last_principal(mesh)["sub"] == "carol"
 
 
-async def test_official_mcp_client_and_server_through_delegation(idp: Issuer, sts: Sts) -> None:
+async def test_official_mcp_client_and_server_through_delegation(issuer: Issuer, sts: Sts) -> None:
     """The MCP SDK client sends the user's token to its sidecar; the MCP SDK server behind the
     other sidecar is reached on the user's behalf, the policy deciding on user and agent."""
     policy = {
@@ -274,7 +278,7 @@ async def test_official_mcp_client_and_server_through_delegation(idp: Issuer, st
         ],
     }
     server = await serve_mcp("127.0.0.1", 0)
-    user = user_token(idp)
+    user = user_token(issuer)
     try:
         async with local_mesh(
             upstream_port=server.port,
@@ -287,7 +291,7 @@ async def test_official_mcp_client_and_server_through_delegation(idp: Issuer, st
             assert await mcp_client.list_tool_names(url, headers) == ["add"]
             result = await mcp_client.call_tool(url, "add", {"a": 20, "b": 22}, headers)
             assert result.structured == {"result": 42}
-            carol = {"Authorization": f"Bearer {user_token(idp, sub='carol')}"}
+            carol = {"Authorization": f"Bearer {user_token(issuer, sub='carol')}"}
             with pytest.raises(MCPError, match="Forbidden by policy"):
                 await mcp_client.call_tool(url, "add", {"a": 1, "b": 1}, carol)
             audits = [json.loads(line) for line in mesh.server_lines()]

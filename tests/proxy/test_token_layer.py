@@ -8,7 +8,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,24 +15,11 @@ import pytest
 
 from sidecar.spiffe.ids import SpiffeId
 from tests.proxy.issuer import Issuer
-from tests.proxy.mesh import AGENT, ROGUE, SERVER, WAIT, Mesh, local_mesh
+from tests.proxy.mesh import AGENT, ROGUE, SERVER, Mesh, local_mesh
 from tests.tokens.jwtkit import b64, b64json, tamper_payload
 
 RESOURCE = "https://mcp.example.com/mcp"
 METADATA_URL = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
-
-
-@pytest.fixture
-async def issuer() -> AsyncIterator[Issuer]:
-    server = await Issuer().start()
-    yield server
-    await server.close()
 
 
 def challenge_params(value: str) -> dict[str, str]:
@@ -42,7 +28,8 @@ def challenge_params(value: str) -> dict[str, str]:
 
 
 def last_log(mesh: Mesh) -> dict[str, Any]:
-    return json.loads(mesh.server_lines()[-1])  # type: ignore[no-any-return]
+    line: dict[str, Any] = json.loads(mesh.server_lines()[-1])
+    return line
 
 
 # -- JWT-SVID --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from sidecar.config import CircuitBreakers
 from sidecar.proxy.errors import UpstreamOverflow, UpstreamUnavailable
 from sidecar.proxy.upstream import UpstreamPool, UpstreamResponse
+from tests.polling import until
 from tests.proxy.test_upstream import (
     HOST,
     WAIT,
@@ -57,19 +58,11 @@ class Gated:
             await writer.drain()
 
     async def until_arrived(self, count: int) -> None:
-        async with asyncio.timeout(WAIT):
-            while self.arrived < count:  # noqa: ASYNC110 - polls the scripted upstream
-                await asyncio.sleep(0.005)
+        await until(lambda: self.arrived >= count, f"{count} requests at the upstream")
 
 
 def start(pool: UpstreamPool, target: str = "/") -> asyncio.Task[UpstreamResponse]:
     return asyncio.ensure_future(pool.request("GET", target, HOST, b"", head_timeout=WAIT))
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not predicate():  # noqa: ASYNC110 - polls the pool's counters
-            await asyncio.sleep(0.005)
 
 
 async def busy_and_waiting(
@@ -95,7 +88,7 @@ class Rig(NamedTuple):
 @contextlib.asynccontextmanager
 async def gated_pool(breakers: CircuitBreakers, **options: Any) -> AsyncIterator[Rig]:
     """A ``Gated`` upstream and a pool to it with ``breakers``."""
-    gated, overflows = Gated(), []
+    gated, overflows = Gated(), list[str]()
     async with (
         upstream(gated.serve) as up,
         pool_to(up.port, breakers=breakers, on_overflow=overflows.append, **options) as pool,

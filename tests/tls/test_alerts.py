@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from sidecar.config import Limits
 from sidecar.proxy.connection import TlsPolicy, start_listener
@@ -23,6 +21,8 @@ from sidecar.proxy.messages import Request, Response
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.alerts import ALERTS, AlertingContext, received_alert
 from tests.certfactory import CertFactory
+from tests.eventloops import LOOPS
+from tests.tlsharness import server_context
 
 WAIT = 10.0
 TD = "example.org"
@@ -68,11 +68,6 @@ def test_anything_else_is_no_alert(exc: BaseException | None) -> None:
 
 # -- our server sends its alert ---------------------------------------------------------------
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
 
 async def never_called(request: Request) -> Response:
     raise AssertionError("a refused client never reaches the handler")
@@ -104,10 +99,8 @@ def test_our_server_sends_its_alert_to_a_refused_client(
     loop: str, version: ssl.TLSVersion, certificate: str, tmp_path: Path
 ) -> None:
     trusted = CertFactory.root(TD)
-    server = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(*trusted.issue_leaf(f"spiffe://{TD}/ns/mcp/sa/s").write(tmp_path))
-    server.load_verify_locations(cadata=trusted.pem())
-    server.verify_mode = ssl.CERT_REQUIRED
+    leaf = trusted.issue_leaf(f"spiffe://{TD}/ns/mcp/sa/s")
+    server = server_context(tmp_path, leaf, context_class=AlertingContext)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from sidecar.spiffe.ids import SpiffeId
 from sidecar.spiffe.match import Allowlist
 from sidecar.tls.contexts import ContextSet, RotatingTls
 from tests.certfactory import CertFactory, IssuedCert
-from tests.identity.test_workload_api import wait_until
+from tests.polling import until
 from tests.tlsharness import VerifyingServer, attempt, client_context, connect
 
 TD = "example.org"
@@ -41,12 +40,6 @@ class Live:
     server: VerifyingServer
     url: str
     state: Path
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="rot-", dir="/tmp") as d:
-        yield Path(d)
 
 
 @pytest.fixture
@@ -81,7 +74,8 @@ async def test_rotation_serves_new_certificate_and_keeps_open_connections(
     old = await connect(live.server.port, ctx)
     assert old.greeting == f"OK {AGENT_ID}"
     first_serial = old.server_serial()
-    assert first_serial == live.source.snapshot.svid.serial_number  # type: ignore[union-attr]
+    snapshot = live.source.snapshot
+    assert snapshot is not None and first_serial == snapshot.svid.serial_number
 
     # The dev API pushes a new SVID at half-life (2 s); wait (bounded) for the source to see it.
     rotated = await live.source.wait_for(lambda s: s.svid.serial_number != first_serial, WAIT)
@@ -98,7 +92,7 @@ async def test_rotation_serves_new_certificate_and_keeps_open_connections(
 async def test_outage_keeps_serving_cached_svid_then_recovers(live: Live, tmp_path: Path) -> None:
     ctx = agent_context(live, tmp_path)
     await live.api.stop()
-    await wait_until(lambda: not live.source.x509_stream_connected, "the stream to drop")
+    await until(lambda: not live.source.x509_stream_connected, "the stream to drop")
     cached = live.source.snapshot
     assert cached is not None and live.source.ready
     conn = await connect(live.server.port, ctx)  # handshakes keep working on the cached SVID

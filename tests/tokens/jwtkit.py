@@ -68,14 +68,15 @@ def jwks(*keys: Any) -> dict[str, Any]:
 
 def sign(
     claims: dict[str, Any],
-    key: PrivateKey,
+    key: PrivateKey | bytes,
     *,
     alg: str = "ES256",
     kid: str | None = "k1",
     typ: str | None = "JWT",
     **headers: Any,
 ) -> str:
-    """A token signed by pyjwt; ``kid``/``typ`` None means the header has no such member."""
+    """A token signed by pyjwt with ``key`` (bytes: an HMAC secret); ``kid``/``typ`` None means
+    the header has no such member."""
     header: dict[str, Any] = dict(headers)
     if kid is not None:
         header["kid"] = kid

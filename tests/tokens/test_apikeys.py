@@ -4,6 +4,7 @@ semantics (a removed key is refused after the next reload), and the ``api-key cr
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ import yaml
 from sidecar.cli import main
 from sidecar.config import ConfigErrors
 from sidecar.proxy.policy_reload import PolicyHolder
-from sidecar.tokens import apikeys
 from sidecar.tokens.apikeys import (
     ApiKeys,
     ApiKeyVerifier,
@@ -87,13 +87,15 @@ async def test_secrets_are_compared_with_compare_digest(monkeypatch: pytest.Monk
         calls.append((a, b))
         return False
 
-    monkeypatch.setattr(apikeys.hmac, "compare_digest", refusing)
+    monkeypatch.setattr(hmac, "compare_digest", refusing)  # the module apikeys calls
     assert await reason(ApiKeyVerifier(), key, keys) == "unknown_api_key"
-    assert len(calls) == 1 and calls[0][1] == keys.get(key_id).hash.digest  # type: ignore[union-attr]
+    stored = keys.get(key_id)
+    assert stored is not None
+    assert len(calls) == 1 and calls[0][1] == stored.hash.digest
     monkeypatch.undo()
     verifier = ApiKeyVerifier()
     await verifier.verify(key, keys)  # now remembered
-    monkeypatch.setattr(apikeys.hmac, "compare_digest", refusing)
+    monkeypatch.setattr(hmac, "compare_digest", refusing)  # the module apikeys calls
     calls.clear()
     assert await reason(verifier, key, keys) == "unknown_api_key"
     assert len(calls[0][0]) == 32  # the remembered SHA-256 fingerprint was compared

@@ -49,11 +49,6 @@ RULES = JwtSvidRules(audiences=(ME,), leeway=30.0)
 
 
 @pytest.fixture(scope="module")
-def ca() -> DevCA:
-    return DevCA.generate(TD)
-
-
-@pytest.fixture(scope="module")
 def fed_ca() -> DevCA:
     return DevCA.generate(FED, jwt_alg="RS256")
 
@@ -451,7 +446,7 @@ def test_a_kid_naming_two_keys_is_dropped() -> None:
 
 def test_symmetric_key_is_never_used_even_with_its_kid() -> None:
     bundles = JwtBundles.from_jwks({TD: jwks({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"})})
-    token = sign(claims(), b"secret" * 6, alg="HS256", kid="hmac")  # type: ignore[arg-type]
+    token = sign(claims(), b"secret" * 6, alg="HS256", kid="hmac")
     assert reason_of(token, bundles) == "bad_algorithm"
     token = raw_token({"alg": "ES256", "kid": "hmac"}, claims())
     assert reason_of(token, bundles) == "unknown_kid"

@@ -3,7 +3,6 @@ missing or an ``OTEL_*`` value is wrong (also from ``mcp-sidecar run``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +12,9 @@ import yaml
 
 from sidecar.tracing.config import TracingConfig
 from sidecar.tracing.loader import TracingUnavailable, load_tracing
-from tests.test_cli_run import WAIT, run_cli
+from tests.processes import run_module
+
+WAIT = 20.0  # bound on a run of the CLI
 
 
 class Counters:
@@ -75,7 +76,6 @@ async def test_run_refuses_a_bad_otel_variable(
     )
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
-    proc = await run_cli("run", "-c", str(config))
-    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-    assert proc.returncode == 1
-    assert "OTEL_TRACES_SAMPLER: expected one of parentbased_always_on" in err.decode()
+    code, _, err = await run_module("sidecar.cli", "run", "-c", str(config), timeout=WAIT)
+    assert code == 1
+    assert "OTEL_TRACES_SAMPLER: expected one of parentbased_always_on" in err

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
 
 from sidecar.demo import mcp_client
-from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle, serve_mcp
+from sidecar.demo.mcp_server import MCP_PATH, McpServerHandle
 from sidecar.demo.otlp_receiver import OtlpReceiver, ReceivedSpan
 from sidecar.runtime import Sidecar
+from tests.proxy.loopback import free_port
 from tests.proxy.mesh import AGENT, ROGUE, SERVER, Mesh, local_mesh, log_lines, outbound_config
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -37,23 +36,9 @@ POLICY: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    collector = await OtlpReceiver().start()
-    yield collector
-    await collector.close()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[McpServerHandle]:
-    handle = await serve_mcp("127.0.0.1", 0)
-    yield handle
-    await handle.close()
-
-
-def traced_mesh(server: McpServerHandle, tracing: dict[str, Any]) -> Any:
+def traced_mesh(mcp_server: McpServerHandle, tracing: dict[str, Any]) -> Any:
     return local_mesh(
-        upstream_port=server.port,
+        upstream_port=mcp_server.port,
         inbound={"jwt_svid": {"audiences": [SERVER]}, "mcp_policy": POLICY},
         route={"jwt_svid_audience": SERVER},
         tracing=tracing,
@@ -86,9 +71,9 @@ def only(spans: list[ReceivedSpan], **want: Any) -> ReceivedSpan:
 
 
 async def test_a_tool_call_is_one_trace_across_both_sidecars(
-    receiver: OtlpReceiver, server: McpServerHandle
+    receiver: OtlpReceiver, mcp_server: McpServerHandle
 ) -> None:
-    async with traced_mesh(server, {"enabled": True, "endpoint": receiver.endpoint}) as mesh:
+    async with traced_mesh(mcp_server, {"enabled": True, "endpoint": receiver.endpoint}) as mesh:
         result = await mcp_client.call_tool(
             url(mesh), "add", {"a": 2, "b": 40}, headers={"traceparent": TRACEPARENT}
         )
@@ -114,7 +99,9 @@ async def test_a_tool_call_is_one_trace_across_both_sidecars(
     inbound_parents = [s.parent_span_id for s in spans if s.service == "server-sidecar"]
     assert sorted(inbound_parents) == sorted(agent_ids)
     # the MCP server got the inbound sidecar's span as its parent
-    forwarded = [r for r in server.requests if r.traceparent and inbound.span_id in r.traceparent]
+    forwarded = [
+        r for r in mcp_server.requests if r.traceparent and inbound.span_id in r.traceparent
+    ]
     assert len(forwarded) == 1 and forwarded[0].traceparent == (
         f"00-{CLIENT_TRACE}-{inbound.span_id}-01"
     )
@@ -153,10 +140,10 @@ async def test_a_tool_call_is_one_trace_across_both_sidecars(
 
 
 async def test_refusals_are_errors_with_an_event_naming_the_reason(
-    receiver: OtlpReceiver, server: McpServerHandle
+    receiver: OtlpReceiver, mcp_server: McpServerHandle
 ) -> None:
     tracing = {"enabled": True, "endpoint": receiver.endpoint}
-    async with traced_mesh(server, tracing) as mesh:
+    async with traced_mesh(mcp_server, tracing) as mesh:
         with pytest.raises(MCPError, match="no-multiply"):
             await mcp_client.call_tool(url(mesh), "multiply", {"a": 6, "b": 7})
         ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
@@ -211,12 +198,6 @@ def outbound_url(sidecar: Sidecar) -> str:
     return f"http://127.0.0.1:{sidecar.port('outbound')}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def dropped(sidecar: Sidecar, reason: str) -> float:
     value = sidecar.metrics.registry.get_sample_value(
         "mcp_sidecar_trace_spans_dropped_total", {"reason": reason}
@@ -242,11 +223,11 @@ PING = {  # an initialize: the one request this stateful server answers without 
 
 
 async def test_collector_down_requests_succeed_and_the_lost_spans_are_counted(
-    server: McpServerHandle, monkeypatch: pytest.MonkeyPatch
+    mcp_server: McpServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")  # the exporter's retries
     nobody = f"http://127.0.0.1:{free_port()}/v1/traces"
-    async with traced_mesh(server, {"enabled": True, "endpoint": nobody}) as mesh:
+    async with traced_mesh(mcp_server, {"enabled": True, "endpoint": nobody}) as mesh:
         for _ in range(5):
             answer = await mcp_client.post_raw(url(mesh), PING)
             assert answer.status == 200
@@ -259,11 +240,11 @@ async def test_collector_down_requests_succeed_and_the_lost_spans_are_counted(
 
 
 async def test_a_slow_collector_blocks_no_request_and_a_full_queue_is_counted(
-    receiver: OtlpReceiver, server: McpServerHandle
+    receiver: OtlpReceiver, mcp_server: McpServerHandle
 ) -> None:
     receiver.hold = asyncio.Event()  # every export hangs until released
     tracing = {"enabled": True, "endpoint": receiver.endpoint, "max_queue_size": 2}
-    async with traced_mesh(server, tracing) as mesh:
+    async with traced_mesh(mcp_server, tracing) as mesh:
         for _ in range(10):
             answer = await mcp_client.post_raw(url(mesh), PING)
             assert answer.status == 200  # while the collector sits on the first batch
@@ -279,9 +260,9 @@ async def test_a_slow_collector_blocks_no_request_and_a_full_queue_is_counted(
 
 
 async def test_a_streamed_answer_ends_the_span_when_the_stream_ends(
-    receiver: OtlpReceiver, server: McpServerHandle
+    receiver: OtlpReceiver, mcp_server: McpServerHandle
 ) -> None:
-    async with traced_mesh(server, {"enabled": True, "endpoint": receiver.endpoint}) as mesh:
+    async with traced_mesh(mcp_server, {"enabled": True, "endpoint": receiver.endpoint}) as mesh:
         result, events = await mcp_client.call_with_progress(
             url(mesh), "count_slowly", {"n": 3, "delay": 0.05}
         )

@@ -44,7 +44,7 @@ def test_unprefixed_names() -> None:
 
 def test_resource_uris_carry_their_target_with_several_targets_even_never() -> None:
     for mode in ("multiple", "never", "always"):
-        naming = Naming(TWO, mode)  # type: ignore[arg-type]
+        naming = Naming(TWO, mode)
         public = naming.public_uri("clock", "file:///tmp/a.txt")
         assert public == "clock+file:///tmp/a.txt"
         assert naming.split_uri(public) == ("clock", "file:///tmp/a.txt")
