@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import re
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,10 +336,11 @@ def pair(side: str = "outbound", **inbound: Any) -> Start:
             upstream_port=upstream_port,
             fast_path=fast,
         ) as mesh:
-            if side == "outbound":
-                port, ctx = mesh.agent.port("outbound"), None
-            else:
-                port, ctx = mesh.inbound_port, agent_context(mesh, Path())
+            ctx = None
+            if side == "inbound":
+                with tempfile.TemporaryDirectory(prefix="diff-") as tmp:
+                    ctx = agent_context(mesh, Path(tmp))  # the files are read here
+            port = mesh.agent.port("outbound") if side == "outbound" else mesh.inbound_port
             yield Target(
                 port,
                 ctx,
