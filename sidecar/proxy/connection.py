@@ -440,6 +440,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._body += body
             self._task = self._loop.create_task(self._handle(head, request))
             return False
+        self._server.on_callbacks += 1
         if not isinstance(outcome, Response):
             self._exchange = outcome
             failed = outcome.start(self)
@@ -447,7 +448,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 return False
             self._exchange = None
             outcome = failed
-        self._server.answered_at_once += 1
         return self._respond_now(head, outcome)
 
     def _feed_body(self, data: bytes) -> None:
@@ -616,7 +616,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         head = self._head
         if head is None or self._lost:  # pragma: no cover - a cancelled exchange is silent
             return
-        self._server.answered_at_once += 1
         if self._respond_now(head, response):
             self._next_request()
 
@@ -818,8 +817,8 @@ class HttpServer:
         #: serve what the handler can on callbacks (``prepare``); False: every request in a
         #: task (the engine's other path, kept selectable as the callback path's oracle)
         self.fast_path = fast_path
-        self.answered_at_once = 0  # requests answered on callbacks, without a task
-        self.handed_over = 0  # exchanges begun on callbacks and finished in a task
+        self.on_callbacks = 0  # requests whose checks ran on callbacks (answered or forwarded)
+        self.handed_over = 0  # of those: exchanges finished in a task (``resume``)
         self.connections: set[HttpConnection] = set()
         self.ended = 0  # connections released since start (``sidecar.heap`` trims after bursts)
         self.draining = False

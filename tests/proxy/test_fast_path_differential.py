@@ -6,7 +6,7 @@ scripted upstream, and requires the same outcome both times: the same bytes at t
 same answers to the client (refusals included), the same access and audit lines, the same
 counter values. Only what differs between any two runs is masked: times, durations, generated
 ids, certificate hashes, tokens and ports. Each test also checks that the fast run really took
-the callback path (the listeners' ``answered_at_once`` / ``handed_over``) and the slow run
+the callback path (the listeners' ``on_callbacks`` / ``handed_over``) and the slow run
 never did, so a green test is never the oracle compared with itself.
 """
 
@@ -33,6 +33,7 @@ from sidecar.proxy.messages import Request
 from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tokens.claims import Principal
+from tests.polling import until
 from tests.proxy.mesh import AGENT, OTHER_AGENT, SERVER, Mesh, local_mesh, oauth_ingress
 from tests.proxy.test_connection import Answer, Client
 from tests.proxy.test_http_hardening import SMUGGLING, agent_context
@@ -126,6 +127,7 @@ class RawUpstream:
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
+        self.ended = 0  # connections ended
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,6 +171,7 @@ class RawUpstream:
             pass
         finally:
             self._tasks.discard(task)
+            self.ended += 1
             writer.close()
 
 
@@ -195,6 +198,9 @@ class Step:
     data: bytes
     reads: Sequence[str] = ("POST",)
     fresh: bool = False
+    abandon: bool = False
+    """Close the connection once the request reached the upstream, and wait until the
+    upstream's connection is closed in turn (the exchange ended on every hop)."""
 
 
 _ids = iter(range(1_000_000))
@@ -229,7 +235,9 @@ def request(line: str, *headers: str, body: bytes = b"") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def drive(port: int, steps: Sequence[Step], ctx: ssl.SSLContext | None) -> list[str]:
+async def drive(
+    port: int, steps: Sequence[Step], ctx: ssl.SSLContext | None, upstream: RawUpstream
+) -> list[str]:
     """What the client saw, step by step: each answer, or how it ended; what came after an
     answer that closed the connection."""
     seen: list[str] = []
@@ -240,7 +248,14 @@ async def drive(port: int, steps: Sequence[Step], ctx: ssl.SSLContext | None) ->
                 if conn is not None:
                     await conn.close()
                 conn = await Client.connect(port, ctx)
+            received, ended = len(upstream.received), upstream.ended
             await conn.send(step.data)
+            if step.abandon:
+                await until(lambda n=received: len(upstream.received) > n, "the request upstream")
+                await conn.close()
+                conn = None
+                await until(lambda n=ended: upstream.ended > n, "the upstream connection to end")
+                continue
             for method in step.reads:
                 try:
                     got = await conn.response(method=method)
@@ -275,7 +290,7 @@ class Run:
     lines: list[str]
     counters: dict[str, float]
     callbacks: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Per listener: (answered on callbacks, handed over to a task)."""
+    """Per listener: (requests whose checks ran on callbacks, of those handed over to a task)."""
 
 
 _MASKS = [
@@ -384,7 +399,7 @@ async def run(fast: bool, upstream: RawUpstream, steps: Steps, start: Start) -> 
         if callable(steps):
             steps = steps(target)
         before = {name: _counters(s) for name, s in target.sidecars.items()}
-        seen = await drive(target.port, steps, target.ctx)
+        seen = await drive(target.port, steps, target.ctx, upstream)
         counters: dict[str, float] = {}
         for name, sidecar in target.sidecars.items():
             for key, value in _counters(sidecar).items():
@@ -393,7 +408,7 @@ async def run(fast: bool, upstream: RawUpstream, steps: Steps, start: Start) -> 
                     counters[f"{name} {key}"] = delta
         lines = [_mask(line) for line in target.lines()]
         callbacks = {
-            f"{name}/{listener}": (served.server.answered_at_once, served.server.handed_over)
+            f"{name}/{listener}": (served.server.on_callbacks, served.server.handed_over)
             for name, s in target.sidecars.items()
             for listener, served in s.listeners.items()
             if listener in ("inbound", "outbound")
@@ -421,8 +436,7 @@ async def differential(steps: Steps, start: Start | None = None) -> Run:
 
 
 def on_callbacks(run: Run, listener: str) -> int:
-    answered, handed = run.callbacks[listener]
-    return answered + handed
+    return run.callbacks[listener][0]
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -607,6 +621,19 @@ async def test_inbound_options_agree(inbound: dict[str, Any]) -> None:
     ]
     fast = await differential(steps, pair(**inbound))
     assert on_callbacks(fast, "server/inbound") >= 3
+
+
+async def test_client_gone_mid_exchange_agrees() -> None:
+    """The client leaves while the upstream is still working: the same upstream connection
+    closed, the same 499 lines, whichever path forwarded the request."""
+    steps = [
+        warm(),
+        Step(post("/math/mcp/hang", call("add")), abandon=True),
+        warm(),
+        Step(post("/math/mcp/hang", call("add")), abandon=True),
+    ]
+    fast = await differential(steps, pair(limits={"idle_timeout": "60s"}))
+    assert fast.callbacks["agent/outbound"] == fast.callbacks["server/inbound"] == (2, 0)
 
 
 async def test_differences_are_seen(monkeypatch: pytest.MonkeyPatch) -> None:
