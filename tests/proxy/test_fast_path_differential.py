@@ -251,10 +251,10 @@ async def drive(
             received, ended = len(upstream.received), upstream.ended
             await conn.send(step.data)
             if step.abandon:
-                await until(lambda n=received: len(upstream.received) > n, "the request upstream")
+                await until(_more(lambda: len(upstream.received), received), "the request upstream")
                 await conn.close()
                 conn = None
-                await until(lambda n=ended: upstream.ended > n, "the upstream connection to end")
+                await until(_more(lambda: upstream.ended, ended), "the upstream connection to end")
                 continue
             for method in step.reads:
                 try:
@@ -274,6 +274,10 @@ async def drive(
         if conn is not None:
             await conn.close()
     return seen
+
+
+def _more(count: Callable[[], int], than: int) -> Callable[[], bool]:
+    return lambda: count() > than
 
 
 def _answer_text(got: Answer) -> str:
