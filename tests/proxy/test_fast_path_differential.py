@@ -32,9 +32,11 @@ from sidecar.proxy.mcp_guard import McpGuard, Verdict
 from sidecar.proxy.messages import Request
 from sidecar.runtime import Sidecar
 from sidecar.spiffe.ids import SpiffeId
+from sidecar.tokens.apikeys import new_key
 from sidecar.tokens.claims import Principal
 from tests.polling import until
 from tests.proxy.mesh import AGENT, OTHER_AGENT, SERVER, Mesh, local_mesh, oauth_ingress
+from tests.proxy.test_api_keys import write_keys
 from tests.proxy.test_connection import Answer, Client
 from tests.proxy.test_http_hardening import SMUGGLING, agent_context
 
@@ -624,6 +626,21 @@ async def test_inbound_options_agree(inbound: dict[str, Any]) -> None:
         Step(post("/math/mcp", call("add"))),
     ]
     fast = await differential(steps, pair(**inbound))
+    assert on_callbacks(fast, "server/inbound") >= 3
+
+
+async def test_api_keys_agree(tmp_path: Path) -> None:
+    """API keys: derived in a task the first time, remembered on callbacks after; a wrong
+    secret for a remembered key id goes back to the derivation and is refused in both runs."""
+    key_id, key = new_key()
+    path = tmp_path / "keys.yaml"
+    write_keys(path, (key_id, key, "ci-bot", []))
+    wrong_secret = key[:-1] + ("A" if key[-1] != "A" else "B")
+    keys = [key, key, wrong_secret, new_key()[1], "mcpk_nope", key]
+    steps = [warm(), *(Step(post("/math/mcp", call("add"), f"X-API-Key: {k}")) for k in keys)]
+    api_keys = {"file": str(path), "header": "X-API-Key", "reload_interval": 3600}
+    policy = {"default": "deny", "rules": [{"name": "bot-add", "tools": ["add"]}]}
+    fast = await differential(steps, pair(api_keys=api_keys, mcp_policy=policy))
     assert on_callbacks(fast, "server/inbound") >= 3
 
 
