@@ -130,8 +130,9 @@ async def pair(
     """Dev Workload API, bench upstream, inbound and outbound sidecars with the main bench's
     configs (``bench.ours``: the same checks as ``ours-full`` / ``ours-mtls``); yields the
     outbound listener's port. ``routes(inbound port)``: more outbound routes. ``tracing``: an
-    OTLP/HTTP traces URL to trace every request to. ``fast_path``: which sidecars serve the common
-    exchange on callbacks (``both``, ``inbound``, ``outbound``, ``none``: every request in a task)."""
+    OTLP/HTTP traces URL to trace every request to. ``fast_path``: which sidecars serve the
+    common exchange on callbacks (``both``, ``inbound``, ``outbound``; ``none``: every request
+    in a task)."""
 
     def traced(config: dict[str, Any]) -> dict[str, Any]:
         if tracing is not None:
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         sink = stack.enter_context(open(os.devnull, "w"))
         stack.enter_context(contextlib.redirect_stdout(sink))
         figures = uvloop.run(measure(args))
-    logs = f", fast path: {args.fast_path}"
+    logs = f", fast path: {args.fast_path}" if args.fast_path != "both" else ""
     logs += ", access logs on" if args.access_log else ""
     logs += ", tracing on (OTLP/HTTP, all sampled)" if args.tracing else ""
     print(

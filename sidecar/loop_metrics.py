@@ -15,6 +15,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -53,26 +54,36 @@ class HistogramValue:
         self.sum += amount
 
 
-class _Family(Collector):
+V = TypeVar("V", CounterValue, HistogramValue)
+
+
+class _Family(Collector, Generic[V]):
     def __init__(
         self,
         name: str,
         documentation: str,
         labelnames: Sequence[str],
         registry: CollectorRegistry,
+        new_value: Callable[[], V],
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
+        self._new_value: Callable[[], V] = new_value
+        self._values: dict[tuple[str, ...], V] = {}
         registry.register(self)
 
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+    def labels(self, **labels: str) -> V:
         if labels.keys() != set(self._labelnames):
             raise ValueError(f"{self._name}: labels {sorted(labels)} != {self._labelnames}")
-        return tuple(str(labels[name]) for name in self._labelnames)
+        key = tuple(str(labels[name]) for name in self._labelnames)
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = self._new_value()
+        return value
 
 
-class LoopCounter(_Family):
+class LoopCounter(_Family[CounterValue]):
     """A labelled counter (``name`` ends in ``_total``)."""
 
     def __init__(
@@ -83,15 +94,7 @@ class LoopCounter(_Family):
         *,
         registry: CollectorRegistry,
     ) -> None:
-        super().__init__(name, documentation, labelnames, registry)
-        self._values: dict[tuple[str, ...], CounterValue] = {}
-
-    def labels(self, **labels: str) -> CounterValue:
-        key = self._key(labels)
-        value = self._values.get(key)
-        if value is None:
-            value = self._values[key] = CounterValue()
-        return value
+        super().__init__(name, documentation, labelnames, registry, CounterValue)
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -106,7 +109,7 @@ class LoopCounter(_Family):
         yield self._family()
 
 
-class LoopHistogram(_Family):
+class LoopHistogram(_Family[HistogramValue]):
     """A labelled histogram with fixed buckets (+Inf added)."""
 
     def __init__(
@@ -118,20 +121,13 @@ class LoopHistogram(_Family):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        super().__init__(name, documentation, labelnames, registry)
         bounds = tuple(float(b) for b in buckets)
         if bounds != tuple(sorted(bounds)):
             raise ValueError(f"{name}: buckets not in increasing order")
-        self._bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
-        self._les = tuple(_le(b) for b in self._bounds)
-        self._values: dict[tuple[str, ...], HistogramValue] = {}
-
-    def labels(self, **labels: str) -> HistogramValue:
-        key = self._key(labels)
-        value = self._values.get(key)
-        if value is None:
-            value = self._values[key] = HistogramValue(self._bounds)
-        return value
+        if not bounds or bounds[-1] != math.inf:
+            bounds = (*bounds, math.inf)
+        self._les = tuple(_le(b) for b in bounds)
+        super().__init__(name, documentation, labelnames, registry, lambda: HistogramValue(bounds))
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)

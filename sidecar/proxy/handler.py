@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
@@ -137,13 +137,27 @@ class ProxyHandler:
         info = RequestInfo()
         if self.tracing is not None:
             self.tracing.start(request, self.direction)
+        return await self._serve(request, info, started, self._admitted(request, info))
+
+    async def _admitted(self, request: Request, info: RequestInfo) -> Response:
+        self.admit(request, info)
+        check_origin(request.headers, self.allowed_origins)
+        return await self.proxy(request, info)
+
+    async def _serve(
+        self,
+        request: Request,
+        info: RequestInfo,
+        started: float,
+        work: Coroutine[Any, Any, Response],
+    ) -> Response:
+        """The answer ``work`` makes for ``request``, or its refusal; logged and counted (a
+        streamed answer once the engine is done with it)."""
         status = CLIENT_CLOSED
         streaming = False
         try:
             try:
-                self.admit(request, info)
-                check_origin(request.headers, self.allowed_origins)
-                response = await self.proxy(request, info)
+                response = await work
             except SidecarError as exc:
                 response = self.refused(exc, request, info)
             status = response.status
@@ -195,31 +209,21 @@ class ProxyHandler:
     async def resume(self, exchange: Exchange, upstream: UpstreamResponse) -> Response:
         """The rest of an exchange begun on callbacks whose answer the coroutine path must
         take (``proxy.exchange``): from the head on, as ``__call__`` and ``forward`` go on."""
-        request, info, started = exchange.request, exchange.info, exchange.started
-        answered = exchange.plan.answered
-        status = CLIENT_CLOSED
-        streaming = False
+        work = self._rest(upstream, exchange.plan.answered)
+        return await self._serve(exchange.request, exchange.info, exchange.started, work)
+
+    async def _rest(
+        self, upstream: UpstreamResponse, answered: Callable[[int], None] | None
+    ) -> Response:
         try:
-            try:
-                try:
-                    response = await respond(upstream, self.limits)
-                except SidecarError as exc:
-                    if answered is not None:
-                        answered(exc.status)
-                    raise
-                if answered is not None:
-                    answered(response.status)
-            except SidecarError as exc:
-                response = self.refused(exc, request, info)
-            status = response.status
-            streaming = self._answered(response, request, info, started)
-            return response
-        except asyncio.CancelledError:
-            info.reason = "client_closed"
+            response = await respond(upstream, self.limits)
+        except SidecarError as exc:
+            if answered is not None:
+                answered(exc.status)
             raise
-        finally:
-            if not streaming:
-                self.record(request, info, status, started)
+        if answered is not None:
+            answered(response.status)
+        return response
 
     def refused(self, exc: SidecarError, request: Request, info: RequestInfo) -> Response:
         """The answer to a refusal, counted (the access line is written by ``record``)."""
