@@ -125,11 +125,14 @@ async def pair(
     access_log: bool,
     routes: Callable[[int], list[dict[str, Any]]] | None = None,
     tracing: str | None = None,
+    fast_path: str = "both",
 ) -> AsyncIterator[int]:
     """Dev Workload API, bench upstream, inbound and outbound sidecars with the main bench's
     configs (``bench.ours``: the same checks as ``ours-full`` / ``ours-mtls``); yields the
     outbound listener's port. ``routes(inbound port)``: more outbound routes. ``tracing``: an
-    OTLP/HTTP traces URL to trace every request to."""
+    OTLP/HTTP traces URL to trace every request to. ``fast_path``: which sidecars serve the
+    common exchange on callbacks (``both``, ``inbound``, ``outbound``; ``none``: every request
+    in a task)."""
 
     def traced(config: dict[str, Any]) -> dict[str, Any]:
         if tracing is not None:
@@ -161,7 +164,8 @@ async def pair(
                             ids, 0, 0, up_port, full=full, mcp_policy=policy, access_log=access_log
                         )
                     )
-                )
+                ),
+                fast_path=fast_path in ("both", "inbound"),
             )
             sidecars.append(server)
             await server.start(svid_timeout=30)
@@ -172,7 +176,7 @@ async def pair(
             )
             if routes is not None:
                 config["outbound"]["routes"] += routes(server.port("inbound"))
-            agent = Sidecar(parse_config(config))
+            agent = Sidecar(parse_config(config), fast_path=fast_path in ("both", "outbound"))
             sidecars.append(agent)
             await agent.start(svid_timeout=30)
             yield agent.port("outbound")
@@ -223,7 +227,10 @@ async def measure(args: argparse.Namespace) -> list[float]:
     """µs of CPU per request, one figure per repeat."""
     figures: list[float] = []
     async with pair(
-        full=args.variant == "full", access_log=args.access_log, tracing=args.tracing_url
+        full=args.variant == "full",
+        access_log=args.access_log,
+        tracing=args.tracing_url,
+        fast_path=args.fast_path,
     ) as port:
         await run_requests(port, args.warmup, args.connections)
         profiler = cProfile.Profile() if args.profile else None
@@ -247,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--access-log", action="store_true", help="access and audit logs on")
+    parser.add_argument(
+        "--fast-path",
+        choices=("both", "inbound", "outbound", "none"),
+        default="both",
+        help="sidecars serving the common exchange on callbacks (both; none: all in tasks)",
+    )
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile here")
     parser.add_argument(
         "--tracing",
@@ -261,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         sink = stack.enter_context(open(os.devnull, "w"))
         stack.enter_context(contextlib.redirect_stdout(sink))
         figures = uvloop.run(measure(args))
-    logs = ", access logs on" if args.access_log else ""
+    logs = f", fast path: {args.fast_path}" if args.fast_path != "both" else ""
+    logs += ", access logs on" if args.access_log else ""
     logs += ", tracing on (OTLP/HTTP, all sampled)" if args.tracing else ""
     print(
         f"ours-{args.variant}{logs}: {statistics.median(figures):.1f} µs CPU per request "

@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -59,6 +59,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
+from sidecar.loop_metrics import CounterValue, HistogramValue, LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
     from sidecar.identity.snapshot import X509Snapshot
@@ -251,9 +252,11 @@ class Metrics:
         self._reason = _BoundedValues(reason_cap)
         # (direction, peer, status) -> the labelled children, so the request path skips
         # prometheus-client's label validation and locking after the first request of a kind
-        self._request_children: dict[tuple[str, object, int | str], tuple[Any, Any]] = {}
-        self._mcp_children: dict[tuple[str | None, str | None, str], Any] = {}
-        self._tool_children: dict[str, Any] = {}
+        self._request_children: dict[
+            tuple[str, object, int | str], tuple[CounterValue, HistogramValue]
+        ] = {}
+        self._mcp_children: dict[tuple[str | None, str | None, str], CounterValue] = {}
+        self._tool_children: dict[str, HistogramValue] = {}
         self._trust_domain = _BoundedValues(DEFAULT_TRUST_DOMAIN_CAP)
         self._serial: int | None = None
         self._bundles: dict[str, frozenset[bytes]] | None = None
@@ -262,13 +265,14 @@ class Metrics:
         self._unsubscribe: Callable[[], None] | None = None
         r = self.registry
 
-        self.requests = Counter(
+        # the request path's metrics: written on the event loop only (``loop_metrics``)
+        self.requests = LoopCounter(
             f"{PREFIX}requests_total",
             "Requests handled, by direction, peer SPIFFE ID and HTTP status.",
             ["direction", "peer", "status"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             f"{PREFIX}request_duration_seconds",
             "Time from request received to response finished, by direction.",
             ["direction"],
@@ -280,7 +284,7 @@ class Metrics:
         self.bytes_in: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
         self.bytes_out: dict[str, int] = dict.fromkeys(sorted(DIRECTIONS), 0)
         r.register(_ByteCounters(self))
-        self.tool_call_duration = Histogram(
+        self.tool_call_duration = LoopHistogram(
             f"{PREFIX}tool_call_duration_seconds",
             "Time from request received to response finished of forwarded tools/call requests, "
             "by tool (names the server listed; others as 'other').",
@@ -363,7 +367,7 @@ class Metrics:
             ["layer", "reason"],
             registry=r,
         )
-        self.mcp_requests = Counter(
+        self.mcp_requests = LoopCounter(
             f"{PREFIX}mcp_requests_total",
             "MCP requests by JSON-RPC method, tool (unknown names collapse to 'other') and "
             "decision (allow, deny, rate_limited, invalid).",

@@ -84,8 +84,12 @@ class Sidecar:
         *,
         access_stream: TextIO | None = None,
         environ: Mapping[str, str] | None = None,
+        fast_path: bool = True,
     ) -> None:
+        """``fast_path=False``: every request of the proxy listeners is served in a task of its
+        own (the engine's coroutine path alone: the oracle of the callback path's tests)."""
         self.config = config
+        self.fast_path = fast_path
         self.metrics = Metrics()
         self.access_log = AccessLogger(access_stream, enabled=config.log.access_log)
         #: OpenTelemetry tracing (``tracing:`` / ``OTEL_*``, read from ``environ`` or the
@@ -326,6 +330,7 @@ class Sidecar:
                 cfg.listen.port,
                 tls=tls,
                 limits=cfg.limits,
+                fast_path=self.fast_path,
             )
         connections = listener.server.connections
         self.metrics.bind_listener(name, lambda: len(connections))

@@ -21,9 +21,9 @@ import hashlib
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
@@ -49,8 +49,24 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+
+class Pending(Protocol):
+    """A request forwarded on callbacks (``proxy.exchange.Exchange``)."""
+
+    def start(self, client: HttpConnection) -> Response | None:
+        """Send it upstream; the answer comes back through ``client.respond`` or
+        ``client.resume``. A complete answer if it failed at once."""
+
+    def cancel(self) -> None:
+        """The client went away."""
+
+
+Prepare = Callable[[Request, bytes], "Response | Pending | None"]
+"""A handler's callback path (``ProxyHandler.prepare``)."""
+
 MAX_HEAD_LINES = 100
 PIPELINE_LIMIT = 256 * 1024  # buffered bytes of requests waiting behind the current one
+FAST_REQUEST = 48 * 1024  # a request (head and body) this small may be served on callbacks
 LINGER = 2.0  # seconds to keep reading (and dropping) a refused body before closing
 CLOCK_SLACK = 0.005  # uvloop's clock counts whole milliseconds: its timers fire "early" by that
 
@@ -110,6 +126,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._early_eof = False
         self._buf = bytearray()
         self._task: asyncio.Task[None] | None = None
+        self._exchange: Pending | None = None  # a request forwarded on callbacks
         self._closing = False
         self._lost = False
         self._dropped = False  # we closed it before its TLS handshake completed (drain)
@@ -293,12 +310,21 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.drain_lost("client went away")
         if self._task is not None and self._started:
             self._task.cancel()  # the client is gone: so is the upstream exchange
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            exchange.cancel()
 
     # -- requests --------------------------------------------------------------------------
 
     def _next_request(self, data: bytes | None = None) -> None:
         """Start the next request if its head is complete: from ``data`` (fresh bytes, nothing
-        buffered) or else from the buffer."""
+        buffered) or else from the buffer; and the one after it, as long as each is answered
+        at once (a loop, not a recursion, whatever the client pipelined)."""
+        while self._start_request(data):
+            data = None
+
+    def _start_request(self, data: bytes | None) -> bool:
+        """Start one request; True if it was answered at once and the next may start."""
         buf = self._buf
         if data is not None:
             end = data.find(HEAD_END)
@@ -310,18 +336,18 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             if not buf:  # idle between requests
                 if self.deadline == 0.0:
                     self.deadline = self._loop.time() + self._settings.keepalive_timeout
-                return
+                return False
             if not self._head_started:  # first bytes of a new head: the head clock starts
                 self._head_started = True
                 self.deadline = self._loop.time() + self._settings.header_timeout
             if _find_bare_cr_or_lf(buf, self._head_scanned):
                 self._refuse(400, "malformed_request", "bare CR or LF (lines must end with CRLF)")
-                return
+                return False
             self._head_scanned = len(buf) - 1  # a final CR is judged with the byte after it
             limit = self._settings.max_header_size
             if len(buf) > limit * 4 or (buf.find(b"\r\n") < 0 and len(buf) > limit):
                 self._refuse(431, "header_too_large", "request head too large")
-            return
+            return False
         self._head_scanned = 0
         if data is None:
             data = bytes(buf)
@@ -335,14 +361,29 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         except HttpParseError as exc:
             log.info("refused malformed request: %s", exc.message)
             self._refuse(exc.status, exc.reason, exc.message)
-            return
-        rest = data[end + 4 :]
+            return False
         self.deadline = 0.0
         self._head = head
         self._head_started = False
         self._expect_continue = head.expect_continue and head.version == 1  # never to 1.0
         self._body.clear()
         self._body_error = None
+        prepare = self._server.prepare if self._server.fast_path else None
+        if prepare is not None and head.framing is not Framing.CHUNKED:
+            start = end + 4
+            stop = start + head.length
+            if (
+                len(data) >= stop
+                and stop <= FAST_REQUEST
+                and head.length <= self._settings.max_request_body
+                and not self._closing
+            ):
+                # the whole request is here: it may be served on callbacks
+                if len(data) > stop:
+                    buf += data[stop:]  # a pipelined request: it waits for this one's answer
+                body = data[start:stop] if stop > start else b""
+                return self._prepared(prepare, head, body)
+        rest = data[end + 4 :]
         if head.framing is Framing.LENGTH and head.length > 0:
             self._body_done = False
             self._body_remaining = head.length
@@ -356,7 +397,19 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._chunked = ChunkedDecoder()
         else:
             self._body_done = True
-        request = Request(
+        self._task = self._loop.create_task(self._handle(head, self._request(head)))
+        if rest:
+            if self._body_done:
+                buf += rest  # a pipelined request: it waits for this one's answer
+            else:
+                self._feed_body(rest)
+        if not self._body_done and self.deadline == 0.0 and not self._expect_continue:
+            # the body's first bytes are due (after a 100 Continue: from when it is sent)
+            self.deadline = self._loop.time() + self._settings.header_timeout
+        return False
+
+    def _request(self, head: RequestHead) -> Request:
+        return Request(
             head.method,
             head.target,
             head.version,
@@ -366,15 +419,36 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._read_body,
             head.scheme,
         )
-        self._task = self._loop.create_task(self._handle(request, head))
-        if rest:
-            if self._body_done:
-                buf += rest  # a pipelined request: it waits for this one's answer
-            else:
-                self._feed_body(rest)
-        if not self._body_done and self.deadline == 0.0 and not self._expect_continue:
-            # the body's first bytes are due (after a 100 Continue: from when it is sent)
-            self.deadline = self._loop.time() + self._settings.header_timeout
+
+    def _prepared(self, prepare: Prepare, head: RequestHead, body: bytes) -> bool:
+        """A request whose body has arrived with its head, served on callbacks if the handler
+        can (``ProxyHandler.prepare``): answered at once (True: the next may start), forwarded
+        (the answer comes back on callbacks: ``respond`` or ``resume``), or handed to the
+        coroutine path exactly as if this had not been tried."""
+        self._body_done = True
+        self._body_remaining = 0
+        request = self._request(head)
+        outcome: Response | Pending | None
+        try:
+            outcome = prepare(request, body)
+        except HttpParseError as exc:
+            outcome = json_error(exc.status, exc.reason, exc.message, close=True)
+        except Exception as exc:  # a bug must not leave the client hanging
+            log.error("error handling request", exc_info=exc)
+            outcome = json_error(500, "internal_error", "internal error", close=True)
+        if outcome is None:
+            self._body += body
+            self._task = self._loop.create_task(self._handle(head, request))
+            return False
+        self._server.on_callbacks += 1
+        if not isinstance(outcome, Response):
+            self._exchange = outcome
+            failed = outcome.start(self)
+            if failed is None:
+                return False
+            self._exchange = None
+            outcome = failed
+        return self._respond_now(head, outcome)
 
     def _feed_body(self, data: bytes) -> None:
         if self._body_error is not None:  # refused already: discard what is still coming
@@ -458,10 +532,17 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             finally:
                 self._body_waiter = None
 
-    async def _handle(self, request: Request, head: RequestHead) -> None:
+    async def _handle(
+        self, head: RequestHead, request: Request | Coroutine[Any, Any, Response]
+    ) -> None:
+        """Serve ``request`` with the handler, or answer with what ``request`` (the rest of an
+        exchange begun on callbacks) produces."""
         try:
             try:
-                response = await self._server.handler(request)
+                if isinstance(request, Request):
+                    response = await self._server.handler(request)
+                else:
+                    response = await request
             except HttpParseError as exc:
                 response = json_error(exc.status, exc.reason, exc.message, close=True)
             except asyncio.CancelledError:
@@ -485,16 +566,18 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return
         finally:
             self._task = None
-        self._finished(head, response)
+        if self._finished(head, response):
+            self._next_request()
 
-    def _finished(self, head: RequestHead, response: Response) -> None:
-        """After an answer: keep the connection for the next request, or close it."""
+    def _finished(self, head: RequestHead, response: Response) -> bool:
+        """After an answer: keep the connection for the next request (True: the caller starts
+        it), or close it."""
         keep = not self._must_close(head, response)
         self._head = None
         self._body.clear()
         transport = self.transport
         if transport is None or self._lost:
-            return
+            return False
         if not keep:
             if self._body_done or (self._body_remaining == 0 and self._chunked is None):
                 transport.close()
@@ -504,12 +587,45 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 self._lingering = True
                 self._body_error = self._body_error or ConnectionResetError("answered early")
                 self.deadline = self._loop.time() + LINGER
-            return
+            return False
         if self._paused:
             self._paused = False
             transport.resume_reading()
         self.deadline = 0.0
-        self._next_request()
+        return True
+
+    # -- answers on callbacks (``proxy.exchange``) ---------------------------------------------
+
+    def _respond_now(self, head: RequestHead, response: Response) -> bool:
+        """A complete answer, written at once (as ``_handle`` writes one); True if the next
+        request may start."""
+        try:
+            self._write_whole(head, response)
+        except Exception as exc:
+            if self._lost:
+                log.debug("client went away before its answer (%s)", exc)
+            else:
+                log.info("answer failed (%r): aborting the client connection", exc)
+            self._abort()
+            return False
+        return self._finished(head, response)
+
+    def respond(self, response: Response) -> None:
+        """The answer of the exchange in flight, complete: sent, then the next request."""
+        self._exchange = None
+        head = self._head
+        if head is None or self._lost:  # pragma: no cover - a cancelled exchange is silent
+            return
+        if self._respond_now(head, response):
+            self._next_request()
+
+    def resume(self, work: Coroutine[Any, Any, Response]) -> None:
+        """The exchange in flight goes on in a task: ``work`` produces its answer."""
+        self._exchange = None
+        head = self._head
+        assert head is not None
+        self._server.handed_over += 1
+        self._task = self._loop.create_task(self._handle(head, work))
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """A malformed head: JSON error, then close (what follows cannot be trusted)."""
@@ -595,11 +711,16 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             raise ConnectionResetError("client went away")
+        close = self._must_close(head, response)
+        raw = response.raw_head
+        if raw is not None and not close and head.version == 1 and head.method != "HEAD":
+            transport.write(raw + response.body)  # the upstream's head: nothing to change
+            return
         no_length = response.status in (204, 304)
         head_bytes = _serialize(
             response,
             head.version,
-            close=self._must_close(head, response),
+            close=close,
             length=None if no_length else len(response.body),
         )
         if head.method == "HEAD" or no_length:
@@ -685,11 +806,19 @@ class HttpServer:
         settings: Limits,
         tls: TlsPolicy | None,
         loop: asyncio.AbstractEventLoop,
+        *,
+        fast_path: bool = True,
     ) -> None:
         self.handler = handler
         self.settings = settings
         self.tls = tls
         self.loop = loop
+        self.prepare: Prepare | None = getattr(handler, "prepare", None)
+        #: serve what the handler can on callbacks (``prepare``); False: every request in a
+        #: task (the engine's other path, kept selectable as the callback path's oracle)
+        self.fast_path = fast_path
+        self.on_callbacks = 0  # requests whose checks ran on callbacks (answered or forwarded)
+        self.handed_over = 0  # of those: exchanges finished in a task (``resume``)
         self.connections: set[HttpConnection] = set()
         self.ended = 0  # connections released since start (``sidecar.heap`` trims after bursts)
         self.draining = False
@@ -746,9 +875,10 @@ async def start_listener(
     *,
     tls: TlsPolicy | None,
     limits: Limits,
+    fast_path: bool = True,
 ) -> Listener:
     loop = asyncio.get_running_loop()
-    server = HttpServer(handler, limits, tls, loop)
+    server = HttpServer(handler, limits, tls, loop, fast_path=fast_path)
     sockets = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     log.info("%s listening on %s:%s", name, host, sockets.sockets[0].getsockname()[1])
     return Listener(name, server, sockets)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 
 from multidict import CIMultiDict
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
+from sidecar.http1.parse import Framing, ResponseHead
 from sidecar.proxy.errors import Forbidden, UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.messages import Request, Response, json_response
 from sidecar.proxy.rewrite import (
@@ -57,6 +59,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# A header line of a validated head (a line starts right after CRLF with its name, which
+# the colon follows at once) whose name is hop-by-hop.
+_has_hop_by_hop_line = re.compile(
+    b"\r\n(?:" + b"|".join(n.encode() for n in sorted(HOP_BY_HOP)) + b"):", re.IGNORECASE
+).search
 # Framing and routing headers the proxy sets itself.
 _REWRITTEN = frozenset({"host", "content-length"})
 _NOT_FORWARDED = tuple(HOP_BY_HOP | _REWRITTEN)
@@ -136,12 +143,59 @@ async def forward(
         target,
         headers.items(),
         body,
-        head_timeout=min(limits.idle_timeout, limits.total_timeout),
+        head_timeout=head_timeout(limits),
     )
+    return await respond(upstream, limits, rewrite=rewrite, observe=observe)
+
+
+def head_timeout(limits: Limits) -> float:
+    """How long an upstream may take to start its answer."""
+    return min(limits.idle_timeout, limits.total_timeout)
+
+
+def is_small(head: ResponseHead) -> bool:
+    """An answer read whole and sent in one write: a known, small length, and not SSE (an
+    event stream is streamed whatever its length)."""
+    return (
+        head.framing is Framing.LENGTH
+        and head.length <= SMALL_BODY
+        and not _is_event_stream(head.headers)
+    )
+
+
+def _is_event_stream(headers: CIMultiDict[str]) -> bool:
+    content_type = headers.get("Content-Type")
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+def whole_answer(head: ResponseHead, raw_head: bytes, body: bytes) -> Response:
+    """The client's answer to a small upstream answer read whole (``is_small``).
+
+    When nothing in the head must change (HTTP/1.1, framed by Content-Length, no hop-by-hop
+    header and so none that ``Connection`` lists) it keeps the upstream's head bytes, which the
+    engine sends unchanged unless its answer to the client needs a ``Connection`` header
+    (``Response.raw_head``); otherwise the head is rebuilt from the end-to-end headers."""
+    if head.version == 1 and _has_hop_by_hop_line(raw_head) is None:
+        response = Response(head.status, head.headers, body, reason=head.reason)
+        response.raw_head = raw_head
+        return response
+    return Response(head.status, answer_headers(head.headers), body, reason=head.reason)
+
+
+async def respond(
+    upstream: UpstreamResponse,
+    limits: Limits,
+    *,
+    rewrite: AnswerRewrite | None = None,
+    observe: AnswerRewrite | None = None,
+) -> Response:
+    """The client's answer to an upstream answer whose head has arrived (see ``forward``)."""
     released = False
     try:
-        out_headers = answer_headers(upstream.headers)
         if rewrite is not None:
+            out_headers = answer_headers(upstream.headers)
             plan = plan_rewrite(upstream.status, upstream.headers)
             if plan.shape is not Shape.NO_BODY:
                 reason = upstream.head.reason
@@ -161,14 +215,14 @@ async def forward(
                     upstream.status, headers, reason=reason, stream=stream, release=upstream.release
                 )
         tap = None if observe is None else AnswerTap(upstream.status, upstream.headers, observe)
-        length = upstream.content_length
-        is_sse = upstream.content_type == "text/event-stream"
-        if length is not None and length <= SMALL_BODY and not is_sse:
+        if is_small(upstream.head):
             data = await _read_small(upstream, limits)
             if tap is not None:
                 tap.feed(data)
                 tap.finish()
-            return Response(upstream.status, out_headers, data, reason=upstream.head.reason)
+            return whole_answer(upstream.head, upstream.raw_head(), data)
+        length = upstream.content_length
+        is_sse = upstream.content_type == "text/event-stream"
         if is_sse:
             stream = _sse_body(upstream, limits.sse_heartbeat, None, tap)
         else:
@@ -176,7 +230,7 @@ async def forward(
         released = True  # the stream releases the connection when it ends
         return Response(
             upstream.status,
-            out_headers,
+            answer_headers(upstream.headers),
             reason=upstream.head.reason,
             stream=stream,
             content_length=length,

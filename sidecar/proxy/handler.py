@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config import Limits
 from sidecar.errors import SidecarError
@@ -25,10 +25,12 @@ from sidecar.http1.target import normalize_path
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger, AccessRecord, mcp_session_id
 from sidecar.proxy.errors import BadRequest, MethodNotAllowed, ProxyError, UpstreamOverflow
-from sidecar.proxy.forward import check_origin, error_response
+from sidecar.proxy.exchange import Exchange, Forward
+from sidecar.proxy.forward import check_origin, error_response, head_timeout, respond
 from sidecar.proxy.messages import Request, Response
+from sidecar.proxy.upstream import UpstreamResponse
 from sidecar.tokens.claims import Principal
-from sidecar.tracing.correlation import begin_request
+from sidecar.tracing.correlation import activate, begin_request, correlate, deactivate
 
 if TYPE_CHECKING:
     from sidecar.tracing.sdk import Tracing
@@ -79,6 +81,15 @@ class ProxyHandler:
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
         raise NotImplementedError
 
+    def prepare_proxy(
+        self, request: Request, info: RequestInfo, body: bytes
+    ) -> Response | Forward | None:
+        """``proxy`` on the callback path, for a request whose ``body`` has arrived: the same
+        checks in the same order, without awaiting; an answer, the request to forward on a
+        connection taken from the pool, or None (``proxy`` must serve it) before anything was
+        done that ``proxy`` would not do again the same way."""
+        return None
+
     def refusal(self, exc: SidecarError, info: RequestInfo) -> Response:
         """The JSON answer for a refusal; subclasses add headers (e.g. WWW-Authenticate)."""
         response = error_response(exc, close=info.close_connection)
@@ -126,35 +137,113 @@ class ProxyHandler:
         info = RequestInfo()
         if self.tracing is not None:
             self.tracing.start(request, self.direction)
+        return await self._serve(request, info, started, self._admitted(request, info))
+
+    async def _admitted(self, request: Request, info: RequestInfo) -> Response:
+        self.admit(request, info)
+        check_origin(request.headers, self.allowed_origins)
+        return await self.proxy(request, info)
+
+    async def _serve(
+        self,
+        request: Request,
+        info: RequestInfo,
+        started: float,
+        work: Coroutine[Any, Any, Response],
+    ) -> Response:
+        """The answer ``work`` makes for ``request``, or its refusal; logged and counted (a
+        streamed answer once the engine is done with it)."""
         status = CLIENT_CLOSED
         streaming = False
         try:
             try:
-                self.admit(request, info)
-                check_origin(request.headers, self.allowed_origins)
-                response = await self.proxy(request, info)
+                response = await work
             except SidecarError as exc:
-                info.reason = exc.reason
-                if request.trace is not None:
-                    request.trace.refused(exc)
-                if isinstance(exc, ProxyError) and exc.status in (502, 504):
-                    self.metrics.upstream_error(self.direction, exc.reason)
-                response = self.refusal(exc, info)
+                response = self.refused(exc, request, info)
             status = response.status
-            if response.stream is not None:
-                # a streamed answer is logged when the engine is done with it (``release``),
-                # with what was really sent
-                response.release = self._on_release(response, request, info, started)
-                streaming = True
-            else:
-                info.bytes_out = len(response.body)
+            streaming = self._answered(response, request, info, started)
             return response
         except asyncio.CancelledError:
             info.reason = "client_closed"
             raise
         finally:
             if not streaming:
-                self._record(request, info, status, started)
+                self.record(request, info, status, started)
+
+    def prepare(self, request: Request, body: bytes) -> Response | Exchange | None:
+        """``__call__`` on the callback path (``proxy.exchange``), for a request whose ``body``
+        has arrived: a complete answer (already logged and counted), an exchange to start, or
+        None: then ``__call__`` must serve it, and nothing was done here that it would not do
+        again the same way (the request id settled here is kept by it)."""
+        if self.tracing is not None:
+            return None
+        started = time.perf_counter()
+        correlation = correlate(request.headers)
+        token = activate(correlation)
+        info = RequestInfo()
+        status = CLIENT_CLOSED
+        record = True
+        try:
+            try:
+                self.admit(request, info)
+                check_origin(request.headers, self.allowed_origins)
+                outcome = self.prepare_proxy(request, info, body)
+                if outcome is None or type(outcome) is Forward:
+                    record = False
+                    if outcome is None:
+                        return None
+                    timeout = head_timeout(self.limits)
+                    return Exchange(self, request, info, started, correlation, outcome, timeout)
+                assert isinstance(outcome, Response) and outcome.stream is None
+                response = outcome
+            except SidecarError as exc:
+                response = self.refused(exc, request, info)
+            status = response.status
+            info.bytes_out = len(response.body)
+            return response
+        finally:
+            if record:
+                self.record(request, info, status, started)
+            deactivate(token)
+
+    async def resume(self, exchange: Exchange, upstream: UpstreamResponse) -> Response:
+        """The rest of an exchange begun on callbacks whose answer the coroutine path must
+        take (``proxy.exchange``): from the head on, as ``__call__`` and ``forward`` go on."""
+        work = self._rest(upstream, exchange.plan.answered)
+        return await self._serve(exchange.request, exchange.info, exchange.started, work)
+
+    async def _rest(
+        self, upstream: UpstreamResponse, answered: Callable[[int], None] | None
+    ) -> Response:
+        try:
+            response = await respond(upstream, self.limits)
+        except SidecarError as exc:
+            if answered is not None:
+                answered(exc.status)
+            raise
+        if answered is not None:
+            answered(response.status)
+        return response
+
+    def refused(self, exc: SidecarError, request: Request, info: RequestInfo) -> Response:
+        """The answer to a refusal, counted (the access line is written by ``record``)."""
+        info.reason = exc.reason
+        if request.trace is not None:
+            request.trace.refused(exc)
+        if isinstance(exc, ProxyError) and exc.status in (502, 504):
+            self.metrics.upstream_error(self.direction, exc.reason)
+        return self.refusal(exc, info)
+
+    def _answered(
+        self, response: Response, request: Request, info: RequestInfo, started: float
+    ) -> bool:
+        """Note the answer's size; a streamed one (True) is logged when the engine is done
+        with it (``release``), with what was really sent."""
+        if response.stream is not None:
+            response.release = self._on_release(response, request, info, started)
+            return True
+        info.bytes_out = len(response.body)
+        return False
 
     def _on_release(
         self, response: Response, request: Request, info: RequestInfo, started: float
@@ -172,11 +261,17 @@ class ProxyHandler:
                     if isinstance(failed, asyncio.CancelledError | ConnectionError)
                     else "upstream_reset"
                 )
-            self._record(request, info, response.status, started)
+            self.record(request, info, response.status, started)
 
         return done
 
-    def _record(self, request: Request, info: RequestInfo, status: int, started: float) -> None:
+    def record_cancelled(self, request: Request, info: RequestInfo, started: float) -> None:
+        """The client went away before its answer (as ``__call__`` records a cancellation)."""
+        info.reason = "client_closed"
+        self.record(request, info, CLIENT_CLOSED, started)
+
+    def record(self, request: Request, info: RequestInfo, status: int, started: float) -> None:
+        """The request's metrics and access line."""
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(
             self.direction, info.peer, status, elapsed, info.bytes_in, info.bytes_out

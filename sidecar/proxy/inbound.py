@@ -18,18 +18,21 @@ import functools
 import time
 from collections.abc import Callable
 
+from multidict import CIMultiDict
+
 from sidecar.config import InboundConfig
 from sidecar.errors import SidecarError
 from sidecar.mcp.filter import ListRewrite
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import Forbidden
+from sidecar.proxy.exchange import Forward
 from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.mcp_guard import McpGuard, Verdict
 from sidecar.proxy.messages import PeerInfo, Request, Response, json_response
 from sidecar.proxy.mux import MuxEndpoint, session_owner
-from sidecar.proxy.upstream import UpstreamPool, pool_for
+from sidecar.proxy.upstream import UpstreamPool, encode_request, pool_for
 from sidecar.spiffe.ids import SpiffeId
 from sidecar.tls.contexts import NotReady
 from sidecar.tokens.errors import TokenError
@@ -103,20 +106,26 @@ class InboundProxy(ProxyHandler):
                 response.headers["WWW-Authenticate"] = self.tokens.challenge(exc)
         return response
 
+    def _identities(
+        self, request: Request, info: RequestInfo
+    ) -> tuple[SpiffeId | None, SpiffeId | None]:
+        """Our SPIFFE ID and the connection's verified peer (with ``mtls: required``)."""
+        if self.config.mtls != "required":
+            return None, None
+        try:
+            our_id = self.our_id()
+        except NotReady:
+            # Our SVID expired (Workload API outage) while this connection was open: it
+            # was accepted with an identity we may no longer claim, so it serves nothing
+            # more (503 svid_expired) and is closed; new handshakes are refused until a
+            # valid SVID arrives.
+            info.close_connection = True
+            raise
+        return our_id, self._verified_peer(request.conn, info)
+
     async def proxy(self, request: Request, info: RequestInfo) -> Response:
         conn = request.conn
-        our_id: SpiffeId | None = None
-        if self.config.mtls == "required":
-            try:
-                our_id = self.our_id()
-            except NotReady:
-                # Our SVID expired (Workload API outage) while this connection was open: it
-                # was accepted with an identity we may no longer claim, so it serves nothing
-                # more (503 svid_expired) and is closed; new handshakes are refused until a
-                # valid SVID arrives.
-                info.close_connection = True
-                raise
-        peer = self._verified_peer(conn, info) if self.config.mtls == "required" else None
+        our_id, peer = self._identities(request, info)
         if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
             return json_response(self.tokens.metadata)
         principal = await self.tokens.authenticate(
@@ -131,6 +140,7 @@ class InboundProxy(ProxyHandler):
         info.bytes_in = len(body)
         started = time.perf_counter()
         verdict = self.guard.inspect(request, principal, body)
+        assert verdict is not None  # answers may be rewritten here
         if request.trace is not None:
             request.trace.mcp(body, verdict.audits)
         if verdict.refusal is not None:
@@ -149,21 +159,10 @@ class InboundProxy(ProxyHandler):
             )
             self.guard.record(request, principal, verdict, response.status, started)
             return response
-        headers = forwardable_headers(request.headers, drop=self.drop_headers)
-        if self.guard.filters_lists and request.method == "GET":
-            # A resumed stream would replay responses (e.g. a tools/list result) whose requests
-            # we never saw, so they could not be filtered: under a policy, fail closed and let
-            # the server start a fresh stream instead of replaying.
-            headers.popall("Last-Event-ID", None)
         rewrite, observe = verdict.rewrite, verdict.observe
-        if rewrite is not None or observe is not None:
-            # The answer will be read (and rewritten): the local hop gains nothing from
-            # compression, so ask for none (a server that compresses anyway is decoded).
-            headers["Accept-Encoding"] = "identity"
-        if peer is not None and our_id is not None:
-            headers[XFCC] = xfcc_value(our_id, peer, conn.peer_cert_sha256)
-        headers["Host"] = self.upstream_host
-        headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
+        headers = self._upstream_headers(
+            request, our_id, peer, read=rewrite is not None or observe is not None
+        )
         assert self.pool is not None  # an edge gateway (mux) was served above
         try:
             response = await forward(
@@ -188,6 +187,79 @@ class InboundProxy(ProxyHandler):
                 lambda: self.guard.record_observed(request, principal, verdict, response.status),
             )
         return response
+
+    def prepare_proxy(
+        self, request: Request, info: RequestInfo, body: bytes
+    ) -> Response | Forward | None:
+        if self.mux is not None:  # an edge gateway: its own coroutines
+            return None
+        conn = request.conn
+        our_id, peer = self._identities(request, info)
+        if request.path in self.tokens.metadata_paths and request.method in ("GET", "HEAD"):
+            return json_response(self.tokens.metadata)
+        principal = self.tokens.authenticate_now(
+            request.headers.getall("Authorization", []),
+            peer,
+            conn.peer_cert_sha256,
+            header_values=lambda name: request.headers.getall(name, []),
+        )
+        if principal is None:  # the token layer must wait for something
+            return None
+        info.principal = principal
+        info.upstream = self.config.upstream
+        info.bytes_in = len(body)
+        started = time.perf_counter()
+        headers = self._upstream_headers(request, our_id, peer)
+        pool = self.pool
+        assert pool is not None  # no edge gateway
+        data = encode_request(request.method, request.target, headers.items(), body)
+        upstream = pool.take_now()  # before the guard counts anything (rate limits)
+        if upstream is None:
+            return None
+        verdict = self.guard.inspect(request, principal, body, rewrite_ok=False)
+        if verdict is None or verdict.refusal is not None:
+            pool.give_back(upstream)
+            if verdict is None:  # the answer must be read: ``proxy`` reads it
+                return None
+            assert verdict.refusal is not None
+            info.reason = "mcp_refused"
+            self.guard.record(request, principal, verdict, verdict.refusal.status, started)
+            return verdict.refusal
+        info.tool = self._tool_label(verdict)
+        answered = None
+        if verdict.audits:
+            guard = self.guard
+
+            def answered(status: int) -> None:
+                guard.record(request, principal, verdict, status, started)
+
+        return Forward(pool, upstream, data, answered)
+
+    def _upstream_headers(
+        self,
+        request: Request,
+        our_id: SpiffeId | None,
+        peer: SpiffeId | None,
+        *,
+        read: bool = False,
+    ) -> CIMultiDict[str]:
+        """The request's headers as the local MCP server gets them; ``read``: the answer
+        will be read (rewritten, or watched by a dry-run policy)."""
+        headers = forwardable_headers(request.headers, drop=self.drop_headers)
+        if self.guard.filters_lists and request.method == "GET":
+            # A resumed stream would replay responses (e.g. a tools/list result) whose requests
+            # we never saw, so they could not be filtered: under a policy, fail closed and let
+            # the server start a fresh stream instead of replaying.
+            headers.popall("Last-Event-ID", None)
+        if read:
+            # The local hop gains nothing from compression, so ask for none (a server that
+            # compresses anyway is decoded).
+            headers["Accept-Encoding"] = "identity"
+        if peer is not None and our_id is not None:
+            headers[XFCC] = xfcc_value(our_id, peer, request.conn.peer_cert_sha256)
+        headers["Host"] = self.upstream_host
+        headers["X-Forwarded-Proto"] = "https" if peer is not None else request.scheme
+        return headers
 
     def _tool_label(self, verdict: Verdict) -> str | None:
         """The tool of a body that is one ``tools/call``, as ``mcp_requests_total`` labels it

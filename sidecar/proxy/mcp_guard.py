@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.mcp.filter import LIST_FIELDS, Allow, Exchange, ListRewrite, list_exchange
+from sidecar.mcp.filter import LIST_FIELDS, Allow, ListRewrite, list_exchange
 from sidecar.mcp.jsonrpc import Kind, Message, Parsed
 from sidecar.mcp.judge import judge
 from sidecar.mcp.policy import KNOWN_METHODS, Decision, Policy, TargetKind, visibility
@@ -97,7 +97,13 @@ class McpGuard:
         """A policy is in force and enforced (not in dry run): list answers are filtered."""
         return self.policy is not None and not self.policy.current.dry_run
 
-    def inspect(self, request: Request, principal: Principal, body: bytes) -> Verdict:
+    def inspect(
+        self, request: Request, principal: Principal, body: bytes, *, rewrite_ok: bool = True
+    ) -> Verdict | None:
+        """The verdict on ``body``. ``rewrite_ok=False`` (the callback path, which passes
+        answers on unread): None instead of a verdict whose answer must be rewritten or
+        watched, before anything is counted (a rate limit), so the caller can go the way that
+        reads answers and ask again."""
         if not self.active or request.method != "POST":
             return Verdict()
         policy = self.policy.current if self.policy is not None else None
@@ -118,6 +124,9 @@ class McpGuard:
             )
         parsed = judgement.parsed
         assert parsed is not None
+        exchange = list_exchange(parsed) if policy is not None else None
+        if exchange is not None and not rewrite_ok:
+            return None
         if self.limiter is not None:
             limited = self._rate_limit(principal, parsed)
             if limited is not None:
@@ -127,16 +136,16 @@ class McpGuard:
                     outcome="rate_limited",
                     batch=parsed.batch,
                 )
-        rewrite = self._list_rewrite(policy, principal, parsed)
         verdict = Verdict(
             audits=judgement.elements(),
             outcome="allow" if judgement.allowed else judgement.denied,
             batch=parsed.batch,
         )
-        if rewrite is None:
+        if exchange is None:
             return verdict
-        exchange, allow = rewrite
-        if policy is not None and policy.dry_run:
+        assert policy is not None
+        allow = self._visible(policy, principal)
+        if policy.dry_run:
             verdict.would_hide = WouldHide(allow)
             verdict.observe = ListRewrite(exchange, verdict.would_hide)
         else:
@@ -158,16 +167,9 @@ class McpGuard:
         response.headers["Retry-After"] = str(int(wait))
         return response
 
-    def _list_rewrite(
-        self, policy: Policy | None, principal: Principal, parsed: Parsed
-    ) -> tuple[Exchange, Allow] | None:
+    def _visible(self, policy: Policy, principal: Principal) -> Allow:
         """What the answer's list items are filtered with, for a body holding list requests
         under a policy."""
-        if policy is None:
-            return None
-        exchange = list_exchange(parsed)
-        if exchange is None:
-            return None
         allowed = visibility(policy, principal)
 
         def allow(kind: TargetKind, name: str) -> bool:
@@ -175,7 +177,7 @@ class McpGuard:
                 self.known_tools.add(name)  # server-declared names become metric labels
             return allowed(kind, name)
 
-        return exchange, allow
+        return allow
 
     # -- audit and metrics -------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class Response:
         "content_length",
         "failed",
         "headers",
+        "raw_head",
         "reason",
         "release",
         "sent",
@@ -130,6 +131,10 @@ class Response:
         #: called by the engine once the stream is over or will not be sent (frees resources
         #: an unstarted stream would otherwise hold, e.g. a pooled upstream connection)
         self.release = release
+        #: an upstream's head to send unchanged instead of one built from ``headers`` (which
+        #: must then be that head's, left alone); the engine uses it only when its answer needs
+        #: no ``Connection`` header (``proxy.forward.whole_answer`` says when it may be set)
+        self.raw_head: bytes | None = None
         #: set by the engine while streaming: body bytes written, and what broke the stream
         self.sent = 0
         self.failed: BaseException | None = None

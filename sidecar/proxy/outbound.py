@@ -15,21 +15,22 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
-from sidecar.config import OutboundConfig
+from sidecar.config import OutboundConfig, RouteConfig
 from sidecar.errors import SidecarError
 from sidecar.identity.snapshot import JwtSvid
 from sidecar.metrics import Metrics
 from sidecar.proxy.accesslog import AccessLogger
 from sidecar.proxy.errors import BadRequest, NoRoute
+from sidecar.proxy.exchange import Forward
 from sidecar.proxy.forward import forward, forwardable_headers
 from sidecar.proxy.handler import ProxyHandler, RequestInfo
 from sidecar.proxy.messages import Request, Response
 from sidecar.proxy.mux import MuxEndpoint, build_endpoint
 from sidecar.proxy.mux_target import server_verifier
-from sidecar.proxy.routing import select_route
+from sidecar.proxy.routing import RouteMatch, select_route
 from sidecar.proxy.svid_header import JwtSvidHeaders
 from sidecar.proxy.token_exchange import TokenExchanger
-from sidecar.proxy.upstream import UpstreamPool, pool_for
+from sidecar.proxy.upstream import UpstreamPool, encode_request, pool_for
 from sidecar.tls.contexts import PeerRejected, RotatingTls
 from sidecar.tokens.exchange import ExchangeCache, ExchangeError
 
@@ -98,7 +99,7 @@ class OutboundProxy(ProxyHandler):
             response.headers["WWW-Authenticate"] = exc.www_authenticate
         return response
 
-    async def proxy(self, request: Request, info: RequestInfo) -> Response:
+    def _route(self, request: Request, info: RequestInfo) -> RouteMatch[RouteConfig]:
         if request.target_scheme == "https":
             raise BadRequest(
                 "https:// proxy requests are not supported: send http:// (e.g. "
@@ -109,8 +110,36 @@ class OutboundProxy(ProxyHandler):
         match = select_route(self.config.routes, request.headers.get("Host"), target)
         if match is None:
             raise NoRoute(f"no route for {target!r}")
+        info.route = match.route.name
+        return match
+
+    def prepare_proxy(
+        self, request: Request, info: RequestInfo, body: bytes
+    ) -> Response | Forward | None:
+        match = self._route(request, info)
         route = match.route
-        info.route = route.name
+        if route.name in self.muxes or route.name in self.exchangers:
+            return None  # multiplexing, token exchange: their own coroutines
+        info.peer = str(route.server_spiffe_id)
+        info.upstream = route.upstream
+        info.bytes_in = len(body)
+        headers = forwardable_headers(request.headers, drop=("x-forwarded-client-cert",))
+        headers["Host"] = self.upstream_hosts[route.name]
+        if route.jwt_svid_audience is not None:
+            svid_header = self.svid_headers.header_now(route.jwt_svid_audience)
+            if svid_header is None:  # to be fetched
+                return None
+            headers["Authorization"] = svid_header
+        data = encode_request(request.method, match.upstream_path, headers.items(), body)
+        pool = self.pools[route.name]
+        conn = pool.take_now()  # NotReady (our SVID expired) as in ``proxy``
+        if conn is None:
+            return None
+        return Forward(pool, conn, data)
+
+    async def proxy(self, request: Request, info: RequestInfo) -> Response:
+        match = self._route(request, info)
+        route = match.route
         mux = self.muxes.get(route.name)
         if mux is not None:
             body = await request.read_body()

@@ -22,6 +22,13 @@ class JwtSvidHeaders:
         self._fetch = fetch
         self._headers: dict[str, tuple[str, float]] = {}  # audience -> (header, reuse until)
 
+    def header_now(self, audience: str) -> str | None:
+        """The header while it may still be reused, else None (``header`` fetches)."""
+        cached = self._headers.get(audience)
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+        return None
+
     async def header(self, audience: str) -> str:
         cached = self._headers.get(audience)
         now = time.time()

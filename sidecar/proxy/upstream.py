@@ -26,12 +26,13 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from sidecar.config import CircuitBreakers, Limits
+from sidecar.errors import SidecarError
 from sidecar.http1.chunked import ChunkedDecoder
 from sidecar.http1.errors import HttpParseError
 from sidecar.http1.parse import (
@@ -56,6 +57,28 @@ LOW_WATER = 64 * 1024
 DEFAULT_BREAKERS = CircuitBreakers()
 
 SMALL_WRITE = 64 * 1024  # a request this small is taken by the kernel at once: no drain wait
+TIMER_SLACK = 0.001  # uvloop's clock counts whole milliseconds: its timers may fire that early
+
+
+def encode_request(
+    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+) -> bytes:
+    """The bytes of a request sent upstream: head (a Content-Length for a body, and for POST,
+    PUT and PATCH even without one) and body. ``ValueError`` on header injection."""
+    head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + serialize_headers(headers)
+    if body or method in ("POST", "PUT", "PATCH"):
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + b"\r\n" + body
+
+
+def head_timed_out(head_timeout: float) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"upstream sent no response head within {head_timeout}s", reason="upstream_timeout"
+    )
+
+
+def reset_error(exc: BaseException) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"upstream failed: {exc}", reason="upstream_reset")
 
 
 def tls_refusal(alert: str) -> UpstreamUnavailable:
@@ -89,8 +112,25 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+class ExchangeListener(Protocol):
+    """Who is told, on callbacks, that an exchange's response head (or its failure) arrived:
+    the proxy's callback path (``sidecar.proxy.exchange``), instead of a coroutine waiting."""
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """The head arrived (with whatever of the body came along), or the exchange failed
+        before it (``conn.error``)."""
+
+    def upstream_timeout(self, conn: UpstreamConnection) -> None:
+        """No head before the deadline given to ``expect``."""
+
+
 class UpstreamConnection(WriteFlow, asyncio.Protocol):
-    """Parses one response at a time and hands its body over piece by piece."""
+    """Parses one response at a time and hands its body over piece by piece.
+
+    A coroutine waits for the head with ``read_head``; the callback path instead registers a
+    listener with ``expect``, told once (``ExchangeListener``). Its deadline needs no timer per
+    exchange: one timer per connection is re-armed only when it fires before the current
+    exchange's deadline."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -115,6 +155,11 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._quiet = False
         self._quiet_after = 0.0
         self._quiet_timer: asyncio.TimerHandle | None = None
+        self._head_data = b""  # the bytes the head was parsed from, and where it ends in them
+        self._head_end = 0
+        self.listener: ExchangeListener | None = None
+        self._deadline = 0.0
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -123,6 +168,11 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._receive(data)
+        if self.listener is not None and (self._head is not None or self._error is not None):
+            self._notify()
+
+    def _receive(self, data: bytes) -> None:
         if self._head is None:
             if self._buf:  # the rest of a head that came in pieces
                 self._buf += data
@@ -160,6 +210,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
                 else ConnectionResetError("upstream closed the connection")
             )
         self.drain_lost("upstream closed the connection")
+        if self.listener is not None:
+            self._notify()
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -177,14 +229,15 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             except HttpParseError as exc:
                 self._fail(UpstreamUnavailable(f"malformed upstream response: {exc.message}"))
                 return
-            data = data[end + 4 :]
             if 100 <= head.status < 200:
                 if head.status == 101:
                     self._fail(UpstreamUnavailable("upstream switched protocols unasked"))
                     return
+                data = data[end + 4 :]
                 continue  # interim answer (100 Continue, 103 Early Hints): not forwarded
             break
         self._head = head
+        self._head_data, self._head_end = data, end + 4
         self._last_data = self._loop.time()
         if head.framing is Framing.LENGTH:
             self._remaining = head.length
@@ -196,8 +249,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(head)
-        if data:
-            self.data_received(data)
+        if len(data) > end + 4:
+            self._receive(data[end + 4 :])
 
     def _feed_body(self, data: bytes) -> None:
         head = self._head
@@ -275,6 +328,49 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._chunked = None
         self._remaining = 0
         self.body_done = False
+
+    def expect(self, listener: ExchangeListener, timeout: float) -> None:
+        """Tell ``listener`` when the head of the exchange just begun arrives or the exchange
+        fails, or after ``timeout`` seconds without a head."""
+        self.listener = listener
+        self._deadline = deadline = self._loop.time() + timeout
+        if self._deadline_timer is None:
+            self._deadline_timer = self._loop.call_at(deadline, self._check_deadline)
+
+    def _notify(self) -> None:
+        listener, self.listener = self.listener, None
+        assert listener is not None
+        listener.upstream_ready(self)  # last: the listener may begin the next exchange on us
+
+    def _check_deadline(self) -> None:
+        self._deadline_timer = None
+        listener = self.listener
+        if listener is None:
+            return  # the exchange is over: the next one arms the timer again
+        due = self._deadline
+        if self._loop.time() + TIMER_SLACK >= due:
+            self.listener = None
+            listener.upstream_timeout(self)
+        else:
+            self._deadline_timer = self._loop.call_at(due, self._check_deadline)
+
+    def cancel_deadline(self) -> None:
+        self.listener = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    @property
+    def head(self) -> ResponseHead | None:
+        return self._head
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def raw_head(self) -> bytes:
+        """The response head exactly as received, blank line included."""
+        return self._head_data[: self._head_end]
 
     async def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -398,6 +494,9 @@ class UpstreamResponse:
     def take_body(self) -> bytes | None:
         return self._conn.take_body()
 
+    def raw_head(self) -> bytes:
+        return self._conn.raw_head()
+
     def release(self) -> None:
         """Idempotent: the connection goes back (or is closed) exactly once."""
         if not self._released:
@@ -485,10 +584,7 @@ class UpstreamPool:
         """Send one request (body with Content-Length) and wait for the response head.
 
         Raises ``UpstreamUnavailable`` / ``UpstreamTimeout`` with the reasons of the data path."""
-        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + serialize_headers(headers)
-        if body or method in ("POST", "PUT", "PATCH"):
-            head += b"Content-Length: %d\r\n" % len(body)
-        data = head + b"\r\n" + body
+        data = encode_request(method, target, headers, body)
         if self.requests >= self.max_requests:
             raise self._overflow(
                 "max_requests", f"{self.max_requests} requests to the upstream already in flight"
@@ -513,18 +609,46 @@ class UpstreamPool:
                 conn.transport.write(data)
             response_head = await conn.read_head(head_timeout)
         except TimeoutError as exc:
-            self._discard(conn)
-            raise UpstreamTimeout(
-                f"upstream sent no response head within {head_timeout}s",
-                reason="upstream_timeout",
-            ) from exc
+            self.discard(conn)
+            raise head_timed_out(head_timeout) from exc
         except (ConnectionError, OSError) as exc:
-            self._discard(conn)
-            raise UpstreamUnavailable(f"upstream failed: {exc}", reason="upstream_reset") from exc
+            self.discard(conn)
+            raise reset_error(exc) from exc
         except BaseException:  # our own refusals (malformed answer...) and cancellation
-            self._discard(conn)
+            self.discard(conn)
             raise
         return UpstreamResponse(response_head, conn, self)
+
+    def take_now(self) -> UpstreamConnection | None:
+        """An idle connection for an exchange started at once on callbacks, counted as a request
+        in flight (``release``/``failed`` end it, ``give_back`` undoes it); None when the
+        request would have to be refused, wait, or open a connection: ``request`` does that."""
+        if self.requests >= self.max_requests:
+            return None
+        conn = self._take_idle()
+        if conn is not None:
+            self.requests += 1
+        return conn
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        """Undo ``take_now`` for an exchange that was not started: the connection goes back
+        where it was, as if never taken."""
+        self.requests -= 1
+        self._busy.discard(conn)
+        self._idle.append(conn)
+
+    def failed(self, conn: UpstreamConnection, exc: BaseException) -> BaseException:
+        """The end of an exchange that failed before its response head (``conn.error``): the
+        connection is closed; what ``request`` would have raised is returned."""
+        self.discard(conn)
+        if isinstance(exc, ConnectionError | OSError):
+            return reset_error(exc)
+        return exc
+
+    def timed_out(self, conn: UpstreamConnection, head_timeout: float) -> SidecarError:
+        """The end of an exchange without a response head within ``head_timeout``."""
+        self.discard(conn)
+        return head_timed_out(head_timeout)
 
     def release(self, conn: UpstreamConnection) -> None:
         """The end of a request: its connection goes to the first waiting request, or back to
@@ -537,7 +661,7 @@ class UpstreamPool:
         else:
             self._close(conn)
 
-    def _discard(self, conn: UpstreamConnection) -> None:
+    def discard(self, conn: UpstreamConnection) -> None:
         """The end of a failed request: its connection is closed."""
         self.requests -= 1
         self._busy.discard(conn)
@@ -565,6 +689,7 @@ class UpstreamPool:
 
     def _close(self, conn: UpstreamConnection) -> None:
         conn.stop_timers()
+        conn.cancel_deadline()
         conn.closed = True
         if conn.transport is not None:
             conn.transport.abort() if not conn.body_done else conn.transport.close()

@@ -241,9 +241,22 @@ class ApiKeyVerifier:
         self._kdf_slots = asyncio.Semaphore(MAX_CONCURRENT_KDF)
         self.derivations = 0
 
-    async def verify(
+    def verify_now(
         self, presented: str, keys: ApiKeys, *, now: dt.datetime | None = None
-    ) -> VerifiedToken:
+    ) -> VerifiedToken | None:
+        """``verify`` without deriving a hash: a refusal, a key verified before, or None
+        (only ``verify`` can tell)."""
+        entry, fingerprint = self._entry(presented, keys, now)
+        remembered = self._remembered.get(entry.id)
+        if remembered is None or not hmac.compare_digest(remembered[0], fingerprint):
+            return None
+        return _verified(entry)
+
+    def _entry(
+        self, presented: str, keys: ApiKeys, now: dt.datetime | None
+    ) -> tuple[ApiKey, bytes]:
+        """The key file's entry for ``presented`` (refusals: malformed, unknown, expired) and
+        the presented key's fingerprint."""
         match = _KEY_RE.fullmatch(presented)
         if match is None:
             raise TokenError(
@@ -257,7 +270,12 @@ class ApiKeyVerifier:
         now = now or dt.datetime.now(dt.UTC)
         if entry.expires is not None and now >= entry.expires:
             raise TokenError("API key has expired", reason="expired_api_key", layer=LAYER)
-        fingerprint = hashlib.sha256(presented.encode("ascii")).digest()
+        return entry, hashlib.sha256(presented.encode("ascii")).digest()
+
+    async def verify(
+        self, presented: str, keys: ApiKeys, *, now: dt.datetime | None = None
+    ) -> VerifiedToken:
+        entry, fingerprint = self._entry(presented, keys, now)
         remembered = self._remembered.get(entry.id)
         if remembered is None or not hmac.compare_digest(remembered[0], fingerprint):
             async with self._kdf_slots:
@@ -268,16 +286,20 @@ class ApiKeyVerifier:
             if not hmac.compare_digest(derived, entry.hash.digest):
                 raise TokenError("wrong API key", reason="unknown_api_key", layer=LAYER)
             self._remembered[entry.id] = (fingerprint, entry)
-        return VerifiedToken(
-            layer=LAYER,
-            subject=entry.name,
-            issuer=None,
-            audience=(),
-            expires_at=entry.expires or NEVER,
-            scopes=entry.scopes,
-            roles=entry.roles,
-            claims=freeze({"api_key_id": entry.id}),
-        )
+        return _verified(entry)
+
+
+def _verified(entry: ApiKey) -> VerifiedToken:
+    return VerifiedToken(
+        layer=LAYER,
+        subject=entry.name,
+        issuer=None,
+        audience=(),
+        expires_at=entry.expires or NEVER,
+        scopes=entry.scopes,
+        roles=entry.roles,
+        claims=freeze({"api_key_id": entry.id}),
+    )
 
 
 def presented_key(values: list[str], header: str) -> str | None:

@@ -113,21 +113,66 @@ class TokenGate:
         header)."""
         if not self.enabled:
             return Principal(spiffe_id=peer)
-        if self.api_keys is not None and self.api_key_header is not None:
-            header = self.api_key_header
-            values = (
-                list(authorization)
-                if header.lower() == "authorization"
-                else (header_values(header) if header_values is not None else [])
-            )
-            key = presented_key(values, header)
-            if key is not None:
-                verified_key = await self.key_verifier.verify(key, self.api_keys())
-                return Principal(spiffe_id=peer, token=verified_key)
-            if self.jwt_rules is None and self.jwks is None:
-                raise TokenError("no API key", reason="missing_token", layer="api_key")
+        key = self._api_key(authorization, header_values)
+        if key is not None:
+            assert self.api_keys is not None
+            verified_key = await self.key_verifier.verify(key, self.api_keys())
+            return Principal(spiffe_id=peer, token=verified_key)
         token = bearer_token(authorization, layer=self.default_layer)
         verified = await self._validate(token)
+        return self._bound(verified, peer, peer_cert_sha256)
+
+    def authenticate_now(
+        self,
+        authorization: Sequence[str],
+        peer: SpiffeId | None,
+        peer_cert_sha256: str | None,
+        *,
+        header_values: Callable[[str], list[str]] | None = None,
+    ) -> Principal | None:
+        """``authenticate`` when it needs no I/O (and never awaits): a JWT-SVID (validated
+        here, or remembered), an OAuth token or API key verified before with the current keys,
+        a refusal; None when only ``authenticate`` can answer (keys to fetch, a key to derive,
+        a token not seen before with these keys)."""
+        if not self.enabled:
+            return Principal(spiffe_id=peer)
+        key = self._api_key(authorization, header_values)
+        if key is not None:
+            assert self.api_keys is not None
+            verified_key = self.key_verifier.verify_now(key, self.api_keys())
+            if verified_key is None:
+                return None
+            return Principal(spiffe_id=peer, token=verified_key)
+        token = bearer_token(authorization, layer=self.default_layer)
+        if self._is_oauth(token):
+            assert self.jwks is not None
+            remembered = self.jwks.validate_now(token)
+            if remembered is None:
+                return None
+            return self._bound(remembered, peer, peer_cert_sha256)
+        return self._bound(self._validate_jwt_svid(token), peer, peer_cert_sha256)
+
+    def _api_key(
+        self, authorization: Sequence[str], header_values: Callable[[str], list[str]] | None
+    ) -> str | None:
+        """The API key the request presents (None: none; judged by its other token)."""
+        if self.api_keys is None or self.api_key_header is None:
+            return None
+        header = self.api_key_header
+        values = (
+            list(authorization)
+            if header.lower() == "authorization"
+            else (header_values(header) if header_values is not None else [])
+        )
+        key = presented_key(values, header)
+        if key is None and self.jwt_rules is None and self.jwks is None:
+            raise TokenError("no API key", reason="missing_token", layer="api_key")
+        return key
+
+    def _bound(
+        self, verified: VerifiedToken, peer: SpiffeId | None, peer_cert_sha256: str | None
+    ) -> Principal:
+        """The principal of a verified token, once its bindings to the connection hold."""
         if verified.layer == "jwt_svid" and self.bind_to_peer:
             check_peer(verified, peer)
         if verified.layer == "oauth" and self.bind_actor_to_peer:
@@ -140,11 +185,19 @@ class TokenGate:
         )
         return Principal(spiffe_id=peer, token=verified)
 
-    async def _validate(self, token: str) -> VerifiedToken:
-        if self.jwks is not None and (
+    def _is_oauth(self, token: str) -> bool:
+        """Whether ``token`` is judged as an OAuth access token (else as a JWT-SVID)."""
+        return self.jwks is not None and (
             self.jwt_rules is None or _unverified_issuer(token) == self.jwks.rules.issuer
-        ):
+        )
+
+    async def _validate(self, token: str) -> VerifiedToken:
+        if self._is_oauth(token):
+            assert self.jwks is not None
             return await self.jwks.validate(token)
+        return self._validate_jwt_svid(token)
+
+    def _validate_jwt_svid(self, token: str) -> VerifiedToken:
         assert self.jwt_rules is not None
         bundles = self._current_bundles()
         verified = self._verified.get(token, bundles)

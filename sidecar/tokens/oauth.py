@@ -301,6 +301,12 @@ class JwksCache:
             self._verified.put(token, verified, keys)
         return verified
 
+    def validate_now(self, token: str) -> VerifiedToken | None:
+        """A token ``validate`` verified before with the current (fresh) keys, else None."""
+        if self._stale() or not self._keys:
+            return None
+        return self._verified.get(token, self._keys)
+
     async def refresh(self) -> bool:
         """Fetch the keys now unless the last attempt was less than ``jwks_refresh_interval``
         ago; join a fetch already in flight. True if a fetch succeeded."""

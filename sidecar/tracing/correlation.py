@@ -1,8 +1,10 @@
-"""Which request a log line belongs to: the request id and the W3C trace id, per request task.
+"""Which request a log line belongs to: the request id and the W3C trace id, per request.
 
-Every proxied request runs in its own task, so a ``ContextVar`` set when the request starts is
-seen by everything that logs on its behalf (access line, MCP audit lines, process log records)
-without passing it through every call. Pure apart from the context variable; no OpenTelemetry.
+A ``ContextVar`` set when the request starts is seen by everything that logs on its behalf
+(access line, MCP audit lines, process log records) without passing it through every call: in
+the request's task, or — for a request served on protocol callbacks — made current by each
+callback for as long as it runs (``activate``). Pure apart from the context variable; no
+OpenTelemetry.
 
 ``x-request-id``: kept when the client sent exactly one that is 1-128 printable ASCII
 characters without spaces, otherwise (absent, repeated, too long, odd bytes) replaced by a new
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Final
 
 from multidict import CIMultiDict
@@ -87,17 +89,32 @@ class Correlation:
 _current: ContextVar[Correlation | None] = ContextVar("mcp_sidecar_correlation", default=None)
 
 
-def begin_request(headers: CIMultiDict[str]) -> Correlation:
-    """Settle the request id of the request with ``headers`` (see the module docstring) and make
-    it, with the trace id, the current task's correlation."""
+def correlate(headers: CIMultiDict[str]) -> Correlation:
+    """Settle the request id of the request with ``headers`` (see the module docstring); the
+    ids of the request, not made current."""
     ids = headers.getall(REQUEST_ID_HEADER, ())
     if len(ids) == 1 and valid_request_id(ids[0]):
         request_id = ids[0]
     else:
         request_id = headers[REQUEST_ID_HEADER] = new_request_id()
-    correlation = Correlation(request_id, headers.get(TRACEPARENT))
+    return Correlation(request_id, headers.get(TRACEPARENT))
+
+
+def begin_request(headers: CIMultiDict[str]) -> Correlation:
+    """``correlate``, made the current task's correlation."""
+    correlation = correlate(headers)
     _current.set(correlation)
     return correlation
+
+
+def activate(correlation: Correlation) -> Token[Correlation | None]:
+    """Make ``correlation`` current for the callback running now (a request served on protocol
+    callbacks has no task of its own); ``deactivate`` before the callback returns."""
+    return _current.set(correlation)
+
+
+def deactivate(token: Token[Correlation | None]) -> None:
+    _current.reset(token)
 
 
 def current() -> Correlation | None:

@@ -68,11 +68,14 @@ class Mesh:
 
 
 async def start_sidecar(
-    config: dict[str, Any], access_stream: io.StringIO | None = None
+    config: dict[str, Any], access_stream: io.StringIO | None = None, *, fast_path: bool = True
 ) -> Sidecar:
     """A started sidecar (its first SVID awaited, bounded) logging into ``access_stream``;
-    stopped again if it cannot start."""
-    sidecar = Sidecar(parse_config(config), access_stream=access_stream or io.StringIO())
+    stopped again if it cannot start. ``fast_path=False``: every request served in a task
+    (``Sidecar``)."""
+    sidecar = Sidecar(
+        parse_config(config), access_stream=access_stream or io.StringIO(), fast_path=fast_path
+    )
     try:
         await sidecar.start(svid_timeout=WAIT)
     except BaseException:
@@ -145,10 +148,11 @@ async def local_mesh(
     upstream_port: int | None = None,
     route: dict[str, Any] | None = None,
     tracing: dict[str, Any] | None = None,
+    fast_path: bool = True,
 ) -> AsyncIterator[Mesh]:
     """The inbound sidecar forwards to the recording upstream, or to ``upstream_port``.
     ``tracing``: the ``tracing:`` section of both sidecars (service names ``server-sidecar``
-    and ``agent-sidecar`` unless it names one)."""
+    and ``agent-sidecar`` unless it names one). ``fast_path``: both sidecars' (``Sidecar``)."""
 
     def traced(config: dict[str, Any], service: str) -> dict[str, Any]:
         if tracing is not None:
@@ -170,6 +174,7 @@ async def local_mesh(
                     "server-sidecar",
                 ),
                 server_log,
+                fast_path=fast_path,
             )
             agent = await start_sidecar(
                 traced(
@@ -179,6 +184,7 @@ async def local_mesh(
                     "agent-sidecar",
                 ),
                 agent_log,
+                fast_path=fast_path,
             )
             mesh = Mesh(api, upstream, sockets, server, agent, server_log, agent_log)
             yield mesh
@@ -207,10 +213,15 @@ class Ingress:
 
 @contextlib.asynccontextmanager
 async def oauth_ingress(
-    upstream_port: int, *, oauth: dict[str, Any] | None = None, **inbound: Any
+    upstream_port: int,
+    *,
+    oauth: dict[str, Any] | None = None,
+    fast_path: bool = True,
+    **inbound: Any,
 ) -> AsyncIterator[Ingress]:
     """An OAuth-only inbound sidecar forwarding to ``upstream_port``, with its own issuer;
-    ``oauth`` adds ``inbound.oauth`` keys, ``inbound`` other inbound keys (``mcp_policy``...)."""
+    ``oauth`` adds ``inbound.oauth`` keys, ``inbound`` other inbound keys (``mcp_policy``...);
+    ``fast_path``: the sidecar's (``Sidecar``)."""
     issuer = await Issuer().start()
     port = free_port()
     url = f"http://127.0.0.1:{port}{MCP_PATH}"
@@ -227,7 +238,7 @@ async def oauth_ingress(
         },
     }
     try:
-        sidecar = await start_sidecar(config, log)
+        sidecar = await start_sidecar(config, log, fast_path=fast_path)
         try:
             yield Ingress(url, issuer, sidecar, log)
         finally:
